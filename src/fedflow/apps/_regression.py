@@ -1,0 +1,94 @@
+"""Shared pieces of the regression apps: parameters, feature defaults, coefficient tables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from fedflow.apps.base import ColumnKind, Params
+from fedflow.errors import AppError
+
+__all__ = [
+    "RegressionParams",
+    "coefficient_names",
+    "named",
+    "regression_columns",
+    "resolve_features",
+    "wald_table",
+]
+
+
+class RegressionParams(Params):
+    """``target``; ``features`` (default: every numeric column but the target); ``intercept``."""
+
+    target: str
+    features: list[str] | None = None
+    intercept: bool = True
+
+    def __post_init__(self) -> None:
+        if self.features is not None:
+            if self.target in self.features:
+                raise ValueError(f"the target '{self.target}' is also listed in features")
+            dupes = sorted({f for f in self.features if self.features.count(f) > 1})
+            if dupes:
+                raise ValueError(f"features listed twice: {', '.join(dupes)}")
+            if not self.features and not self.intercept:
+                raise ValueError("no features and no intercept: nothing to fit")
+
+
+def resolve_features(params: RegressionParams, columns: Mapping[str, str], app: str) -> Any:
+    """Return params with ``features`` filled by every numeric column except the target."""
+    if params.target not in columns:
+        raise AppError(f"app '{app}': target column '{params.target}' is not in the sites' data")
+    if params.features is not None:
+        return params
+    features = [c for c, kind in columns.items() if kind in ("int", "float") and c != params.target]
+    if not features:
+        raise AppError(f"app '{app}': the data has no numeric column besides '{params.target}'")
+    return msgspec.structs.replace(params, features=features)
+
+
+def regression_columns(params: RegressionParams, target_kind: ColumnKind) -> dict[str, ColumnKind]:
+    """Return the columns a regression needs at every site."""
+    needed: dict[str, ColumnKind] = {params.target: target_kind}
+    for f in params.features or []:
+        needed[f] = "numeric"
+    return needed
+
+
+def coefficient_names(params: RegressionParams) -> list[str]:
+    """Return the coefficient names: ``intercept`` first when fitted, then the features."""
+    return (["intercept"] if params.intercept else []) + list(params.features or [])
+
+
+def named(names: Sequence[str], values: np.ndarray) -> dict[str, float]:
+    """Return ``{name: float(value)}`` in order."""
+    return {n: float(v) for n, v in zip(names, values, strict=True)}
+
+
+def wald_table(
+    names: Sequence[str], coef: np.ndarray, se: np.ndarray, dof: float | None
+) -> dict[str, dict[str, float]]:
+    """Return coefficients, standard errors, test statistics and two-sided p-values.
+
+    ``dof`` None uses the normal distribution (z), otherwise Student's t with ``dof`` degrees.
+    """
+    from scipy import stats
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        statistic = coef / se
+    if dof is None:
+        p = 2.0 * stats.norm.sf(np.abs(statistic))
+        key = "z_values"
+    else:
+        p = 2.0 * stats.t.sf(np.abs(statistic), dof)
+        key = "t_values"
+    return {
+        "coefficients": named(names, coef),
+        "std_errors": named(names, se),
+        key: named(names, statistic),
+        "p_values": named(names, p),
+    }

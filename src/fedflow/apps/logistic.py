@@ -1,0 +1,156 @@
+"""``logistic-regression``: exact Newton–Raphson on the sites' gradients and Hessians.
+
+Round k: the coordinator sends β; each site returns Xᵀ(y − p), XᵀWX and its log-likelihood at β;
+the coordinator sums them and takes the Newton step β + H⁻¹g. It stops when the largest step is
+below ``tol`` × (1 + max|β|), or after ``max_iter`` rounds (then ``converged`` is false and a note
+says so). Standard errors are √diag(H⁻¹) at the final iterate, as statsmodels reports them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedflow.apps._regression import (
+    RegressionParams,
+    coefficient_names,
+    regression_columns,
+    resolve_features,
+    wald_table,
+)
+from fedflow.apps.base import (
+    App,
+    ColumnKind,
+    Continue,
+    CoordinatorContext,
+    Done,
+    Payload,
+    SiteContext,
+    Step,
+    Table,
+)
+from fedflow.errors import AppError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["LogisticParams", "LogisticRegression"]
+
+
+class LogisticParams(RegressionParams):
+    """Regression parameters plus ``tol`` (relative step size) and ``max_iter``."""
+
+    tol: float = 1e-10
+    max_iter: int = 50
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.tol > 0:
+            raise ValueError("tol must be positive")
+        if self.max_iter < 1:
+            raise ValueError("max_iter must be at least 1")
+
+
+def _local_terms(
+    x: np.ndarray, y: np.ndarray, beta: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float]:
+    eta = x @ beta
+    p = np.exp(-np.logaddexp(0.0, -eta))  # expit without overflow
+    w = p * (1.0 - p)
+    gradient = x.T @ (y - p)
+    hessian = (x * w[:, None]).T @ x
+    loglik = float(np.sum(y * eta - np.logaddexp(0.0, eta)))
+    return gradient, hessian, loglik
+
+
+class LogisticRegression(App[LogisticParams]):
+    """Binary logistic regression: coefficients, standard errors, z and p values, iterations."""
+
+    name = "logistic-regression"
+    Params = LogisticParams
+
+    def resolve(self, params: LogisticParams, columns: Mapping[str, str]) -> LogisticParams:
+        return resolve_features(params, columns, self.name)  # type: ignore[no-any-return]
+
+    def columns(self, params: LogisticParams) -> dict[str, ColumnKind]:
+        return regression_columns(params, "binary")
+
+    def start(self, params: LogisticParams, ctx: CoordinatorContext) -> Step:
+        k = len(coefficient_names(params))
+        ctx.state["beta"] = np.zeros(k)
+        return Continue({"beta": ctx.state["beta"]})
+
+    def local(
+        self, data: Table, params: LogisticParams, payload: Payload, ctx: SiteContext
+    ) -> Payload:
+        x = ctx.state.get("x")
+        if x is None:  # the design matrix is built once per run, then reused every round
+            x = ctx.state["x"] = data.matrix(params.features or [], intercept=params.intercept)
+            ctx.state["y"] = np.asarray(data[params.target], dtype=np.float64)
+        gradient, hessian, loglik = _local_terms(x, ctx.state["y"], np.asarray(payload["beta"]))
+        return {"gradient": gradient, "hessian": hessian, "loglik": loglik, "n": len(x)}
+
+    def aggregate(
+        self, replies: Mapping[str, Payload], params: LogisticParams, ctx: CoordinatorContext
+    ) -> Step:
+        names = coefficient_names(params)
+        gradient = sum(np.asarray(r["gradient"]) for r in replies.values())
+        hessian = sum(np.asarray(r["hessian"]) for r in replies.values())
+        loglik = float(sum(float(r["loglik"]) for r in replies.values()))
+        n = int(sum(int(r["n"]) for r in replies.values()))
+        beta = ctx.state["beta"]
+        try:
+            step = np.linalg.solve(hessian, gradient)
+        except np.linalg.LinAlgError:
+            raise AppError(
+                "logistic-regression: the Hessian is singular (collinear features, or a feature "
+                "that separates the classes perfectly)"
+            ) from None
+        beta = beta + step
+        ctx.state["beta"] = beta
+        iterations = ctx.round
+        converged = bool(np.max(np.abs(step)) <= params.tol * (1.0 + np.max(np.abs(beta))))
+        if not converged and iterations < params.max_iter:
+            return Continue({"beta": beta})
+        if not converged:
+            ctx.notes.append(
+                f"logistic-regression did not converge in {params.max_iter} iterations"
+            )
+        if not np.all(np.isfinite(beta)):
+            raise AppError("logistic-regression diverged (perfect separation?)")
+        cov = np.linalg.inv(hessian)
+        se = np.sqrt(np.diag(cov))
+        result: dict[str, Any] = wald_table(names, beta, se, None)
+        # log-likelihood at the final β: one Newton step past the last evaluation is below tol.
+        result.update(
+            loglik=loglik,
+            n_obs=n,
+            iterations=iterations,
+            converged=converged,
+        )
+        return Done(result)
+
+    def centralized(self, pooled: pd.DataFrame, params: LogisticParams) -> dict[str, Any]:
+        import statsmodels.api as sm
+
+        names = coefficient_names(params)
+        x = pooled[list(params.features or [])].astype(float)
+        if params.intercept:
+            x = sm.add_constant(x, has_constant="add")
+        fit = sm.Logit(pooled[params.target].astype(float), x).fit(
+            method="newton", tol=1e-14, maxiter=200, disp=False
+        )
+        return {
+            "coefficients": dict(zip(names, map(float, fit.params), strict=True)),
+            "std_errors": dict(zip(names, map(float, fit.bse), strict=True)),
+            "z_values": dict(zip(names, map(float, fit.tvalues), strict=True)),
+            "p_values": dict(zip(names, map(float, fit.pvalues), strict=True)),
+            "loglik": float(fit.llf),
+            "n_obs": int(fit.nobs),
+        }
+
+    def comparable(self, result: Mapping[str, Any]) -> dict[str, Any]:
+        keys = ("coefficients", "std_errors", "z_values", "p_values", "loglik", "n_obs")
+        return {k: result[k] for k in keys if k in result}

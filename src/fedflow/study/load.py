@@ -1,0 +1,94 @@
+"""Read a study file into a ``Study``; every problem becomes one line naming file and key."""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from fedflow.errors import StudyError
+from fedflow.study.schema import Client, Debug, Study
+
+__all__ = ["load_study", "study_from_dict"]
+
+_MODELS: dict[str, type[BaseModel]] = {"": Study, "clients": Client, "debug": Debug}
+
+
+def load_study(path: str | Path, **overrides: Any) -> Study:
+    """Read and validate the study file at ``path``; ``overrides`` replace top-level keys.
+
+    Raises StudyError for a missing or malformed file and for invalid keys or values.
+    """
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StudyError(f"{source}: no such study file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StudyError(f"{source}: cannot read the study file ({exc})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyError(f"{source}: malformed TOML: {exc}") from None
+    raw.update(overrides)
+    return study_from_dict(raw, source=source.resolve(), text=text)
+
+
+def study_from_dict(raw: Mapping[str, Any], *, source: Path | None = None, text: str | None = None) -> Study:
+    """Validate a study given as a dict (as parsed from TOML); paths resolve against ``source``."""
+    label = str(source) if source else "study"
+    data = dict(raw)
+    if source is not None and not data.get("name"):
+        data["name"] = source.stem
+    try:
+        study = Study.model_validate(data)
+    except ValidationError as exc:
+        raise StudyError(f"{label}: {_explain(exc)}") from None
+    study.source = source
+    study.source_text = text
+    if not study.name:
+        study.name = "study"
+    for client in study.clients:
+        if client.is_local or not study.skip_data_transfer:
+            client.data = [str(study.resolve(p)) for p in client.data]
+    return study
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part + 1}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel]:
+    names = [p for p in loc if isinstance(p, str)]
+    return _MODELS.get(names[-1] if names else "", Study)
+
+
+def _explain(exc: ValidationError) -> str:
+    """Return the first validation error as one line; suggest the closest key for unknown ones."""
+    error = exc.errors()[0]
+    loc = tuple(error["loc"])
+    if error["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        model = _model_at(loc[:-1])
+        fields = [f for f, info in model.model_fields.items() if not info.exclude]
+        close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown key '{_where(loc)}'{hint}"
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if not loc:
+        return message
+    got = error.get("input")
+    shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
+    return f"{_where(loc)}: {message[0].lower()}{message[1:]}{shown}"

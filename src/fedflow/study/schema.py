@@ -1,0 +1,124 @@
+"""The study file's schema: every key of the original fedflow, plus fedflow's own.
+
+Unknown keys and wrong types are errors (the original silently ignored them); ``load.py`` turns
+pydantic's errors into one line naming the file, the key and the closest valid key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["Client", "Debug", "Study"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Debug(_Strict):
+    """``[debug]``: diagnostics. ``verbose`` logs sites at DEBUG level and shows tracebacks."""
+
+    verbose: bool = False
+    keep_remote: bool = False
+    """Leave the study's working folder on remote sites after the run (default: it is kept only
+    for data and the prepared environment; run files are removed)."""
+
+
+class Client(_Strict):
+    """One ``[[clients]]`` entry: a site. Without ``hostname`` it is a local site."""
+
+    name: str = ""
+    fc_username: str | None = None
+    data: list[str] = Field(default_factory=list)
+    coordinator: bool = False
+    username: str | None = None
+    hostname: str | None = None
+    port: int = Field(default=22, ge=1, le=65535)
+    sshkey: str | None = None
+    workdir: str | None = None
+    """Remote sites: the study's working folder there (default ``~/.fedflow/<study name>``)."""
+    python: str = "python3"
+    """Remote sites: the Python used to create the site's environment."""
+
+    @property
+    def is_local(self) -> bool:
+        """True when the site runs as a subprocess on this machine."""
+        return self.hostname is None
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one_file(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class Study(_Strict):
+    """A whole study: the app and its parameters, the sites, where results go."""
+
+    # -- keys of the original fedflow -----------------------------------------------------------
+    project_id: int | None = None
+    tool: str | None = None
+    sim: bool = False
+    outdir: str = "results"
+    provision_script: str | None = None
+    skip_data_transfer: bool = False
+    skip_credential_transfer: bool = False
+    skip_result_transfer: bool = False
+    debug: Debug = Field(default_factory=Debug)
+    clients: list[Client] = Field(default_factory=list)
+
+    # -- fedflow's own ------------------------------------------------------------------------
+    name: str = ""
+    platform: Literal["native", "featurecloud"] = "native"
+    app: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = None
+    min_count: int = Field(default=5, ge=1)
+    timeout: float = Field(default=300.0, gt=0)
+    """Seconds a site may take to answer one round (and to start, load data, or finish)."""
+    dropna: bool = False
+    """Drop rows with a missing value in a column the app needs (default: missing values are an error)."""
+    trust_new_hosts: bool = False
+    """Remote sites: accept and record host keys never seen before (changed keys are always refused)."""
+
+    # Where the study came from (set by the loader, not by the file).
+    source: Path | None = Field(default=None, exclude=True)
+    source_text: str | None = Field(default=None, exclude=True, repr=False)
+
+    @model_validator(mode="after")
+    def _check(self) -> Study:
+        coordinators = [c.name or f"#{i + 1}" for i, c in enumerate(self.clients) if c.coordinator]
+        if len(coordinators) > 1:
+            raise ValueError(f"more than one coordinator client: {', '.join(coordinators)}")
+        for i, client in enumerate(self.clients):
+            if not client.name:
+                client.name = f"site-{i + 1}"
+        seen: dict[str, int] = {}
+        for i, client in enumerate(self.clients):
+            if client.name in seen:
+                raise ValueError(
+                    f"duplicate site name '{client.name}' (clients {seen[client.name] + 1} and {i + 1})"
+                )
+            seen[client.name] = i
+        if self.platform == "native" and self.clients and not self.app:
+            raise ValueError("no app given: set app = \"<name>\" (see `fedflow apps`)")
+        if self.platform == "featurecloud" and self.tool is None and self.project_id is None:
+            raise ValueError("platform 'featurecloud' needs tool = \"<app slug>\" or project_id")
+        return self
+
+    @property
+    def folder(self) -> Path:
+        """The folder relative paths resolve against (the study file's folder, else the cwd)."""
+        return self.source.parent if self.source else Path.cwd()
+
+    @property
+    def coordinator(self) -> Client | None:
+        """The client marked ``coordinator = true``, if any."""
+        return next((c for c in self.clients if c.coordinator), None)
+
+    def resolve(self, path: str) -> Path:
+        """Return ``path`` (``~`` expanded) resolved against the study's folder."""
+        expanded = Path(path).expanduser()
+        return expanded if expanded.is_absolute() else (self.folder / expanded).resolve()

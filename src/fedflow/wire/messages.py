@@ -1,0 +1,178 @@
+"""Typed, versioned messages between the coordinator and a node agent.
+
+Conversation (coordinator → node, node → coordinator), one answer per request::
+
+    Hello(protocol, version, site)          → Welcome(protocol, version, site, python, pid, host)
+    Setup(data, dropna, min_count, seed)    → Ready(rows, columns, files)        load data, schema
+    Prepare(app, params, columns)           → Prepared(rows)                     check columns
+    Task(round, payload)                    → Reply(round, payload, seconds)     one per round
+    Finish(status)                          → Bye(peak_rss, cpu_seconds, outputs)
+
+Any request may instead be answered with ``Failure(kind, message, file, column)``. Payloads are
+maps of plain values and numpy arrays (see ``arrays``); they never carry rows, only aggregates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from fedflow.errors import LocalProtocolError, RemoteProtocolError
+from fedflow.wire.arrays import ARRAY_EXT, decode_array, encode_array
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Bye",
+    "Column",
+    "Failure",
+    "FileInfo",
+    "Finish",
+    "Hello",
+    "Message",
+    "MessageCodec",
+    "Prepare",
+    "Prepared",
+    "Ready",
+    "Reply",
+    "Setup",
+    "Task",
+    "Welcome",
+]
+
+PROTOCOL_VERSION = 1
+
+
+class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class Column(msgspec.Struct, frozen=True):
+    """One column of a site's data: its name and kind (``int``, ``float`` or ``str``)."""
+
+    name: str
+    dtype: str
+    missing: int = 0
+
+
+class FileInfo(msgspec.Struct, frozen=True):
+    """A data file's fingerprint, computed at the site: name, sha256, size and row count."""
+
+    name: str
+    sha256: str
+    bytes: int
+    rows: int
+
+
+class Hello(_Msg, tag="hello"):
+    protocol: int
+    version: str
+    site: str
+
+
+class Welcome(_Msg, tag="welcome"):
+    protocol: int
+    version: str
+    site: str
+    python: str
+    pid: int
+    host: str
+
+
+class Setup(_Msg, tag="setup"):
+    data: list[str]
+    dropna: bool = False
+    min_count: int = 5
+    seed: int | None = None
+
+
+class Ready(_Msg, tag="ready"):
+    rows: int
+    columns: list[Column]
+    files: list[FileInfo]
+
+
+class Prepare(_Msg, tag="prepare"):
+    app: str
+    params: dict[str, Any]
+    columns: dict[str, str]
+
+
+class Prepared(_Msg, tag="prepared"):
+    rows: int
+
+
+class Task(_Msg, tag="task"):
+    round: int
+    payload: dict[str, Any]
+
+
+class Reply(_Msg, tag="reply"):
+    round: int
+    payload: dict[str, Any]
+    seconds: float = 0.0
+
+
+class Finish(_Msg, tag="finish"):
+    status: str = "completed"
+
+
+class Bye(_Msg, tag="bye"):
+    peak_rss: int
+    cpu_seconds: float
+    outputs: list[str] = []
+
+
+class Failure(_Msg, tag="failure"):
+    """A node's refusal or failure: ``kind`` is ``data``, ``app``, ``policy``, ``protocol`` or ``internal``."""
+
+    kind: str
+    message: str
+    file: str | None = None
+    column: str | None = None
+
+
+Message = (
+    Hello | Welcome | Setup | Ready | Prepare | Prepared | Task | Reply | Finish | Bye | Failure
+)
+
+
+def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return msgspec.msgpack.Ext(ARRAY_EXT, encode_array(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise LocalProtocolError(f"cannot send a value of type {type(obj).__name__} on the wire")
+
+
+def _ext_hook(code: int, data: memoryview) -> Any:
+    if code != ARRAY_EXT:
+        raise RemoteProtocolError(f"unknown msgpack extension type {code}")
+    return decode_array(data)
+
+
+class MessageCodec:
+    """Encode messages to payload bytes and decode payload bytes to messages (no framing)."""
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+        self._decoder = msgspec.msgpack.Decoder(Message, ext_hook=_ext_hook)
+
+    def encode(self, message: Message) -> bytes:
+        """Return the msgpack bytes of ``message``; raise LocalProtocolError if unencodable."""
+        try:
+            return self._encoder.encode(message)
+        except LocalProtocolError:
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise LocalProtocolError(f"cannot encode {type(message).__name__}: {exc}") from exc
+
+    def decode(self, payload: bytes) -> Message:
+        """Return the message in ``payload``; raise RemoteProtocolError if corrupt or unknown."""
+        try:
+            return self._decoder.decode(payload)
+        except RemoteProtocolError:
+            raise
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise RemoteProtocolError(f"corrupt message: {exc}") from exc
