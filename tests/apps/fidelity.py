@@ -37,7 +37,9 @@ class Case:
 
     @property
     def id(self) -> str:
-        extra = ",".join(f"{k}={v}" for k, v in self.params.items() if k not in ("target", "features"))
+        extra = ",".join(
+            f"{k}={v}" for k, v in self.params.items() if k not in ("target", "features")
+        )
         return f"{self.app}-{self.dataset}" + (f"-{extra}" if extra else "")
 
 
@@ -113,7 +115,9 @@ def run_case(case: Case, n_sites: int, mode: str) -> tuple[Simulation, dict[str,
     frame = dataset(case.dataset)
     parts = split(frame, n_sites, mode)
     sites = {f"site-{i + 1}": Table.from_pandas(p) for i, p in enumerate(parts)}
-    sim = simulate(app, case.params, sites, seed=case.seed, min_count=case.min_count, relay=wire_relay)
+    sim = simulate(
+        app, case.params, sites, seed=case.seed, min_count=case.min_count, relay=wire_relay
+    )
     needed = list(app.columns(sim.params))
     pooled = pd.concat(parts, ignore_index=True)
     pooled = pooled[needed] if needed else pooled

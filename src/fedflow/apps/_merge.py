@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
-__all__ = ["combine_moments"]
+import math
+import struct
+
+import numpy as np
+
+__all__ = [
+    "KEY_RANGE",
+    "QUANTILE_METHODS",
+    "bisection_candidates",
+    "combine_comoments",
+    "combine_moments",
+    "float_keys",
+    "float_to_key",
+    "interpolate",
+    "key_to_float",
+    "merge_count_tables",
+    "narrow",
+    "quantile_position",
+]
 
 
 def combine_moments(parts: list[tuple[float, float, float]]) -> tuple[float, float, float]:
@@ -17,3 +35,165 @@ def combine_moments(parts: list[tuple[float, float, float]]) -> tuple[float, flo
         m2 += m2b + delta * delta * n * nb / total
         n = total
     return n, mean, m2
+
+
+# --- covariance ------------------------------------------------------------------------------
+def combine_comoments(
+    parts: list[tuple[float, np.ndarray, np.ndarray]],
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Merge (count, mean vector, centred cross-product matrix) triples exactly as if pooled.
+
+    The matrix of a part is (X − mean)ᵀ(X − mean) over its rows; the merge is Chan's pairwise
+    update, one outer product per part. Returns the pooled (count, mean, cross-product matrix);
+    with no rows at all the mean and matrix are zeros of the parts' shape.
+    """
+    if not parts:
+        raise ValueError("no parts to combine")
+    p = len(parts[0][1])
+    n, mean, c = 0.0, np.zeros(p), np.zeros((p, p))
+    for nb, mb, cb in parts:
+        mb = np.asarray(mb, dtype=np.float64)
+        cb = np.asarray(cb, dtype=np.float64)
+        if mb.shape != (p,) or cb.shape != (p, p):
+            raise ValueError(f"part of shape {mb.shape}/{cb.shape}, expected ({p},)/({p}, {p})")
+        if nb == 0:
+            continue
+        total = n + nb
+        delta = mb - mean
+        mean = mean + delta * (nb / total)
+        c = c + cb + np.outer(delta, delta) * (n * nb / total)
+        n = total
+    return n, mean, c
+
+
+# --- exact quantiles by federated bisection over the ordered float domain --------------------
+_SIGN = 1 << 63
+_ALL = (1 << 64) - 1
+
+
+def float_keys(values: np.ndarray) -> np.ndarray:
+    """Return uint64 keys that sort exactly like the float64 ``values`` (−0.0 counted as +0.0).
+
+    Negative floats map below positive ones, and keys of consecutive floats are consecutive
+    integers, so bisection over keys walks the float line one representable value at a time.
+    """
+    x = np.asarray(values, dtype=np.float64) + 0.0  # -0.0 + 0.0 == +0.0
+    bits = x.view(np.uint64)
+    negative = (bits >> np.uint64(63)).astype(bool)
+    return np.where(negative, ~bits, bits | np.uint64(_SIGN))
+
+
+def float_to_key(value: float) -> int:
+    """Return the key of one float (see ``float_keys``) as a Python int."""
+    (bits,) = struct.unpack("<Q", struct.pack("<d", float(value) + 0.0))
+    return (~bits) & _ALL if bits & _SIGN else bits | _SIGN
+
+
+def key_to_float(key: int) -> float:
+    """Return the float whose key is ``key`` (the inverse of ``float_to_key``)."""
+    bits = key & ~_SIGN if key & _SIGN else (~key) & _ALL
+    (value,) = struct.unpack("<d", struct.pack("<Q", bits))
+    return float(value)
+
+
+KEY_RANGE = (float_to_key(-math.inf), float_to_key(math.inf))
+"""The keys of −inf and +inf: every non-NaN float64 lies between them."""
+
+
+def bisection_candidates(lo: int, hi: int, per_round: int) -> list[int]:
+    """Return up to ``per_round`` keys cutting [lo, hi] into near-equal parts (all in [lo, hi)).
+
+    Asking the count of records at or below each of them narrows an interval of s keys to at
+    most ⌈s / (per_round + 1)⌉ keys; once s ≤ per_round + 1 one round resolves it.
+    """
+    if hi <= lo:
+        return []
+    span = hi - lo
+    if span <= per_round:
+        return list(range(lo, hi))
+    return sorted({lo + (j * span) // (per_round + 1) for j in range(1, per_round + 1)})
+
+
+def narrow(
+    lo: int, hi: int, rank: int, candidates: list[int], counts: list[int]
+) -> tuple[int, int]:
+    """Return the interval [lo, hi] narrowed by pooled ``counts`` (records ≤ each candidate).
+
+    The target is the 0-based order statistic ``rank``: the smallest key whose count of records
+    at or below it exceeds ``rank``. A candidate with a larger count bounds it from above, any
+    other from below.
+    """
+    for key, count in zip(candidates, counts, strict=True):
+        if count > rank:
+            hi = min(hi, key)
+        else:
+            lo = max(lo, key + 1)
+    return lo, hi
+
+
+QUANTILE_METHODS = (
+    "inverted_cdf",
+    "averaged_inverted_cdf",
+    "closest_observation",
+    "interpolated_inverted_cdf",
+    "hazen",
+    "weibull",
+    "linear",
+    "median_unbiased",
+    "normal_unbiased",
+    "lower",
+    "higher",
+    "midpoint",
+    "nearest",
+)
+"""numpy's quantile methods (``numpy.quantile(method=...)``), all supported exactly."""
+
+
+def quantile_position(n: int, q: float, method: str) -> tuple[int, float]:
+    """Return (0-based order statistic i, weight g): numpy's quantile is x₍ᵢ₎ + g·(x₍ᵢ₊₁₎ − x₍ᵢ₎).
+
+    Every numpy method interpolates between two neighbouring order statistics; the position is
+    read off numpy's own answer on 0, 1, …, n−1, so the choice matches numpy's definition.
+    """
+    if n < 1:
+        raise ValueError("no records")
+    position = float(np.quantile(np.arange(n, dtype=np.float64), q, method=method))  # type: ignore[call-overload]
+    i = min(max(math.floor(position), 0), n - 1)
+    g = position - i
+    if i == n - 1 or g <= 0.0:
+        return i, 0.0
+    return i, g
+
+
+def interpolate(low: float, high: float, g: float) -> float:
+    """Return low + g·(high − low) the way numpy evaluates it (monotone, exact at both ends)."""
+    if g == 0.0:
+        return low
+    diff = high - low
+    return high - diff * (1.0 - g) if g >= 0.5 else low + diff * g
+
+
+# --- contingency tables ------------------------------------------------------------------------
+def merge_count_tables(
+    parts: list[tuple[list[str], list[str], np.ndarray]],
+) -> tuple[list[str], list[str], np.ndarray]:
+    """Sum count tables whose levels differ between parts; levels come out sorted as strings.
+
+    Each part is (row levels, column levels, counts[rows × columns]). Returns the union of the
+    levels and the summed counts (int64), zero where no part saw a combination.
+    """
+    rows = sorted({str(r) for part in parts for r in part[0]})
+    cols = sorted({str(c) for part in parts for c in part[1]})
+    row_at = {r: i for i, r in enumerate(rows)}
+    col_at = {c: j for j, c in enumerate(cols)}
+    total = np.zeros((len(rows), len(cols)), dtype=np.int64)
+    for part_rows, part_cols, counts in parts:
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.shape != (len(part_rows), len(part_cols)):
+            raise ValueError(
+                f"count table of shape {counts.shape} for {len(part_rows)} × {len(part_cols)} levels"
+            )
+        ri = np.array([row_at[str(r)] for r in part_rows], dtype=np.intp)
+        ci = np.array([col_at[str(c)] for c in part_cols], dtype=np.intp)
+        np.add.at(total, (ri[:, None], ci[None, :]), counts)
+    return rows, cols, total

@@ -222,6 +222,8 @@ class App(ABC, Generic[P]):
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[Params]] = Params
+    reference: ClassVar[str] = ""
+    """The library (and routine) of the centralized twin, e.g. ``"statsmodels OLS"``."""
     tolerance: ClassVar[float] = 1e-8
     absolute_tolerance: ClassVar[float] = 1e-12
     """Absolute difference always accepted (results that should be 0 come out as 1e-17)."""

@@ -64,6 +64,7 @@ class LinearRegression(App[RegressionParams]):
 
     name = "linear-regression"
     Params = RegressionParams
+    reference = "statsmodels OLS"
 
     def resolve(self, params: RegressionParams, columns: Mapping[str, str]) -> RegressionParams:
         return resolve_features(params, columns, self.name)  # type: ignore[no-any-return]

@@ -86,7 +86,9 @@ def simulate(
             if kind in ("numeric", "binary") and not table.is_numeric(column):
                 raise DataError(f"column '{column}' is not numeric", site=name, column=column)
             if kind == "binary" and not np.isin(table[column], (0, 1)).all():
-                raise DataError(f"column '{column}' must hold only 0 and 1", site=name, column=column)
+                raise DataError(
+                    f"column '{column}' must hold only 0 and 1", site=name, column=column
+                )
         if table.n_rows < min_count:
             raise DataError(f"{table.n_rows} rows, fewer than min_count = {min_count}", site=name)
     ctx = CoordinatorContext(sites=infos, seed=seed, min_count=min_count)

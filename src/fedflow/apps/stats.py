@@ -44,6 +44,7 @@ class Stats(App[StatsParams]):
 
     name = "stats"
     Params = StatsParams
+    reference = "numpy"
 
     def resolve(self, params: StatsParams, columns: Mapping[str, str]) -> StatsParams:
         if params.columns is not None:

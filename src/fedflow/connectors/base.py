@@ -167,6 +167,8 @@ class StreamConnector(Connector):
                 f"{what}{f' ({why})' if why else ''}{self.failure_context()}", site=self.site
             ) from None
         except (ConnectionError, OSError) as exc:
-            raise SiteError(f"connection lost: {exc}{self.failure_context()}", site=self.site) from exc
+            raise SiteError(
+                f"connection lost: {exc}{self.failure_context()}", site=self.site
+            ) from exc
         self.bytes_received += HEADER_SIZE + length
         return payload

@@ -38,7 +38,9 @@ def load_study(path: str | Path, **overrides: Any) -> Study:
     return study_from_dict(raw, source=source.resolve(), text=text)
 
 
-def study_from_dict(raw: Mapping[str, Any], *, source: Path | None = None, text: str | None = None) -> Study:
+def study_from_dict(
+    raw: Mapping[str, Any], *, source: Path | None = None, text: str | None = None
+) -> Study:
     """Validate a study given as a dict (as parsed from TOML); paths resolve against ``source``."""
     label = str(source) if source else "study"
     data = dict(raw)

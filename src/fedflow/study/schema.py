@@ -42,6 +42,8 @@ class Client(_Strict):
     """Remote sites: the study's working folder there (default ``~/.fedflow/<study name>``)."""
     python: str = "python3"
     """Remote sites: the Python used to create the site's environment."""
+    controller: str | None = None
+    """FeatureCloud platform: this site's local controller URL (default http://localhost:8000)."""
 
     @property
     def is_local(self) -> bool:
@@ -103,7 +105,7 @@ class Study(_Strict):
                 )
             seen[client.name] = i
         if self.platform == "native" and self.clients and not self.app:
-            raise ValueError("no app given: set app = \"<name>\" (see `fedflow apps`)")
+            raise ValueError('no app given: set app = "<name>" (see `fedflow apps`)')
         if self.platform == "featurecloud" and self.tool is None and self.project_id is None:
             raise ValueError("platform 'featurecloud' needs tool = \"<app slug>\" or project_id")
         return self

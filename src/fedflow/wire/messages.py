@@ -3,7 +3,7 @@
 Conversation (coordinator → node, node → coordinator), one answer per request::
 
     Hello(protocol, version, site)          → Welcome(protocol, version, site, python, pid, host)
-    Setup(data, dropna, min_count, seed)    → Ready(rows, columns, files)        load data, schema
+    Setup(data, dropna, min_count, seed, outputs) → Ready(rows, columns, files)  load data, schema
     Prepare(app, params, columns)           → Prepared(rows)                     check columns
     Task(round, payload)                    → Reply(round, payload, seconds)     one per round
     Finish(status)                          → Bye(peak_rss, cpu_seconds, outputs)
@@ -85,6 +85,8 @@ class Setup(_Msg, tag="setup"):
     dropna: bool = False
     min_count: int = 5
     seed: int | None = None
+    outputs: str | None = None
+    """Folder at the site for the app's per-site output files (None: the app may write none)."""
 
 
 class Ready(_Msg, tag="ready"):

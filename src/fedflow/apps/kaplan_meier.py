@@ -1,0 +1,241 @@
+"""``kaplan-meier``: exact Kaplan–Meier curves and the log-rank test from the sites' event tables.
+
+One round. Each site sends, per group (or for all its rows when no ``group`` is given), its event
+table: every distinct duration with the number of events and of censored records at it. The
+coordinator adds the tables up and computes the curve (survival, number at risk, exponential
+Greenwood confidence interval), the median survival time and, for two or more groups, the
+multivariate log-rank test, exactly as lifelines' ``KaplanMeierFitter`` and
+``multivariate_logrank_test`` do on the pooled rows.
+
+What a site reveals: its distinct durations and, at each, how many records had an event or were
+censored (per group when grouped), so a duration held by a single record is visible to the
+coordinator, with that record's event status. What ``min_count`` protects: a site refuses to answer
+when it holds fewer than ``min_count`` rows, or when a group it holds has fewer than ``min_count``
+rows (groups a site does not hold at all are simply absent from its answer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import numpy as np
+
+from fedflow.apps._survival import (
+    event_table,
+    group_label,
+    km_curve,
+    logrank_test,
+    median_survival,
+    merge_event_tables,
+)
+from fedflow.apps.base import (
+    App,
+    ColumnKind,
+    CoordinatorContext,
+    Done,
+    Params,
+    Payload,
+    SiteContext,
+    Table,
+    check_min_count,
+)
+from fedflow.errors import AppError, DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["KaplanMeier", "KaplanMeierParams"]
+
+
+class KaplanMeierParams(Params):
+    """``duration`` and ``event`` (0/1) columns; optional ``group`` column; ``alpha`` of the CI."""
+
+    duration: str
+    event: str
+    group: str | None = None
+    alpha: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError("alpha must lie strictly between 0 and 1")
+        names = [self.duration, self.event] + ([self.group] if self.group else [])
+        if len(set(names)) < len(names):
+            raise ValueError("duration, event and group must be three different columns")
+
+
+def _check_durations(durations: np.ndarray, column: str) -> np.ndarray:
+    d = np.asarray(durations, dtype=np.float64)
+    if np.isnan(d).any():
+        raise DataError(f"column '{column}' has missing values", column=column)
+    if (d < 0).any():
+        raise DataError(f"column '{column}' has negative durations", column=column)
+    return d
+
+
+def _curve_rows(curve: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    return [
+        {
+            "time": float(curve["time"][i]),
+            "at_risk": int(curve["at_risk"][i]),
+            "events": int(curve["events"][i]),
+            "survival": float(curve["survival"][i]),
+            "ci_lower": float(curve["ci_lower"][i]),
+            "ci_upper": float(curve["ci_upper"][i]),
+        }
+        for i in range(len(curve["time"]))
+    ]
+
+
+def _summarise(
+    tables: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    params: KaplanMeierParams,
+) -> dict[str, Any]:
+    """Return the result from merged event tables (group label -> table; "" when ungrouped)."""
+    if not tables:
+        raise AppError("kaplan-meier: no rows to analyse")
+    curves = {label: km_curve(*table, params.alpha) for label, table in tables.items()}
+    medians = {label: median_survival(c["time"], c["survival"]) for label, c in curves.items()}
+    n_obs = int(sum(int(t[1].sum() + t[2].sum()) for t in tables.values()))
+    n_events = int(sum(int(t[1].sum()) for t in tables.values()))
+    if params.group is None:
+        curve = curves[""]
+        return {
+            "timeline": _curve_rows(curve),
+            "median_survival": medians[""],
+            "n_obs": n_obs,
+            "n_events": n_events,
+        }
+    if len(tables) < 2:
+        raise AppError(
+            f"kaplan-meier: column '{params.group}' holds a single group; the log-rank test "
+            "needs at least two"
+        )
+    labels = sorted(tables)
+    statistic, p_value, dof = logrank_test([tables[g] for g in labels])
+    return {
+        "timeline": {g: _curve_rows(curves[g]) for g in labels},
+        "median_survival": {g: medians[g] for g in labels},
+        "logrank": {"statistic": statistic, "p_value": p_value, "dof": dof},
+        "n_obs": n_obs,
+        "n_events": n_events,
+    }
+
+
+class KaplanMeier(App[KaplanMeierParams]):
+    """Kaplan–Meier survival curves (per group), median survival, multivariate log-rank test."""
+
+    name = "kaplan-meier"
+    Params = KaplanMeierParams
+
+    def resolve(self, params: KaplanMeierParams, columns: Mapping[str, str]) -> KaplanMeierParams:
+        for key in ("duration", "event", "group"):
+            column = getattr(params, key)
+            if column is not None and column not in columns:
+                raise AppError(
+                    f"app 'kaplan-meier': params.{key} column '{column}' is not in the sites' data"
+                )
+        return params
+
+    def columns(self, params: KaplanMeierParams) -> dict[str, ColumnKind]:
+        needed: dict[str, ColumnKind] = {params.duration: "numeric", params.event: "binary"}
+        if params.group is not None:
+            needed[params.group] = "any"
+        return needed
+
+    def local(
+        self, data: Table, params: KaplanMeierParams, payload: Payload, ctx: SiteContext
+    ) -> Payload:
+        check_min_count(data.n_rows, ctx.min_count, "the event table")
+        durations = _check_durations(data[params.duration], params.duration)
+        events = np.asarray(data[params.event], dtype=np.float64)
+        if params.group is None:
+            groups: dict[str, np.ndarray] = {"": np.ones(len(durations), dtype=bool)}
+        else:
+            labels = np.array([group_label(v) for v in data[params.group]], dtype=object)
+            groups = {str(g): labels == g for g in sorted(set(labels.tolist()))}
+        out_labels: list[str] = []
+        tables: list[dict[str, np.ndarray]] = []
+        for label, mask in groups.items():
+            what = f"group '{label}' of column '{params.group}'" if params.group else ""
+            if what:
+                check_min_count(int(mask.sum()), ctx.min_count, what)
+            times, n_events, n_censored = event_table(durations[mask], events[mask])
+            out_labels.append(label)
+            tables.append({"time": times, "events": n_events, "censored": n_censored})
+        return {"groups": out_labels, "tables": tables}
+
+    def aggregate(
+        self, replies: Mapping[str, Payload], params: KaplanMeierParams, ctx: CoordinatorContext
+    ) -> Done:
+        collected: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        for reply in replies.values():
+            for label, table in zip(reply["groups"], reply["tables"], strict=True):
+                collected.setdefault(str(label), []).append(
+                    (
+                        np.asarray(table["time"], dtype=np.float64),
+                        np.asarray(table["events"], dtype=np.int64),
+                        np.asarray(table["censored"], dtype=np.int64),
+                    )
+                )
+        merged = {label: merge_event_tables(parts) for label, parts in collected.items()}
+        return Done(_summarise(merged, params))
+
+    def centralized(self, pooled: pd.DataFrame, params: KaplanMeierParams) -> dict[str, Any]:
+        from lifelines import KaplanMeierFitter
+        from lifelines.statistics import multivariate_logrank_test
+
+        def fit(frame: pd.DataFrame) -> tuple[list[dict[str, Any]], float | None]:
+            kmf = KaplanMeierFitter(alpha=params.alpha).fit(
+                frame[params.duration].astype(float), frame[params.event].astype(int)
+            )
+            table = kmf.event_table
+            ci = kmf.confidence_interval_.to_numpy()
+            survival = kmf.survival_function_.to_numpy()[:, 0]
+            rows = [
+                {
+                    "time": float(t),
+                    "at_risk": int(table["at_risk"].iloc[i]),
+                    "events": int(table["observed"].iloc[i]),
+                    "survival": float(survival[i]),
+                    "ci_lower": float(ci[i, 0]),
+                    "ci_upper": float(ci[i, 1]),
+                }
+                for i, t in enumerate(table.index)
+            ]
+            median = float(kmf.median_survival_time_)
+            return rows, (median if np.isfinite(median) else None)
+
+        n_obs, n_events = len(pooled), int(pooled[params.event].sum())
+        if params.group is None:
+            rows, median = fit(pooled)
+            return {
+                "timeline": rows,
+                "median_survival": median,
+                "n_obs": n_obs,
+                "n_events": n_events,
+            }
+        labels = pooled[params.group].map(group_label)
+        timeline: dict[str, Any] = {}
+        medians: dict[str, Any] = {}
+        for label in sorted(labels.unique()):
+            timeline[label], medians[label] = fit(pooled[labels == label])
+        test = multivariate_logrank_test(
+            pooled[params.duration].astype(float), labels, pooled[params.event].astype(int)
+        )
+        return {
+            "timeline": timeline,
+            "median_survival": medians,
+            "logrank": {
+                "statistic": float(test.test_statistic),
+                "p_value": float(test.p_value),
+                "dof": int(test.degrees_of_freedom),
+            },
+            "n_obs": n_obs,
+            "n_events": n_events,
+        }
+
+
+def _unused() -> None:  # pragma: no cover - keeps msgspec imported for Params subclasses' users
+    msgspec.structs.replace

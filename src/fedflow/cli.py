@@ -1,0 +1,342 @@
+"""The ``fedflow`` command: run, validate, template, apps, node, predict, trust.
+
+Every expected error is one line on stderr and a documented exit code (see ``fedflow.errors``):
+0 success, 2 bad study or input, 3 a site failed, 4 comparison mismatch, 5 platform error,
+1 internal error, 130 interrupted. ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fedflow._version import __version__
+from fedflow.errors import ComparisonMismatch, FedflowError, exit_code
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedflow",
+        description="Run federated analyses across data-holding sites from one study file.",
+        epilog="The original fedflow's forms still work: `fedflow -c STUDY` runs, `fedflow -t` writes a template.",
+    )
+    parser.add_argument("--version", action="version", version=f"fedflow {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", help="run a study", description="Run a study and write its run directory."
+    )
+    run.add_argument("study", type=Path, help="the study file (TOML)")
+    run.add_argument("--out", type=Path, help="write the run directory exactly here")
+    run.add_argument("--force", action="store_true", help="allow --out to name a non-empty folder")
+    run.add_argument(
+        "--compare", action="store_true", help="check the result against the pooled analysis"
+    )
+    run.add_argument("--json", action="store_true", help="print result.json instead of tables")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    run.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    val = sub.add_parser("validate", help="check a study without running it")
+    val.add_argument("study", type=Path)
+    val.add_argument("--debug", action="store_true")
+
+    tpl = sub.add_parser("template", help="write a commented study template")
+    tpl.add_argument("path", type=Path, nargs="?", help="file to write (default: standard output)")
+    tpl.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    sub.add_parser("apps", help="list the built-in apps")
+
+    node = sub.add_parser(
+        "node", help="run a node agent on stdin/stdout (started by fedflow itself)", add_help=False
+    )
+    node.add_argument("rest", nargs=argparse.REMAINDER)
+
+    pred = sub.add_parser("predict", help="score new data with a model from a run directory")
+    pred.add_argument("run_dir", type=Path)
+    pred.add_argument("data", type=Path, nargs="+")
+    pred.add_argument(
+        "--out", type=Path, help="CSV file for the predictions (default: standard output)"
+    )
+    pred.add_argument("--debug", action="store_true")
+
+    trust = sub.add_parser(
+        "trust", help="accept and record the host keys of a study's remote sites"
+    )
+    trust.add_argument("study", type=Path)
+    trust.add_argument("--debug", action="store_true")
+    return parser
+
+
+def _legacy(argv: list[str]) -> list[str]:
+    """Map the original fedflow's ``-c CONFIG`` / ``-t`` to ``run CONFIG`` / ``template``."""
+    if argv and argv[0] in ("-c", "--config"):
+        return ["run", *argv[1:]]
+    if argv and argv[0].startswith("--config="):
+        return ["run", argv[0].split("=", 1)[1], *argv[1:]]
+    if argv and argv[0] in ("-t", "--template"):
+        return ["template", *argv[1:]]
+    return argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fedflow`` command; returns the exit code."""
+    argv = _legacy(list(sys.argv[1:] if argv is None else argv))
+    if argv and argv[0] == "node":
+        from fedflow.node.agent import main as node_main
+
+        return node_main(argv[1:])
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    debug = getattr(args, "debug", False)
+    try:
+        return int(_COMMANDS[args.command](args) or 0)
+    except KeyboardInterrupt:
+        print("fedflow: interrupted", file=sys.stderr)
+        return 130
+    except FedflowError as exc:
+        if debug:
+            raise
+        print(f"fedflow: error: {exc}", file=sys.stderr)
+        run_dir = getattr(exc, "run_dir", None)
+        if run_dir is not None:
+            print(run_dir)
+        return exc.exit_code
+    except Exception as exc:
+        if debug:
+            raise
+        print(
+            f"fedflow: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        run_dir = getattr(exc, "run_dir", None)
+        if run_dir is not None:
+            print(run_dir)
+        return exit_code(exc)
+
+
+# -- commands ------------------------------------------------------------------------------------
+def _cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fedflow.results.report import comparison_line, result_tables
+    from fedflow.runtime.run import run_study
+    from fedflow.study import load_study
+
+    study = load_study(args.study)
+    if args.debug:
+        study.debug.verbose = True
+    err = Console(stderr=True)
+    observer = _observer(err, quiet=args.quiet or args.json)
+    try:
+        run = run_study(
+            study,
+            out=args.out,
+            force=args.force,
+            compare=args.compare,
+            observer=observer,
+            command=["fedflow", *sys.argv[1:]],
+        )
+    finally:
+        observer.stop()
+    if args.json:
+        print((run.dir / "result.json").read_text(encoding="utf-8"), end="")
+    else:
+        out = Console(highlight=False)
+        if not out.is_terminal:
+            out = Console(highlight=False, width=120)
+        for table in result_tables(run.result):
+            out.print(table)
+        for note in run.notes:
+            out.print(f"note: {note}", style="yellow")
+        if run.comparison is not None:
+            out.print(comparison_line(run.comparison), style="green" if run.matches else "bold red")
+        print(run.dir)
+    if run.comparison is not None and not run.matches:
+        worst = [i for i in run.comparison["items"] if not i["match"]][:3]
+        detail = "; ".join(f"{i['path']}: {i['federated']} vs {i['centralized']}" for i in worst)
+        print(f"fedflow: error: {ComparisonMismatch(detail)}", file=sys.stderr)
+        return ComparisonMismatch.exit_code
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fedflow.validate import validate_study
+
+    console = Console(highlight=False, soft_wrap=True)
+    report = validate_study(args.study)
+    for line in report.lines:
+        console.print(line)
+    console.print(
+        f"[green]✓[/green] {args.study} is valid"
+        + (f" ({report.unchecked} remote site(s) checked at run time)" if report.unchecked else "")
+    )
+    return 0
+
+
+def _cmd_template(args: argparse.Namespace) -> int:
+    from fedflow.study.template import TEMPLATE
+
+    if args.path is None:
+        sys.stdout.write(TEMPLATE)
+        return 0
+    if args.path.exists() and not args.force:
+        raise FedflowError(f"{args.path} exists (use --force to overwrite)")
+    args.path.write_text(TEMPLATE, encoding="utf-8")
+    print(f"wrote {args.path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_apps(args: argparse.Namespace) -> int:
+    from fedflow.apps import available_apps, get_app
+
+    for name in available_apps():
+        try:
+            app = get_app(name)
+        except FedflowError:
+            continue
+        doc = (type(app).__doc__ or "").strip().splitlines()[0] if type(app).__doc__ else ""
+        print(f"{name:22} {doc}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from fedflow.results.predict import predict
+
+    predict(args.run_dir, list(args.data), out=args.out)
+    return 0
+
+
+def _cmd_trust(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from fedflow.connectors.hostkeys import trust_hosts
+    from fedflow.study import load_study
+
+    study = load_study(args.study)
+    rows = trust_hosts(study)
+    if asyncio.iscoroutine(rows):
+        rows = asyncio.run(rows)
+    for row in rows:
+        print("  ".join(str(x) for x in row))
+    return 0
+
+
+_COMMANDS: dict[str, Any] = {
+    "run": _cmd_run,
+    "validate": _cmd_validate,
+    "template": _cmd_template,
+    "apps": _cmd_apps,
+    "predict": _cmd_predict,
+    "trust": _cmd_trust,
+}
+
+
+# -- progress ------------------------------------------------------------------------------------
+def _observer(console: Any, *, quiet: bool) -> Any:
+    from fedflow.runtime.observer import Observer
+
+    class Plain(Observer):
+        """Log lines on stderr (not a terminal)."""
+
+        def __init__(self) -> None:
+            self.t0 = time.perf_counter()
+
+        def _say(self, text: str) -> None:
+            print(f"[{time.perf_counter() - self.t0:7.3f}s] {text}", file=sys.stderr, flush=True)
+
+        def phase(self, name: str) -> None:
+            self._say(name)
+
+        def site(self, site: str, status: str, detail: str) -> None:
+            if status in ("ready", "failed"):
+                self._say(f"site {site}: {status}{f' ({detail})' if detail else ''}")
+
+        def round_done(self, round: int, seconds: float, final: bool) -> None:
+            self._say(f"round {round} done in {1000 * seconds:.1f} ms{' (final)' if final else ''}")
+
+        def message(self, text: str) -> None:
+            self._say(text)
+
+        def stop(self) -> None:
+            pass
+
+    class Quiet(Plain):
+        def _say(self, text: str) -> None:
+            pass
+
+    class Live(Observer):
+        """A live table of sites and rounds on a terminal."""
+
+        def __init__(self) -> None:
+            from rich.live import Live as RichLive
+
+            self.sites: dict[str, tuple[str, str]] = {}
+            self.round = 0
+            self.last_ms = 0.0
+            self.phase_name = "starting"
+            self.notes: list[str] = []
+            self.live = RichLive(
+                self._render(), console=console, refresh_per_second=12, transient=False
+            )
+            self.live.start()
+
+        def _render(self) -> Any:
+            from rich.table import Table
+
+            table = Table.grid(padding=(0, 2))
+            marks = {"ready": "[green]✓[/green]", "failed": "[red]✗[/red]"}
+            row = []
+            for name, (status, detail) in self.sites.items():
+                row.append(
+                    f"{name} {marks.get(status, '…')} {status}{f' ({detail})' if detail else ''}"
+                )
+            for i in range(0, len(row), 3):
+                table.add_row(*row[i : i + 3])
+            if self.round:
+                table.add_row(f"round {self.round}  {self.last_ms:.1f} ms")
+            else:
+                table.add_row(f"[dim]{self.phase_name}…[/dim]")
+            for note in self.notes[-3:]:
+                table.add_row(f"[yellow]{note}[/yellow]")
+            return table
+
+        def _update(self) -> None:
+            self.live.update(self._render())
+
+        def phase(self, name: str) -> None:
+            self.phase_name = name
+            self._update()
+
+        def site(self, site: str, status: str, detail: str) -> None:
+            self.sites[site] = (status, detail)
+            self._update()
+
+        def round_done(self, round: int, seconds: float, final: bool) -> None:
+            self.round, self.last_ms = round, 1000 * seconds
+            self._update()
+
+        def message(self, text: str) -> None:
+            self.notes.append(text)
+            self._update()
+
+        def stop(self) -> None:
+            self.live.stop()
+
+    if quiet:
+        return Quiet()
+    if console.is_terminal:
+        return Live()
+    return Plain()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

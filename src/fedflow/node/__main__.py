@@ -1,0 +1,5 @@
+import sys
+
+from fedflow.node.agent import main
+
+sys.exit(main())

@@ -1,0 +1,286 @@
+"""Reading a site's data files into a ``Table``: CSV, TSV and Parquet, several files concatenated.
+
+Numbers become int64 (every value an integer literal) or float64 columns, anything else text. The
+loader keeps, for every row, which file it came from, so a missing value can be reported with its
+file. Fingerprints (sha256, size, rows) are computed here, at the site: only they leave it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedflow.apps.base import Table
+from fedflow.errors import DataError
+
+__all__ = ["NA_VALUES", "LoadedData", "column_kind", "fingerprint", "prepare_table", "read_table"]
+
+NA_VALUES = frozenset(
+    {"", "NA", "N/A", "n/a", "NaN", "nan", "NAN", "null", "NULL", "None", "#N/A", "-nan", "<NA>"}
+)
+"""Cells read as missing (a subset of what pandas treats as missing by default)."""
+
+_DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+_PARQUET = {".parquet", ".pq"}
+
+
+@dataclass(frozen=True)
+class FileFingerprint:
+    name: str
+    sha256: str
+    bytes: int
+    rows: int
+
+
+@dataclass
+class LoadedData:
+    """A site's table plus, per row, the index of the file it came from."""
+
+    table: Table
+    files: list[FileFingerprint]
+    row_file: np.ndarray
+    missing: dict[str, np.ndarray]
+    """Per column with missing values: a boolean mask of the missing rows."""
+
+    def file_of_first_missing(self, column: str) -> str:
+        """Return the name of the first file holding a missing value in ``column``."""
+        index = int(np.argmax(self.missing[column]))
+        return self.files[int(self.row_file[index])].name
+
+
+def fingerprint(path: Path) -> tuple[str, int]:
+    """Return (sha256 hex digest, size in bytes) of a file."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def column_kind(array: np.ndarray) -> str:
+    """Return ``int``, ``float`` or ``str`` for a table column."""
+    kind = array.dtype.kind
+    return "int" if kind in "biu" else "float" if kind == "f" else "str"
+
+
+def _read_delimited(path: Path, data: bytes, delimiter: str) -> dict[str, list[str]]:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path.name}: not UTF-8 text ({exc.reason} at byte {exc.start})", file=path.name
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(f"{path.name} is empty", file=path.name) from None
+    except csv.Error as exc:
+        raise DataError(f"{path.name}: {exc}", file=path.name) from None
+    header = [h.strip() for h in header]
+    if not any(header):
+        raise DataError(f"{path.name}: the first line holds no column names", file=path.name)
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise DataError(f"{path.name}: duplicate column names: {', '.join(dupes)}", file=path.name)
+    columns: list[list[str]] = [[] for _ in header]
+    try:
+        for line_no, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DataError(
+                    f"{path.name}: line {line_no} has {len(row)} fields, the header has {len(header)}",
+                    file=path.name,
+                )
+            for cells, cell in zip(columns, row, strict=True):
+                cells.append(cell.strip())
+    except csv.Error as exc:
+        raise DataError(f"{path.name}: {exc}", file=path.name) from None
+    return dict(zip(header, columns, strict=True))
+
+
+def _read_parquet(path: Path) -> dict[str, np.ndarray | list[str]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(
+            f"{path.name}: reading Parquet needs pyarrow at this site "
+            "(pip install 'fedflow-studies[parquet]')",
+            file=path.name,
+        ) from None
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises many types for corrupt files
+        raise DataError(
+            f"{path.name}: not a readable Parquet file ({exc})", file=path.name
+        ) from None
+    out: dict[str, np.ndarray | list[str]] = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        values = column.to_pylist()
+        if all(isinstance(v, (int, float, bool)) or v is None for v in values):
+            out[str(name)] = [
+                "" if v is None else repr(v) if isinstance(v, float) else str(int(v))
+                for v in values
+            ]
+        else:
+            out[str(name)] = ["" if v is None else str(v) for v in values]
+    return out
+
+
+def _typed(cells: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Return (typed column, missing mask) for one column's text cells."""
+    raw = np.array(cells, dtype=object)
+    missing = np.fromiter((c in NA_VALUES for c in cells), dtype=bool, count=len(cells))
+    present = raw[~missing]
+    try:
+        numbers = present.astype(np.float64)
+    except (ValueError, TypeError):
+        text = raw.copy()
+        text[missing] = None
+        return text, missing
+    integral = not missing.any() and all(c.lstrip("+-").isdigit() for c in present)
+    if integral:
+        try:
+            return present.astype(np.int64), missing
+        except (ValueError, OverflowError):
+            pass
+    column = np.full(len(cells), np.nan)
+    column[~missing] = numbers
+    return column, missing
+
+
+def read_table(paths: Sequence[str | Path], *, site: str | None = None) -> LoadedData:
+    """Read and concatenate a site's data files.
+
+    Returns the table, each file's fingerprint and each row's file. Raises DataError naming the
+    site and file for a missing, unreadable or empty file, or files whose columns disagree.
+    """
+    if not paths:
+        raise DataError("no data files given (set data = [...] for this client)", site=site)
+    parts: list[dict[str, list[str]]] = []
+    fingerprints: list[FileFingerprint] = []
+    for item in paths:
+        path = Path(item)
+        suffix = path.suffix.lower()
+        if suffix not in _DELIMITERS and suffix not in _PARQUET:
+            raise DataError(
+                f"{path.name}: unsupported file type '{suffix}' (use .csv, .tsv or .parquet)",
+                site=site,
+                file=path.name,
+            )
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise DataError(f"data file {path} does not exist", site=site, file=str(path)) from None
+        except OSError as exc:
+            raise DataError(
+                f"cannot read data file {path}: {exc.strerror}", site=site, file=str(path)
+            ) from None
+        try:
+            columns = (
+                _read_parquet(path)
+                if suffix in _PARQUET
+                else _read_delimited(path, data, _DELIMITERS[suffix])
+            )
+        except DataError as exc:
+            exc.site = site
+            raise
+        rows = len(next(iter(columns.values()))) if columns else 0
+        if rows == 0:
+            raise DataError(f"{path.name} has a header but no rows", site=site, file=path.name)
+        if parts and list(columns) != list(parts[0]):
+            raise DataError(
+                f"{path.name}: columns differ from {fingerprints[0].name} "
+                f"({', '.join(columns)} vs {', '.join(parts[0])})",
+                site=site,
+                file=path.name,
+            )
+        digest = hashlib.sha256(data).hexdigest()
+        fingerprints.append(FileFingerprint(path.name, digest, len(data), rows))
+        parts.append(columns)  # type: ignore[arg-type]
+    merged: dict[str, np.ndarray] = {}
+    missing: dict[str, np.ndarray] = {}
+    for name in parts[0]:
+        cells: list[str] = []
+        for part in parts:
+            cells.extend(part[name])
+        merged[name], mask = _typed(cells)
+        if mask.any():
+            missing[name] = mask
+    row_file = np.repeat(np.arange(len(parts)), [f.rows for f in fingerprints])
+    return LoadedData(Table(merged), fingerprints, row_file, missing)
+
+
+def prepare_table(
+    loaded: LoadedData, needed: Mapping[str, str], *, dropna: bool, min_count: int
+) -> Table:
+    """Check a site's data against what an app needs and return the table the app will see.
+
+    ``needed`` maps columns to ``numeric``, ``binary`` or ``any``. Rows with a missing value in a
+    needed column are dropped when ``dropna``, else refused. Raises DataError naming the file and
+    column for a missing or non-numeric column, missing values, or fewer than ``min_count`` rows.
+    """
+    table = loaded.table
+    files = ", ".join(f.name for f in loaded.files)
+    for name, kind in needed.items():
+        if name not in table:
+            raise DataError(
+                f"column '{name}' is missing in {files} (columns there: {', '.join(table.columns)})",
+                column=name,
+            )
+    keep = np.ones(table.n_rows, dtype=bool)
+    for name in needed or table.columns:
+        if name not in loaded.missing:
+            continue
+        if not dropna:
+            first = loaded.file_of_first_missing(name)
+            count = int(loaded.missing[name].sum())
+            raise DataError(
+                f"{first}: column '{name}' has {count} missing value(s) "
+                "(set dropna = true in the study to drop those rows)",
+                file=first,
+                column=name,
+            )
+        keep &= ~loaded.missing[name]
+    if not keep.all():
+        table = table.select(keep)
+    columns = {c: table[c] for c in table.columns}
+    for name, kind in needed.items():
+        if kind not in ("numeric", "binary"):
+            continue
+        values = columns[name]
+        if values.dtype.kind == "O":  # text, or numbers that only parsed once missing rows went
+            try:
+                values = columns[name] = values.astype(np.float64)
+            except (TypeError, ValueError):
+                example = next((v for v in values if not _is_number(v)), "?")
+                raise DataError(
+                    f"column '{name}' is not numeric in {files} (e.g. value {example!r})",
+                    column=name,
+                ) from None
+        if kind == "binary" and not np.isin(values, (0, 1)).all():
+            raise DataError(f"column '{name}' must hold only 0 and 1 in {files}", column=name)
+    table = Table(columns)
+    if table.n_rows < min_count:
+        raise DataError(
+            f"{table.n_rows} usable row(s) in {files}, fewer than min_count = {min_count}; "
+            "the site refuses to answer"
+        )
+    return table
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -1,0 +1,18 @@
+"""The coordinator side: rounds, concurrency, timeouts, and the run as a whole."""
+
+from __future__ import annotations
+
+from fedflow.runtime.coordinator import Coordinator, Outcome, common_columns
+from fedflow.runtime.observer import Observer
+from fedflow.runtime.run import Run, arun_study, check_study, run_study
+
+__all__ = [
+    "Coordinator",
+    "Observer",
+    "Outcome",
+    "Run",
+    "arun_study",
+    "check_study",
+    "common_columns",
+    "run_study",
+]
