@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedflow.apps.base import SiteInfo
+from fedflow.apps.base import SiteInfo, merged_columns
 from fedflow.node.data import column_kind, prepare_table, read_table
-from fedflow.runtime.coordinator import common_columns
 from fedflow.runtime.run import check_study
 from fedflow.study import load_study
 
@@ -52,7 +51,7 @@ def validate_study(path: str | Path) -> ValidationReport:
         )
         for name, data in loaded.items()
     }
-    params = app.resolve(app.parse_params(study.params), common_columns(infos))
+    params = app.resolve(app.parse_params(study.params), merged_columns(infos))
     needed = app.columns(params)
     for name, data in loaded.items():
         try:

@@ -53,6 +53,7 @@ __all__ = [
     "Step",
     "Table",
     "check_min_count",
+    "merged_columns",
 ]
 
 Payload = dict[str, Any]
@@ -202,6 +203,24 @@ class Done:
 
 
 Step = Continue | Done
+
+
+def merged_columns(sites: Mapping[str, SiteInfo]) -> dict[str, str]:
+    """Return every column any site holds (first site's order first) with its widest kind:
+    ``int`` where every holder has integers, ``float`` where all are numeric, else ``str``.
+
+    Apps resolve defaults against this; the runtime then checks each site holds what the app
+    needs, so a column missing at one site is reported with that site's name.
+    """
+    kinds: dict[str, list[str]] = {}
+    for info in sites.values():
+        for column, kind in info.columns.items():
+            kinds.setdefault(column, []).append(kind)
+    merged: dict[str, str] = {}
+    for column, seen in kinds.items():
+        numeric = all(k in ("int", "float") for k in seen)
+        merged[column] = ("int" if all(k == "int" for k in seen) else "float") if numeric else "str"
+    return merged
 
 
 def check_min_count(count: float, min_count: int, what: str) -> None:

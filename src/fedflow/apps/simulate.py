@@ -23,6 +23,7 @@ from fedflow.apps.base import (
     SiteContext,
     SiteInfo,
     Table,
+    merged_columns,
 )
 from fedflow.errors import AppError, DataError
 
@@ -72,7 +73,9 @@ def simulate(
         app = get_app(app)
     parsed = app.parse_params(params)
     infos = {name: SiteInfo(name, t.n_rows, column_kinds(t)) for name, t in sites.items()}
-    common = _common_columns(infos)
+    if not infos:
+        raise AppError("no sites")
+    common = merged_columns(infos)
     parsed = app.resolve(parsed, common)
     needed = app.columns(parsed)
     # parameters travel to the sites as builtins and are parsed again there, as on the wire
@@ -115,21 +118,3 @@ def simulate(
         notes=ctx.notes,
         site_outputs={name: c.outputs for name, c in site_ctx.items() if c.outputs},
     )
-
-
-def _common_columns(infos: Mapping[str, SiteInfo]) -> dict[str, str]:
-    """Columns present at every site, in the first site's order; kinds widened int -> float."""
-    names = list(infos)
-    if not names:
-        raise AppError("no sites")
-    first = infos[names[0]].columns
-    common: dict[str, str] = {}
-    for column, kind in first.items():
-        kinds = [infos[n].columns.get(column) for n in names]
-        if any(k is None for k in kinds):
-            continue
-        if all(k in ("int", "float") for k in kinds):
-            common[column] = "int" if all(k == "int" for k in kinds) else "float"
-        else:
-            common[column] = "str"
-    return common

@@ -25,7 +25,7 @@ from fedflow._version import __version__
 from fedflow.apps import get_app
 from fedflow.apps.base import App, SiteContext, Table
 from fedflow.errors import AppError, DataError, FedflowError, ProtocolError, RemoteProtocolError
-from fedflow.node.data import column_kind, prepare_table, read_table
+from fedflow.node.data import LoadedData, column_kind, prepare_table, read_table
 from fedflow.wire import (
     HEADER_SIZE,
     PROTOCOL_VERSION,

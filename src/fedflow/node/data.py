@@ -231,7 +231,7 @@ def prepare_table(
     """
     table = loaded.table
     files = ", ".join(f.name for f in loaded.files)
-    for name, kind in needed.items():
+    for name in needed:
         if name not in table:
             raise DataError(
                 f"column '{name}' is missing in {files} (columns there: {', '.join(table.columns)})",

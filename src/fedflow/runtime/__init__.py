@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedflow.runtime.coordinator import Coordinator, Outcome, common_columns
+from fedflow.runtime.coordinator import Coordinator, Outcome
 from fedflow.runtime.observer import Observer
 from fedflow.runtime.run import Run, arun_study, check_study, run_study
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fedflow._version import __version__
-from fedflow.apps.base import App, Continue, CoordinatorContext, Done, SiteInfo
+from fedflow.apps.base import App, Continue, CoordinatorContext, Done, SiteInfo, merged_columns
 from fedflow.connectors.base import Connector
 from fedflow.errors import (
     AppError,
@@ -44,9 +44,12 @@ from fedflow.wire import (
     Welcome,
 )
 
-__all__ = ["Coordinator", "Outcome", "SiteRecord", "common_columns"]
+__all__ = ["Coordinator", "Outcome", "SiteRecord"]
 
 M = TypeVar("M", bound=Message)
+
+SETUP_TIMEOUT = 120.0
+"""Seconds a site may take to start, load its data, prepare or finish (at least)."""
 
 
 @dataclass
@@ -90,22 +93,6 @@ class Outcome:
     params: Any
     rounds: int
     notes: list[str]
-
-
-def common_columns(sites: Mapping[str, SiteInfo]) -> dict[str, str]:
-    """Return the columns every site holds, in the first site's order (int widened to float)."""
-    names = list(sites)
-    first = sites[names[0]].columns
-    common: dict[str, str] = {}
-    for column in first:
-        kinds = [sites[n].columns.get(column) for n in names]
-        if any(k is None for k in kinds):
-            continue
-        numeric = all(k in ("int", "float") for k in kinds)
-        common[column] = (
-            ("int" if all(k == "int" for k in kinds) else "float") if numeric else "str"
-        )
-    return common
 
 
 class Coordinator:
@@ -197,7 +184,7 @@ class Coordinator:
             for n, s in self.sites.items()
             if s.ready is not None
         }
-        common = common_columns(infos)
+        common = merged_columns(infos)
         params = self.app.resolve(self.params, common)
         needed = self.app.columns(params)
         self._check_columns(needed)
@@ -292,10 +279,12 @@ class Coordinator:
     async def _start(self, site: SiteRecord) -> None:
         self.observer.site(site.name, "starting", "")
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(max(self.timeout, SETUP_TIMEOUT)):
                 await site.connector.start()
         except TimeoutError:
-            raise SiteError(f"did not start within {self.timeout:g} s", site=site.name) from None
+            raise SiteError(
+                f"did not start within {max(self.timeout, SETUP_TIMEOUT):g} s", site=site.name
+            ) from None
         self.observer.site(site.name, "started", "")
 
     async def _stage(self, site: SiteRecord) -> None:
@@ -310,6 +299,9 @@ class Coordinator:
 
     # -- messaging -----------------------------------------------------------------------------
     async def _ask(self, name: str, message: Message, expect: type[M]) -> M:
+        # Rounds get the study's timeout; starting, loading data and finishing get at least
+        # SETUP_TIMEOUT, since a cold Python start and a big file can outlast a short round limit.
+        timeout = self.timeout if isinstance(message, Task) else max(self.timeout, SETUP_TIMEOUT)
         connector = self.sites[name].connector
         try:
             payload = self.codec.encode(message)
@@ -318,7 +310,7 @@ class Coordinator:
                 f"cannot send {type(message).__name__}: {exc.message}", site=name
             ) from None
         await connector.send(payload)
-        raw = await connector.receive(self.timeout)
+        raw = await connector.receive(timeout)
         try:
             reply = self.codec.decode(raw)
         except RemoteProtocolError as exc:

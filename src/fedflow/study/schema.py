@@ -79,7 +79,8 @@ class Study(_Strict):
     seed: int | None = None
     min_count: int = Field(default=5, ge=1)
     timeout: float = Field(default=300.0, gt=0)
-    """Seconds a site may take to answer one round (and to start, load data, or finish)."""
+    """Seconds a site may take to answer one round (starting, loading data and finishing may take
+    at least 120 s whatever this says)."""
     dropna: bool = False
     """Drop rows with a missing value in a column the app needs (default: missing values are an error)."""
     trust_new_hosts: bool = False

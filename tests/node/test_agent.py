@@ -1,0 +1,130 @@
+"""The node agent's protocol logic, driven message by message, and its stdio loop."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from fedflow._version import __version__
+from fedflow.node.agent import NodeAgent, SitePolicy, serve
+from fedflow.wire import (
+    PROTOCOL_VERSION,
+    Bye,
+    Failure,
+    Finish,
+    FrameDecoder,
+    Hello,
+    MessageCodec,
+    Prepare,
+    Prepared,
+    Ready,
+    Reply,
+    Setup,
+    Task,
+    Welcome,
+    encode_frame,
+)
+
+
+def data_file(tmp_path: Path) -> str:
+    path = tmp_path / "site.csv"
+    path.write_text("x,y\n" + "".join(f"{i},{2 * i + 1}\n" for i in range(10)))
+    return str(path)
+
+
+def test_full_conversation(tmp_path: Path) -> None:
+    agent = NodeAgent("berlin")
+    welcome = agent.handle(Hello(protocol=PROTOCOL_VERSION, version=__version__, site="berlin"))
+    assert (
+        isinstance(welcome, Welcome) and welcome.site == "berlin" and welcome.version == __version__
+    )
+    ready = agent.handle(Setup(data=[data_file(tmp_path)], min_count=5))
+    assert isinstance(ready, Ready) and ready.rows == 10
+    assert [(c.name, c.dtype) for c in ready.columns] == [("x", "int"), ("y", "int")]
+    prepared = agent.handle(
+        Prepare(app="stats", params={"columns": ["x"]}, columns={"x": "numeric"})
+    )
+    assert prepared == Prepared(rows=10)
+    reply = agent.handle(Task(round=1, payload={}))
+    assert isinstance(reply, Reply)
+    assert reply.payload["x"]["n"] == 10 and reply.payload["x"]["mean"] == 4.5
+    bye = agent.handle(Finish())
+    assert isinstance(bye, Bye) and bye.peak_rss > 0
+
+
+def test_out_of_order_and_failures_are_replies_not_crashes(tmp_path: Path) -> None:
+    agent = NodeAgent("s")
+    failure = agent.handle(Task(round=1, payload={}))
+    assert isinstance(failure, Failure) and failure.kind == "protocol"
+    agent.handle(Hello(protocol=PROTOCOL_VERSION, version=__version__, site="s"))
+    missing = agent.handle(Setup(data=[str(tmp_path / "nope.csv")]))
+    assert (
+        isinstance(missing, Failure)
+        and missing.kind == "data"
+        and "does not exist" in missing.message
+    )
+
+
+def test_unknown_app_and_policy(tmp_path: Path) -> None:
+    for policy, kind in ((None, "app"), (SitePolicy(frozenset({"stats"})), "policy")):
+        agent = NodeAgent("s", policy)
+        agent.handle(Hello(protocol=PROTOCOL_VERSION, version=__version__, site="s"))
+        agent.handle(Setup(data=[data_file(tmp_path)]))
+        app = "no-such-app" if kind == "app" else "linear-regression"
+        reply = agent.handle(Prepare(app=app, params={"target": "y"}, columns={}))
+        assert isinstance(reply, Failure) and reply.kind == kind
+
+
+def test_site_policy_raises_min_count(tmp_path: Path) -> None:
+    agent = NodeAgent("s", SitePolicy(min_count=50))
+    agent.handle(Hello(protocol=PROTOCOL_VERSION, version=__version__, site="s"))
+    agent.handle(Setup(data=[data_file(tmp_path)], min_count=5))
+    reply = agent.handle(Prepare(app="stats", params={}, columns={"x": "numeric"}))
+    assert isinstance(reply, Failure) and "fewer than min_count = 50" in reply.message
+
+
+def test_app_outputs_are_written_only_to_the_site_folder(tmp_path: Path) -> None:
+    agent = NodeAgent("s")
+    agent.handle(Hello(protocol=PROTOCOL_VERSION, version=__version__, site="s"))
+    out = tmp_path / "out"
+    agent.handle(Setup(data=[data_file(tmp_path)], outputs=str(out)))
+    agent.handle(Prepare(app="stats", params={}, columns={"x": "numeric"}))
+    agent.handle(Task(round=1, payload={}))
+    assert agent._ctx is not None
+    agent._ctx.outputs["../escape.csv"] = b"a,b\n"
+    bye = agent.handle(Finish())
+    assert isinstance(bye, Bye) and bye.outputs == ["escape.csv"]
+    assert (out / "escape.csv").read_bytes() == b"a,b\n"
+    assert not (tmp_path / "escape.csv").exists()
+
+
+def test_serve_answers_frames_and_stops_at_finish(tmp_path: Path) -> None:
+    codec = MessageCodec()
+    requests = [
+        Hello(protocol=PROTOCOL_VERSION, version=__version__, site="s"),
+        Setup(data=[data_file(tmp_path)]),
+        Prepare(app="stats", params={}, columns={"x": "numeric", "y": "numeric"}),
+        Task(round=1, payload={"unused": np.zeros(2)}),
+        Finish(),
+    ]
+    stdin = io.BytesIO(b"".join(encode_frame(codec.encode(m)) for m in requests))
+    stdout = io.BytesIO()
+    assert serve(NodeAgent("s"), stdin, stdout) == 0
+    decoder = FrameDecoder()
+    decoder.feed(stdout.getvalue())
+    replies = []
+    while (payload := decoder.next_frame()) is not None:
+        replies.append(codec.decode(payload))
+    assert [type(r).__name__ for r in replies] == ["Welcome", "Ready", "Prepared", "Reply", "Bye"]
+
+
+def test_serve_exits_on_truncated_frame_and_answers_garbage() -> None:
+    stdout = io.BytesIO()
+    garbage = encode_frame(b"\xc1\xc1")
+    assert serve(NodeAgent("s"), io.BytesIO(garbage + b"\x00\x00\x01"), stdout) == 1
+    decoder = FrameDecoder()
+    decoder.feed(stdout.getvalue())
+    reply = MessageCodec().decode(decoder.next_frame())
+    assert isinstance(reply, Failure) and reply.kind == "protocol"

@@ -1,0 +1,92 @@
+"""Site data loading: formats, concatenation, types, and one-line errors naming file and column."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedflow.errors import DataError
+from fedflow.node.data import prepare_table, read_table
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_csv_tsv_and_parquet_concatenate(tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    a = write(tmp_path / "a.csv", "x,y,g\n1,2.5,a\n2,3.5,b\n")
+    b = write(tmp_path / "b.tsv", "x\ty\tg\n3\t4.5\tc\n")
+    c = tmp_path / "c.parquet"
+    pd.DataFrame({"x": [4], "y": [5.5], "g": ["d"]}).to_parquet(c)
+    loaded = read_table([a, b, c], site="s")
+    table = loaded.table
+    assert table.columns == ["x", "y", "g"]
+    assert table["x"].dtype == np.int64 and list(table["x"]) == [1, 2, 3, 4]
+    assert table["y"].dtype == np.float64 and list(table["y"]) == [2.5, 3.5, 4.5, 5.5]
+    assert list(table["g"]) == ["a", "b", "c", "d"]
+    assert [f.rows for f in loaded.files] == [2, 1, 1]
+    assert len(loaded.files[0].sha256) == 64
+    assert list(loaded.row_file) == [0, 0, 1, 2]
+
+
+def test_missing_values_name_file_and_column(tmp_path: Path) -> None:
+    a = write(tmp_path / "a.csv", "x,y\n1,2\n2,3\n3,4\n")
+    b = write(tmp_path / "b.csv", "x,y\n4,NA\n5,6\n6,\n")
+    loaded = read_table([a, b], site="s")
+    with pytest.raises(DataError, match=r"b\.csv: column 'y' has 2 missing value\(s\)") as info:
+        prepare_table(loaded, {"y": "numeric"}, dropna=False, min_count=1)
+    assert info.value.file == "b.csv" and info.value.column == "y"
+    table = prepare_table(loaded, {"x": "numeric", "y": "numeric"}, dropna=True, min_count=1)
+    assert list(table["x"]) == [1, 2, 3, 5]
+    # a column not needed may have missing values
+    assert prepare_table(loaded, {"x": "numeric"}, dropna=False, min_count=1).n_rows == 6
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "a.csv is empty"),
+        ("x,y\n", "header but no rows"),
+        ("x,y\n1,2,3\n", "line 2 has 3 fields"),
+        ("x,x\n1,2\n", "duplicate column names: x"),
+    ],
+)
+def test_broken_files(tmp_path: Path, content: str, message: str) -> None:
+    path = write(tmp_path / "a.csv", content)
+    with pytest.raises(DataError, match=message) as info:
+        read_table([path], site="berlin")
+    assert str(info.value).startswith("site 'berlin': ")
+
+
+def test_missing_file_and_unknown_type(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        read_table([tmp_path / "nope.csv"], site="s")
+    with pytest.raises(DataError, match="unsupported file type '.xlsx'"):
+        read_table([tmp_path / "a.xlsx"], site="s")
+    with pytest.raises(DataError, match="no data files"):
+        read_table([], site="s")
+
+
+def test_files_with_different_columns_are_refused(tmp_path: Path) -> None:
+    a = write(tmp_path / "a.csv", "x,y\n1,2\n")
+    b = write(tmp_path / "b.csv", "x,z\n1,2\n")
+    with pytest.raises(DataError, match="b.csv: columns differ from a.csv"):
+        read_table([a, b])
+
+
+def test_column_checks(tmp_path: Path) -> None:
+    loaded = read_table([write(tmp_path / "a.csv", "x,g,t\n1,a,0\n2,b,1\n3,c,2\n")])
+    with pytest.raises(DataError, match="column 'q' is missing in a.csv"):
+        prepare_table(loaded, {"q": "numeric"}, dropna=False, min_count=1)
+    with pytest.raises(DataError, match="column 'g' is not numeric in a.csv \\(e.g. value 'a'\\)"):
+        prepare_table(loaded, {"g": "numeric"}, dropna=False, min_count=1)
+    with pytest.raises(DataError, match="column 't' must hold only 0 and 1"):
+        prepare_table(loaded, {"t": "binary"}, dropna=False, min_count=1)
+    with pytest.raises(DataError, match="3 usable row\\(s\\) in a.csv, fewer than min_count = 5"):
+        prepare_table(loaded, {"x": "numeric"}, dropna=False, min_count=5)
+    assert prepare_table(loaded, {"g": "any"}, dropna=False, min_count=3).n_rows == 3
