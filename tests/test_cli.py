@@ -204,3 +204,47 @@ def test_comparison_mismatch_exits_4(tmp_path: Path) -> None:
     assert "MISMATCH" in proc.stdout
     comparison = json.loads((tmp_path / "run" / "comparison.json").read_text())
     assert comparison["status"] == "mismatch" and comparison["items"][0]["path"] == "n"
+
+
+def test_a_busy_site_exits_when_the_coordinator_is_killed(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    copy_quickstart(tmp_path)
+    body = 'app = "tests.plugins:Faulty"\ntimeout = 120\n[params]\nmode = "hang"\nround = 1\n'
+    study = write_study(tmp_path, body, {"vienna": "vienna.csv"}, name="hang.toml")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fedflow.cli",
+            "run",
+            str(study),
+            "--out",
+            str(tmp_path / "run"),
+            "-q",
+        ],
+        env=env_with_tests(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log = tmp_path / "run" / "logs" / "vienna.log"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "prepared app" not in (
+        log.read_text() if log.exists() else ""
+    ):
+        time.sleep(0.1)
+    pid = int(log.read_text().split("pid ")[1].split(")")[0])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.1)
+    alive = (
+        Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    )
+    if alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "the site process outlived its killed coordinator"

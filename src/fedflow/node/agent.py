@@ -276,6 +276,26 @@ def serve(agent: NodeAgent, instream: BinaryIO, outstream: BinaryIO) -> int:
             return 0
 
 
+def _exit_with_parent(interval: float = 1.0) -> None:
+    """Exit when the process that started us goes away, even if an app is stuck computing.
+
+    The agent normally ends when its stdin closes; this covers an agent busy in ``local`` whose
+    coordinator (or SSH session) was killed, so no site process outlives its run.
+    """
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                log.error("the coordinator went away; exiting")
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m fedflow.node`` / ``fedflow node``: serve stdin/stdout."""
     import argparse
@@ -304,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format=f"%(asctime)s {args.site} %(levelname)s %(message)s",
     )
+    _exit_with_parent()
     policy = SitePolicy(frozenset(args.allow) if args.allow else None, args.min_count)
     agent = NodeAgent(args.site, policy)
     log.info(
