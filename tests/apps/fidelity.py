@@ -75,6 +75,13 @@ DATASETS: dict[str, Callable[[], pd.DataFrame]] = {
     "rossi": lambda: _lifelines("rossi"),
     "waltons": lambda: _lifelines("waltons"),
     "lung": lambda: _lifelines("lung"),
+    "lung_complete": lambda: _lifelines("lung").dropna().reset_index(drop=True),
+    "gbsg2": lambda: _lifelines("gbsg2"),
+    "larynx": lambda: _lifelines("larynx"),
+    "kidney_transplant": lambda: _lifelines("kidney_transplant"),
+    "scotland": lambda: _statsmodels("scotland"),
+    "star98": lambda: _statsmodels("star98"),
+    "fair": lambda: _statsmodels("fair"),
 }
 
 

@@ -77,7 +77,7 @@ class LinearRegression(App[RegressionParams]):
     ) -> Payload:
         x = data.matrix(params.features or [], intercept=params.intercept)
         y = np.asarray(data[params.target], dtype=np.float64)
-        r = np.linalg.qr(np.column_stack([x, y]), mode="r")
+        r = np.asarray(np.linalg.qr(np.column_stack([x, y]), mode="r"))
         mean = float(y.mean())
         return {
             "r": r,
@@ -91,7 +91,7 @@ class LinearRegression(App[RegressionParams]):
     ) -> Done:
         names = coefficient_names(params)
         stacked = np.vstack([reply["r"] for reply in replies.values()])
-        r = np.linalg.qr(stacked, mode="r")
+        r = np.asarray(np.linalg.qr(stacked, mode="r"))
         coef, unscaled, rss = ols_from_r(r, names)
         n, y_mean, y_m2 = combine_moments(
             [(float(p["n"]), float(p["y_mean"]), float(p["y_m2"])) for p in replies.values()]

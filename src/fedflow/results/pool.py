@@ -1,0 +1,108 @@
+"""The pooled reference: all sites' data in one table, analysed by the app's trusted twin.
+
+Pooled data is read with pandas — a loader independent of the sites' own — so ``--compare`` checks
+the whole path (reading, types, missing values, maths), not only the maths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedflow.errors import DataError, StudyError
+from fedflow.results.compare import Comparison, compare_results
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from fedflow.apps.base import App
+
+__all__ = ["compare_with_pooled", "pooled_frame", "reference_versions"]
+
+_REFERENCE_PACKAGES = ("numpy", "scipy", "pandas", "statsmodels", "scikit-learn", "lifelines")
+
+
+def reference_versions() -> dict[str, str]:
+    """Return the installed versions of the libraries centralized twins use."""
+    versions = {}
+    for name in _REFERENCE_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _read(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    return pd.read_csv(path, sep="\t" if suffix in (".tsv", ".tab") else ",", skipinitialspace=True)
+
+
+def pooled_frame(
+    data: Mapping[str, Sequence[str]], columns: Sequence[str], *, dropna: bool
+) -> pd.DataFrame:
+    """Return every site's files concatenated (``columns`` only, rows with missing values dropped
+    when ``dropna``). Raises StudyError when pandas is missing, DataError for unreadable files."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise StudyError(
+            "--compare needs the reference libraries: pip install 'fedflow-studies[compare]'"
+        ) from None
+    frames = []
+    for site, files in data.items():
+        for name in files:
+            try:
+                frames.append(_read(Path(name)))
+            except (OSError, ValueError) as exc:
+                raise DataError(
+                    f"cannot read {name} for the pooled reference: {exc}", site=site
+                ) from None
+    pooled = pd.concat(frames, ignore_index=True)
+    if columns:
+        pooled = pooled[list(columns)]
+    return pooled.dropna() if dropna else pooled
+
+
+def _describe(reference: str, versions: dict[str, str]) -> str:
+    """Return e.g. ``statsmodels 0.15.0 OLS`` for an app's reference and installed versions."""
+    if not reference:
+        return "the centralized reference"
+    library, _, routine = reference.partition(" ")
+    version = versions.get(library)
+    return " ".join(x for x in (library, version, routine) if x)
+
+
+def compare_with_pooled(
+    app: App[Any],
+    params: Any,
+    result: Mapping[str, Any],
+    data: Mapping[str, Sequence[str]],
+    *,
+    dropna: bool,
+) -> tuple[Comparison, dict[str, Any]]:
+    """Return the comparison of ``result`` with the app's centralized twin on the pooled data,
+    and the twin's own result."""
+    pooled = pooled_frame(data, list(app.columns(params)), dropna=dropna)
+    try:
+        central = app.centralized(pooled, params)
+    except ImportError as exc:
+        raise StudyError(
+            f"--compare for '{app.name}' needs {exc.name}: pip install 'fedflow-studies[compare]'"
+        ) from None
+    versions = reference_versions()
+    comparison = compare_results(
+        app.comparable(result),
+        app.comparable(central),
+        rtol=app.tolerance,
+        atol=app.absolute_tolerance,
+        reference=_describe(app.reference, versions),
+    )
+    comparison.libraries = versions
+    return comparison, central
