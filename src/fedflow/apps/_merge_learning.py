@@ -13,9 +13,15 @@ import numpy as np
 __all__ = [
     "merge_centered_factors",
     "merge_cluster_sums",
+    "r_factor",
     "solve_from_factor",
     "stack_factors",
 ]
+
+
+def r_factor(a: np.ndarray) -> np.ndarray:
+    """Return the upper-triangular factor R of A = QR (min(rows, columns) × columns)."""
+    return np.asarray(np.linalg.qr(a, mode="r"))
 
 
 def stack_factors(factors: Sequence[np.ndarray]) -> np.ndarray:
@@ -25,7 +31,7 @@ def stack_factors(factors: Sequence[np.ndarray]) -> np.ndarray:
     factor of the pooled matrix (tall-skinny QR), without forming AᵀA.
     """
     blocks = [np.atleast_2d(np.asarray(f, dtype=np.float64)) for f in factors]
-    return np.linalg.qr(np.vstack(blocks), mode="r")
+    return r_factor(np.vstack(blocks))
 
 
 def solve_from_factor(r: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -82,7 +88,7 @@ def merge_centered_factors(
     for nb, mb, rb in used:
         blocks.append(np.atleast_2d(np.asarray(rb, dtype=np.float64)))
         blocks.append(np.sqrt(nb) * (mb - mean)[None, :])
-    return n, mean, np.linalg.qr(np.vstack(blocks), mode="r")
+    return float(n), mean, r_factor(np.vstack(blocks))
 
 
 def merge_cluster_sums(

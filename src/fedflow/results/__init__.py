@@ -1,0 +1,1 @@
+"""Results: the run directory, comparison with the pooled reference, reports, predictions."""
