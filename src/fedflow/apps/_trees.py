@@ -266,16 +266,42 @@ class Forest:
         """Return the mean leaf value per row (rows × outputs) and how many trees were averaged.
 
         ``mask`` (rows × trees, bool) limits each row to some trees (out-of-bag prediction); rows
-        with no tree get NaN.
+        with no tree get NaN. Rows are processed in blocks, so memory stays bounded.
         """
-        leaves = self.apply(x)
+        mean = np.empty((len(x), self.n_outputs))
+        count = np.empty(len(x), dtype=np.int64)
+        for rows in self._blocks(len(x)):
+            leaves = self.apply(x[rows])
+            mean[rows], count[rows] = self.average(leaves, None if mask is None else mask[rows])
+        return mean, count
+
+    def predict_with_mask(
+        self, x: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return ``predict(x)`` and ``predict(x, mask)`` at once: (mean, masked mean, count)."""
+        full = np.empty((len(x), self.n_outputs))
+        part = np.empty((len(x), self.n_outputs))
+        count = np.empty(len(x), dtype=np.int64)
+        for rows in self._blocks(len(x)):
+            leaves = self.apply(x[rows])
+            full[rows], _ = self.average(leaves)
+            part[rows], count[rows] = self.average(leaves, mask[rows])
+        return full, part, count
+
+    def _blocks(self, n: int) -> list[slice]:
+        step = max(1, _CHUNK // self.n_trees)
+        return [slice(start, start + step) for start in range(0, n, step)]
+
+    def average(
+        self, leaves: np.ndarray, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like ``predict``, from the leaves that ``apply`` returned."""
         n = len(leaves)
+        total = np.zeros((n, self.n_outputs))
         if mask is None:
-            total = np.zeros((n, self.n_outputs))
             for j in range(self.n_trees):
                 total += self.value[leaves[:, j]]
             return total / self.n_trees, np.full(n, self.n_trees)
-        total = np.zeros((n, self.n_outputs))
         for j in range(self.n_trees):
             total += self.value[leaves[:, j]] * mask[:, j, None]
         count = mask.sum(axis=1)
