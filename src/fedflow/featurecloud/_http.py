@@ -35,7 +35,14 @@ from fedflow._version import __version__
 from fedflow.errors import PlatformError
 from fedflow.featurecloud.ratelimit import DEFAULT_RATE, RateLimiter, backoff_delay
 
-__all__ = ["USER_AGENT", "Policy", "PoliteClient", "Unauthorized", "is_loopback"]
+__all__ = [
+    "USER_AGENT",
+    "PlatformHTTPError",
+    "Policy",
+    "PoliteClient",
+    "Unauthorized",
+    "is_loopback",
+]
 
 log = logging.getLogger("fedflow.featurecloud")
 
@@ -56,7 +63,15 @@ _MAYBE_SENT = (
 )
 
 
-class Unauthorized(PlatformError):
+class PlatformHTTPError(PlatformError):
+    """The platform or a controller answered with an error status (kept in ``status``)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Unauthorized(PlatformHTTPError):
     """HTTP 401: the access token is missing, expired or invalid."""
 
 
@@ -271,11 +286,14 @@ class PoliteClient:
         detail = detail_of(response)
         if status == 401:
             raise Unauthorized(
-                f"{self.what}: not authorised (HTTP 401) on {method} {path}: {detail}"
+                f"{self.what}: not authorised (HTTP 401) on {method} {path}: {detail}", status=401
             )
         if status == 403:
-            raise PlatformError(
+            raise PlatformHTTPError(
                 f"{self.what}: forbidden (HTTP 403) on {method} {path}: {detail}. Stopping: this "
-                "account may not do this, or the platform asks us to stop"
+                "account may not do this, or the platform asks us to stop",
+                status=403,
             )
-        raise PlatformError(f"{self.what}: HTTP {status} on {method} {path}: {detail}")
+        raise PlatformHTTPError(
+            f"{self.what}: HTTP {status} on {method} {path}: {detail}", status=status
+        )

@@ -7,7 +7,6 @@ every log and result step of the most recent run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,9 @@ from fedflow.errors import DataError, PlatformError
 from fedflow.featurecloud._http import Policy, PoliteClient
 from fedflow.featurecloud.ratelimit import RateLimiter
 
-__all__ = ["DEFAULT_CONTROLLER", "ControllerClient", "Download"]
+__all__ = ["DEFAULT_CONTROLLER", "ControllerClient"]
 
 DEFAULT_CONTROLLER = "http://localhost:8000"
-
-
-class Download(dict[str, Any]):
-    """What ``download_latest`` fetched: ``run``, ``status``, ``logs`` and ``results`` (paths)."""
 
 
 class ControllerClient:
@@ -145,7 +140,7 @@ class ControllerClient:
         params = {"projectId": str(int(project_id)), "run": str(run), "step": str(step)}
         return self.http.send("GET", "/file-download/", params=params).content
 
-    def download_latest(self, project_id: int, out_dir: str | Path) -> Download:
+    def download_latest(self, project_id: int, out_dir: str | Path) -> dict[str, Any]:
         """Download every log and result step of the most recent run into ``out_dir``.
 
         Files are named ``p<project>_r<run>_s<step>.log`` / ``.zip``. Raises PlatformError when
@@ -158,7 +153,7 @@ class ControllerClient:
         run = int(latest["runNr"])
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        got = Download(
+        got: dict[str, Any] = dict(
             run=run,
             status=latest.get("status"),
             startedOn=latest.get("startedOn"),
@@ -174,7 +169,3 @@ class ControllerClient:
             target.write_bytes(self.result(project_id, run, int(step)))
             got["results"].append(target)
         return got
-
-    def describe(self) -> str:
-        """Return a one-line description for logs."""
-        return json.dumps({"controller": self.url})
