@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import math
 import struct
+from typing import Any
 
 import numpy as np
 
 __all__ = [
     "KEY_RANGE",
+    "SMALL_ABOVE",
+    "SMALL_BELOW",
     "QUANTILE_METHODS",
     "bisection_candidates",
     "combine_comoments",
     "combine_moments",
+    "cut_count_bounds",
     "float_keys",
     "float_to_key",
     "interpolate",
     "key_to_float",
     "merge_count_tables",
     "narrow",
-    "quantile_position",
+    "quantile_positions",
+    "suppress_cut_counts",
 ]
 
 
@@ -103,32 +108,73 @@ KEY_RANGE = (float_to_key(-math.inf), float_to_key(math.inf))
 def bisection_candidates(lo: int, hi: int, per_round: int) -> list[int]:
     """Return up to ``per_round`` keys cutting [lo, hi] into near-equal parts (all in [lo, hi)).
 
-    Asking the count of records at or below each of them narrows an interval of s keys to at
-    most ⌈s / (per_round + 1)⌉ keys; once s ≤ per_round + 1 one round resolves it.
+    The N keys of [lo, hi] fall into ``per_round`` + 1 groups of at most ⌈N / (per_round + 1)⌉
+    keys, each ending at a candidate (the last at ``hi``); the counts at the candidates tell
+    which group holds the target. From N ≤ 2⁶⁴ keys, 255 candidates per round thus leave a
+    single key after at most 8 rounds.
     """
-    if hi <= lo:
+    n = hi - lo + 1
+    if n <= 1:
         return []
-    span = hi - lo
-    if span <= per_round:
-        return list(range(lo, hi))
-    return sorted({lo + (j * span) // (per_round + 1) for j in range(1, per_round + 1)})
+    parts = per_round + 1
+    ends = {lo + (j * n + parts - 1) // parts - 1 for j in range(1, parts)}
+    return sorted(k for k in ends if k < hi)
 
 
 def narrow(
-    lo: int, hi: int, rank: int, candidates: list[int], counts: list[int]
+    lo: int,
+    hi: int,
+    rank: int,
+    candidates: list[int],
+    low: list[int],
+    high: list[int] | None = None,
 ) -> tuple[int, int]:
-    """Return the interval [lo, hi] narrowed by pooled ``counts`` (records ≤ each candidate).
+    """Return the interval [lo, hi] narrowed by pooled counts of records ≤ each candidate.
 
     The target is the 0-based order statistic ``rank``: the smallest key whose count of records
-    at or below it exceeds ``rank``. A candidate with a larger count bounds it from above, any
-    other from below.
+    at or below it exceeds ``rank``. ``low`` / ``high`` bound each candidate's pooled count (equal
+    when exact); a candidate whose lower bound exceeds ``rank`` bounds the target from above, one
+    whose upper bound does not from below, and an undecided one leaves the interval alone.
     """
-    for key, count in zip(candidates, counts, strict=True):
-        if count > rank:
+    high = low if high is None else high
+    for key, least, most in zip(candidates, low, high, strict=True):
+        if least > rank:
             hi = min(hi, key)
-        else:
+        elif most <= rank:
             lo = max(lo, key + 1)
     return lo, hi
+
+
+SMALL_BELOW = -1
+SMALL_ABOVE = -2
+
+
+def suppress_cut_counts(counts: np.ndarray, n: int, min_count: int) -> np.ndarray:
+    """Return a site's counts of records ≤ each candidate, withholding those near its extremes.
+
+    A count is sent only when at least ``min_count`` of the site's ``n`` records lie on each side
+    of the cut; otherwise it becomes ``SMALL_BELOW`` (fewer than ``min_count`` at or below, zero
+    included) or ``SMALL_ABOVE`` (fewer above). Zero is withheld too: the place where a count
+    turns from 0 to 1 is the site's minimum. So the ``min_count`` − 1 smallest and largest
+    records of a site are never pinned down, whatever candidates a coordinator sends.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if min_count <= 1:
+        return counts.copy()
+    out = counts.copy()
+    out[n - counts < min_count] = SMALL_ABOVE
+    out[counts < min_count] = SMALL_BELOW
+    return out
+
+
+def cut_count_bounds(coded: np.ndarray, n: int, min_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (lowest, highest) possible counts behind a site's ``suppress_cut_counts`` answer."""
+    coded = np.asarray(coded, dtype=np.int64)
+    low, high = coded.copy(), coded.copy()
+    below, above = coded == SMALL_BELOW, coded == SMALL_ABOVE
+    low[below], high[below] = 0, min(min_count - 1, n)
+    low[above], high[above] = max(n - min_count + 1, 0), n
+    return low, high
 
 
 QUANTILE_METHODS = (
@@ -149,20 +195,24 @@ QUANTILE_METHODS = (
 """numpy's quantile methods (``numpy.quantile(method=...)``), all supported exactly."""
 
 
-def quantile_position(n: int, q: float, method: str) -> tuple[int, float]:
-    """Return (0-based order statistic i, weight g): numpy's quantile is x₍ᵢ₎ + g·(x₍ᵢ₊₁₎ − x₍ᵢ₎).
+def quantile_positions(n: int, qs: list[float], method: str) -> list[tuple[int, float]]:
+    """Return (0-based order statistic i, weight g) per q: numpy's quantile x₍ᵢ₎ + g·(x₍ᵢ₊₁₎ − x₍ᵢ₎).
 
-    Every numpy method interpolates between two neighbouring order statistics; the position is
-    read off numpy's own answer on 0, 1, …, n−1, so the choice matches numpy's definition.
+    Every numpy method interpolates between two neighbouring order statistics; the positions are
+    read off numpy's own answer on 0, 1, …, n−1 (one pass over n numbers), so they follow
+    numpy's definition exactly.
     """
     if n < 1:
         raise ValueError("no records")
-    position = float(np.quantile(np.arange(n, dtype=np.float64), q, method=method))  # type: ignore[call-overload]
-    i = min(max(math.floor(position), 0), n - 1)
-    g = position - i
-    if i == n - 1 or g <= 0.0:
-        return i, 0.0
-    return i, g
+    index = np.arange(n, dtype=np.float64)
+    how: Any = method
+    found = np.quantile(index, qs, method=how, overwrite_input=True)
+    out = []
+    for position in np.atleast_1d(found).tolist():
+        i = min(max(math.floor(position), 0), n - 1)
+        g = position - i
+        out.append((i, 0.0) if i == n - 1 or g <= 0.0 else (i, g))
+    return out
 
 
 def interpolate(low: float, high: float, g: float) -> float:
@@ -191,7 +241,8 @@ def merge_count_tables(
         counts = np.asarray(counts, dtype=np.int64)
         if counts.shape != (len(part_rows), len(part_cols)):
             raise ValueError(
-                f"count table of shape {counts.shape} for {len(part_rows)} × {len(part_cols)} levels"
+                f"count table of shape {counts.shape} "
+                f"for {len(part_rows)} × {len(part_cols)} levels"
             )
         ri = np.array([row_at[str(r)] for r in part_rows], dtype=np.intp)
         ci = np.array([col_at[str(c)] for c in part_cols], dtype=np.intp)
