@@ -1,10 +1,13 @@
 """Readable results: rich tables for the terminal, text and HTML for notebooks.
 
 Rendering is generic over result dicts, so apps stay free of presentation code:
-- maps keyed by the same names (``coefficients``, ``std_errors``, ``p_values`` …) become one table
-  with a column each;
-- a map of maps of numbers (``stats`` per column) becomes a table;
-- remaining numbers and flags are listed as fit statistics; longer structures are summarised.
+1. maps keyed by the same names (``coefficients``, ``std_errors``, ``p_values`` …) become one table
+   with a column each and a row per name;
+2. a map of records (a correlation matrix, a contingency table, per-group statistics) becomes a
+   table titled by its key;
+3. a list of records (a survival timeline) becomes a table of its first rows;
+4. the remaining records (``stats`` per column) become one table with a row each;
+5. numbers, flags and anything longer are listed last, long values shortened.
 """
 
 from __future__ import annotations
@@ -53,78 +56,89 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (int, float, str, bool))
 
 
+def _flat(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Return a record with one nested level flattened (``quantiles.0.5``), or None if deeper."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if _is_scalar(value):
+            out[str(key)] = value
+        elif isinstance(value, Mapping) and all(_is_scalar(v) for v in value.values()):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            return None
+    return out
+
+
+def _table(title: str | None, rows: list[tuple[str, Mapping[str, Any]]], limit: int = 0) -> Table:
+    columns: list[str] = []
+    for _, values in rows:
+        columns.extend(c for c in values if c not in columns)
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+    table.add_column("")
+    for column in columns:
+        table.add_column(_SHORT.get(column, column), justify="right")
+    shown = rows if not limit or len(rows) <= limit else rows[:limit]
+    for name, values in shown:
+        table.add_row(name, *(fmt(values.get(c)) if c in values else "" for c in columns))
+    if len(shown) < len(rows):
+        table.add_row(f"… {len(rows) - len(shown)} more rows", *([""] * len(columns)))
+    return table
+
+
 def result_tables(result: Mapping[str, Any], title: str = "") -> list[Table]:
-    """Return the tables showing ``result``."""
+    """Return the tables showing ``result`` (see the module docstring for the layout rules)."""
     tables: list[Table] = []
     used: set[str] = set()
-    # 1. parallel maps keyed by the same names (coefficient tables)
-    named = {
+    numbers = {
         k: v
         for k, v in result.items()
         if isinstance(v, Mapping)
         and v
-        and all(_is_scalar(x) and not isinstance(x, str) for x in v.values())
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values())
     }
+    # 1. coefficient tables: maps named like coefficients, keyed by the same names
     groups: dict[tuple[str, ...], list[str]] = {}
-    for key, value in named.items():
-        groups.setdefault(tuple(value), []).append(key)
+    for key, value in numbers.items():
+        if key in _SHORT or key.endswith(("_values", "_errors", "_ratios")):
+            groups.setdefault(tuple(value), []).append(key)
     for names, keys in groups.items():
-        if len(keys) < 2 and keys[0] not in _SHORT:
-            continue
-        table = Table(title=title or None, title_justify="left", box=None, pad_edge=False)
-        table.add_column("")
-        for key in keys:
-            table.add_column(_SHORT.get(key, key), justify="right")
-        for name in names:
-            table.add_row(name, *(fmt(result[k][name]) for k in keys))
-        tables.append(table)
+        tables.append(_table(title or None, [(n, {k: result[k][n] for k in keys}) for n in names]))
         used.update(keys)
-    # 2. maps of maps of scalars (one row per outer key)
-    nested = {
-        k: v
-        for k, v in result.items()
-        if k not in used
-        and isinstance(v, Mapping)
-        and v
-        and all(isinstance(x, Mapping) for x in v.values())
-    }
-    for key, value in nested.items():
-        inner = [
-            c
-            for c in next(iter(value.values()))
-            if all(_is_scalar(r.get(c)) for r in value.values())
-        ]
-        if not inner:
+    # 2. maps of records (a correlation matrix, a contingency table, groups): one table each
+    for key, value in result.items():
+        if key in used or not isinstance(value, Mapping) or not value:
             continue
-        table = Table(
-            title=key if len(nested) > 1 or len(result) > 1 else None,
-            title_justify="left",
-            box=None,
-        )
-        table.add_column("")
-        for col in inner:
-            table.add_column(col, justify="right")
-        for row, values in value.items():
-            table.add_row(str(row), *(fmt(values.get(c)) for c in inner))
-        tables.append(table)
-        used.add(key)
-    if all(isinstance(v, Mapping) for v in result.values()) and not used:
-        # a result that is itself a map of maps (stats: column -> statistics)
-        inner = [
-            c
-            for c in next(iter(result.values()), {})
-            if all(_is_scalar(r.get(c)) for r in result.values())
-        ]
-        if inner:
-            table = Table(box=None)
-            table.add_column("")
-            for col in inner:
-                table.add_column(col, justify="right")
-            for row, values in result.items():
-                table.add_row(str(row), *(fmt(values.get(c)) for c in inner))
-            tables.append(table)
-            used.update(result)
-    # 3. everything else: key / value
+        if all(isinstance(v, Mapping) for v in value.values()):
+            flat = [(str(k), _flat(v)) for k, v in value.items()]
+            if all(f is not None for _, f in flat):
+                tables.append(_table(key, [(k, f) for k, f in flat if f is not None]))
+                used.add(key)
+    # 3. lists of records (a survival timeline): the first rows of a table
+    for key, value in result.items():
+        if (
+            key in used
+            or not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, Mapping) for v in value)
+        ):
+            continue
+        flat = [_flat(v) for v in value]
+        if all(f is not None for f in flat):
+            tables.append(
+                _table(
+                    key, [(str(i + 1), f) for i, f in enumerate(flat) if f is not None], limit=12
+                )
+            )
+            used.add(key)
+    # 4. the remaining records (per-column statistics), one row each
+    records = [
+        (k, _flat(v)) for k, v in result.items() if k not in used and isinstance(v, Mapping) and v
+    ]
+    rows = [(str(k), f) for k, f in records if f is not None]
+    if rows:
+        tables.append(_table(None, rows))
+        used.update(k for k, f in records if f is not None)
+    # 5. everything else: key / value
     rest = [(k, v) for k, v in result.items() if k not in used]
     if rest:
         table = Table(box=None, show_header=False)

@@ -70,6 +70,7 @@ class RunDirectory:
         Raises StudyError when ``out`` exists and is not empty, unless ``force``.
         """
         if out is not None:
+            out = Path(out)
             if out.exists() and not out.is_dir():
                 raise StudyError(f"--out {out}: exists and is not a folder")
             if out.exists() and any(out.iterdir()) and not force:
