@@ -164,6 +164,10 @@ def logrank_test(
 # --- Cox proportional hazards ------------------------------------------------------------------
 
 
+_CHUNK = 4096
+"""Rows per block when forming x xᵀ products, so memory stays O(block · p²), not O(n · p²)."""
+
+
 def risk_set_sums(
     durations: np.ndarray,
     events: np.ndarray,
@@ -179,33 +183,46 @@ def risk_set_sums(
     ``grid[k]``, for the grid times selected by the boolean ``tied`` only (in that order).
     """
     order = np.argsort(durations, kind="stable")
-    t = durations[order]
+    t = np.asarray(durations, dtype=np.float64)[order]
     w = np.exp(eta[order])
     xs = x[order]
-    wx = xs * w[:, None]
-    wxx = wx[:, :, None] * xs[:, None, :]
-    p = x.shape[1]
+    n, p = xs.shape
+    k = len(grid)
+    # a row with duration t is at risk at grid[j] for every j < bucket = #{grid ≤ t}
+    bucket = np.searchsorted(grid, t, side="right")
+    acc0, acc1, acc2 = np.zeros(k + 1), np.zeros((k + 1, p)), np.zeros((k + 1, p, p))
+    for start in range(0, n, _CHUNK):
+        rows = slice(start, start + _CHUNK)
+        ids, first = np.unique(bucket[rows], return_index=True)  # buckets are sorted
+        wc = w[rows]
+        wx = xs[rows] * wc[:, None]
+        acc0[ids] += np.add.reduceat(wc, first)
+        acc1[ids] += np.add.reduceat(wx, first, axis=0)
+        acc2[ids] += np.add.reduceat(wx[:, :, None] * xs[rows][:, None, :], first, axis=0)
 
-    def suffix(a: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(a) + 1, *a.shape[1:]))
-        out[:-1] = np.cumsum(a[::-1], axis=0)[::-1]
-        return out
+    def at_risk(acc: np.ndarray) -> np.ndarray:
+        return np.cumsum(acc[::-1], axis=0)[::-1][1:]
 
-    start = np.searchsorted(t, grid, side="left")
-    s0, s1, s2 = suffix(w)[start], suffix(wx)[start], suffix(wxx)[start]
     tied_times = grid[tied]
     e0 = np.zeros(len(tied_times))
     e1 = np.zeros((len(tied_times), p))
     e2 = np.zeros((len(tied_times), p, p))
     if len(tied_times):
-        ev = np.asarray(events, dtype=np.float64)[order] == 1
         pos = np.searchsorted(tied_times, t)
-        hit = ev & (pos < len(tied_times))
+        hit = (np.asarray(events, dtype=np.float64)[order] == 1) & (pos < len(tied_times))
         hit[hit] = tied_times[pos[hit]] == t[hit]
+        wx = xs[hit] * w[hit][:, None]
         np.add.at(e0, pos[hit], w[hit])
-        np.add.at(e1, pos[hit], wx[hit])
-        np.add.at(e2, pos[hit], wxx[hit])
-    return {"S0": s0, "S1": s1, "S2": s2, "E0": e0, "E1": e1, "E2": e2}
+        np.add.at(e1, pos[hit], wx)
+        np.add.at(e2, pos[hit], wx[:, :, None] * xs[hit][:, None, :])
+    return {
+        "S0": at_risk(acc0),
+        "S1": at_risk(acc1),
+        "S2": at_risk(acc2),
+        "E0": e0,
+        "E1": e1,
+        "E2": e2,
+    }
 
 
 def cox_terms(
@@ -254,8 +271,8 @@ def cox_terms(
 
 SCORE_BITS = 24
 """Linear predictors are compared on a grid of 2⁻²⁴ (about 6e-8): closer scores count as tied."""
-SCORE_RANGE = 1 << 44
-"""Quantised scores are clipped to [−2⁴⁴, 2⁴⁴): |xβ| up to about 1e6 is represented exactly."""
+SCORE_RANGE = 1 << 34
+"""Quantised scores are clipped to [−2³⁴, 2³⁴), |xβ| < 1024 (a fit with larger |xβ| overflows exp)."""
 SPLIT = 64
 """Each refinement round splits an ambiguous score interval into this many sub-intervals."""
 
@@ -265,6 +282,57 @@ def linear_scores(x: np.ndarray, beta: np.ndarray) -> np.ndarray:
     eta = (x * beta[None, :]).sum(axis=1) if x.shape[1] else np.zeros(len(x))
     q = np.round(eta * float(1 << SCORE_BITS))
     return np.clip(q, -SCORE_RANGE, SCORE_RANGE - 1).astype(np.int64)
+
+
+def _count_from(values: np.ndarray, start: np.ndarray, bound: np.ndarray, side: str) -> np.ndarray:
+    """Return, per query i, #{j ≥ start[i] : values[j] < bound[i]} (``side="left"``) or ≤ (right).
+
+    Square-root decomposition: whole blocks by binary search in their sorted copy, the partial
+    block element by element, all vectorised over the queries — O(q · (n/B + B)) with B ≈ √n.
+    """
+    n = len(values)
+    size = max(64, int(np.sqrt(max(n, 1))))
+    n_blocks = -(-n // size) if n else 0
+    padded = np.full(n_blocks * size, np.iinfo(np.int64).max, dtype=np.int64)
+    padded[:n] = values
+    blocks = np.sort(padded.reshape(n_blocks, size), axis=1)
+    start = np.asarray(start, dtype=np.int64)
+    bound = np.asarray(bound, dtype=np.int64)
+    first_block = start // size
+    counts = np.zeros(len(start), dtype=np.int64)
+    for b in range(n_blocks):
+        later = first_block < b
+        if later.any():
+            counts[later] += np.searchsorted(blocks[b], bound[later], side=side)  # type: ignore[call-overload]
+    head = first_block * size
+    less = np.less if side == "left" else np.less_equal
+    for offset in range(size):
+        index = head + offset
+        take = (index >= start) & (index < n)
+        if take.any():
+            counts[take] += less(padded[index[take]], bound[take])
+    return counts
+
+
+def _concordance_order(
+    durations: np.ndarray, events: np.ndarray, scores: np.ndarray, grid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (scores in time order, first death position, first comparable position) per grid
+    time. Rows are ordered by time, events before censored rows at the same time, so the deaths
+    at grid[k] are positions [first, comparable) and the rows comparable with them the rest."""
+    t = np.asarray(durations, dtype=np.float64)
+    observed = np.asarray(events, dtype=np.float64) == 1
+    order = np.lexsort((~observed, t))
+    t_sorted = t[order]
+    deaths_at = np.searchsorted(t_sorted, grid, side="left")
+    n_deaths = np.zeros(len(grid), dtype=np.int64)
+    dead_times = t[observed]
+    if len(grid):
+        idx = np.searchsorted(grid, dead_times)
+        hit = idx < len(grid)
+        hit[hit] = grid[idx[hit]] == dead_times[hit]
+        n_deaths = np.bincount(idx[hit], minlength=len(grid)).astype(np.int64)
+    return scores[order], deaths_at, deaths_at + n_deaths
 
 
 def local_concordance(
@@ -278,17 +346,17 @@ def local_concordance(
     """
     t = np.asarray(durations, dtype=np.float64)
     observed = np.asarray(events, dtype=np.float64) == 1
-    correct = tied = pairs = 0
-    for time in np.unique(t[observed]):
-        at = t == time
-        death_scores = scores[at & observed]
-        comparable = np.sort(scores[(t > time) | (at & ~observed)])
-        low = np.searchsorted(comparable, death_scores, side="left")
-        high = np.searchsorted(comparable, death_scores, side="right")
-        correct += int(low.sum())
-        tied += int((high - low).sum())
-        pairs += len(death_scores) * len(comparable)
-    return correct, tied, pairs
+    grid = np.unique(t[observed])
+    ordered, first, after = _concordance_order(t, events, np.asarray(scores), grid)
+    per_time = after - first
+    k = np.repeat(np.arange(len(grid)), per_time)
+    offset = np.arange(len(k)) - np.repeat(np.cumsum(per_time) - per_time, per_time)
+    death_pos = (first[k] + offset).astype(np.int64)
+    start = after[k]
+    below = _count_from(ordered, start, ordered[death_pos], "left")
+    not_above = _count_from(ordered, start, ordered[death_pos], "right")
+    pairs = int(((len(t) - after) * (after - first)).sum())
+    return int(below.sum()), int((not_above - below).sum()), pairs
 
 
 def initial_cells(n_times: int) -> tuple[np.ndarray, np.ndarray]:
@@ -317,23 +385,37 @@ def cell_histograms(
 
     Cell c is event time ``grid[cell_k[c]]`` and the score interval ``bounds[c]``; deaths are the
     records with an event at that time, comparable ones those with a later time or censored at it.
+    Cells sharing an interval are counted together: O(n log n + cells · SPLIT) per call, as the
+    intervals of one round are disjoint or equal.
     """
-    t = np.asarray(durations, dtype=np.float64)
-    observed = np.asarray(events, dtype=np.float64) == 1
+    ordered, first, after = _concordance_order(durations, events, np.asarray(scores), grid)
+    by_score = np.argsort(ordered, kind="stable")  # time positions, in score order
+    sorted_scores = ordered[by_score]
+    cell_k = np.asarray(cell_k, dtype=np.int64)
     edges = _edges(bounds)
     deaths = np.zeros((len(cell_k), SPLIT), dtype=np.int64)
     comparable = np.zeros((len(cell_k), SPLIT), dtype=np.int64)
-    for c, k in enumerate(cell_k):
-        time = grid[k]
-        lo, hi = bounds[c]
-        inside = (scores >= lo) & (scores < hi)
-        for target, mask in (
-            (deaths, inside & observed & (t == time)),
-            (comparable, inside & ((t > time) | ((t == time) & ~observed))),
-        ):
-            if mask.any():
-                sub = np.searchsorted(edges[c], scores[mask], side="right") - 1
-                target[c] = np.bincount(sub, minlength=SPLIT)[:SPLIT]
+    if not len(cell_k):
+        return deaths, comparable
+    intervals, group_of = np.unique(bounds, axis=0, return_inverse=True)
+    by_group = np.argsort(group_of.reshape(-1), kind="stable")
+    splits = np.cumsum(np.bincount(group_of.reshape(-1), minlength=len(intervals)))[:-1]
+    for (lo, hi), cells in zip(intervals, np.split(by_group, splits), strict=True):
+        i0, i1 = np.searchsorted(sorted_scores, [lo, hi], side="left")
+        inside = by_score[i0:i1]
+        sub = np.searchsorted(edges[cells[0]], sorted_scores[i0:i1], side="right") - 1
+        order = np.argsort(inside, kind="stable")
+        positions, sub = inside[order], sub[order]
+        ks = cell_k[cells]
+        # rows (of this interval) before each breakpoint position, per sub-interval
+        cut = np.searchsorted(positions, np.concatenate([first[ks], after[ks]]), side="left")
+        cuts, which = np.unique(cut, return_inverse=True)
+        segment = np.searchsorted(cuts, np.arange(len(positions)), side="right")
+        hist = np.bincount(segment * SPLIT + sub, minlength=(len(cuts) + 1) * SPLIT)
+        before = np.cumsum(hist.reshape(len(cuts) + 1, SPLIT), axis=0)[which.reshape(-1)]
+        before_first, before_after = before[: len(ks)], before[len(ks) :]
+        comparable[cells] = np.bincount(sub, minlength=SPLIT) - before_after
+        deaths[cells] = before_after - before_first
     return deaths, comparable
 
 

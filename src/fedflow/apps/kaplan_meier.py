@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import numpy as np
 
 from fedflow.apps._survival import (
@@ -153,8 +152,13 @@ class KaplanMeier(App[KaplanMeierParams]):
         if params.group is None:
             groups: dict[str, np.ndarray] = {"": np.ones(len(durations), dtype=bool)}
         else:
-            labels = np.array([group_label(v) for v in data[params.group]], dtype=object)
-            groups = {str(g): labels == g for g in sorted(set(labels.tolist()))}
+            values, inverse = np.unique(data[params.group], return_inverse=True)
+            groups = {}
+            for i, value in enumerate(values):
+                label = group_label(value)
+                mask = inverse.reshape(-1) == i
+                groups[label] = groups[label] | mask if label in groups else mask
+            groups = dict(sorted(groups.items()))
         out_labels: list[str] = []
         tables: list[dict[str, np.ndarray]] = []
         for label, mask in groups.items():
@@ -235,7 +239,3 @@ class KaplanMeier(App[KaplanMeierParams]):
             "n_obs": n_obs,
             "n_events": n_events,
         }
-
-
-def _unused() -> None:  # pragma: no cover - keeps msgspec imported for Params subclasses' users
-    msgspec.structs.replace
