@@ -157,6 +157,7 @@ class Cox(App[CoxParams]):
     """Cox proportional hazards: coefficients, standard errors, hazard ratios, concordance."""
 
     name = "cox"
+    reference = "lifelines CoxPHFitter (Breslow ties: statsmodels PHReg)"
     Params = CoxParams
 
     def resolve(self, params: CoxParams, columns: Mapping[str, str]) -> CoxParams:

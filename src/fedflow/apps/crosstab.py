@@ -105,6 +105,7 @@ class Crosstab(App[CrosstabParams]):
     """Two-way frequency table with Pearson's chi-square test of independence."""
 
     name = "crosstab"
+    reference = "scipy chi2_contingency"
     Params = CrosstabParams
 
     def columns(self, params: CrosstabParams) -> dict[str, ColumnKind]:

@@ -416,6 +416,7 @@ class RandomForest(App[ForestParams]):
     """A random forest grown site by site; tolerance against scikit-learn in the module docstring."""
 
     name = "random-forest"
+    reference = "scikit-learn RandomForest"
     Params = ForestParams
     tolerance = 0.0
     absolute_tolerance = 0.1

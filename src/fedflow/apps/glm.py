@@ -152,6 +152,7 @@ class GLM(App[GLMParams]):
     """Generalised linear model: coefficients, std errors, z and p values, deviance, AIC."""
 
     name = "glm"
+    reference = "statsmodels GLM"
     Params = GLMParams
 
     def resolve(self, params: GLMParams, columns: Mapping[str, str]) -> GLMParams:

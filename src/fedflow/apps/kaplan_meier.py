@@ -126,6 +126,7 @@ class KaplanMeier(App[KaplanMeierParams]):
     """Kaplan–Meier survival curves (per group), median survival, multivariate log-rank test."""
 
     name = "kaplan-meier"
+    reference = "lifelines KaplanMeierFitter"
     Params = KaplanMeierParams
 
     def resolve(self, params: KaplanMeierParams, columns: Mapping[str, str]) -> KaplanMeierParams:

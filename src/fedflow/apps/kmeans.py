@@ -167,6 +167,7 @@ class KMeans(App[KMeansParams]):
     """k-means clustering (Lloyd): centres, inertia, iterations, cluster sizes."""
 
     name = "kmeans"
+    reference = "scikit-learn KMeans"
     Params = KMeansParams
 
     def resolve(self, params: KMeansParams, columns: Mapping[str, str]) -> KMeansParams:

@@ -107,6 +107,7 @@ class PCA(App[PCAParams]):
     """Principal component analysis: components, explained variance (ratio), mean."""
 
     name = "pca"
+    reference = "scikit-learn PCA"
     Params = PCAParams
 
     def resolve(self, params: PCAParams, columns: Mapping[str, str]) -> PCAParams:

@@ -204,6 +204,7 @@ class Stats(App[StatsParams]):
     """Descriptive statistics per column, histograms, quantiles and matrices, merged exactly."""
 
     name = "stats"
+    reference = "numpy"
     Params = StatsParams
 
     def resolve(self, params: StatsParams, columns: Mapping[str, str]) -> StatsParams:

@@ -99,6 +99,7 @@ class TTest(App[TTestParams]):
     """Welch's two-sample t-test: t, dof, p value, mean difference and per-group summaries."""
 
     name = "t-test"
+    reference = "scipy ttest_ind"
     Params = TTestParams
 
     def resolve(self, params: TTestParams, columns: Mapping[str, str]) -> TTestParams:
