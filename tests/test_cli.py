@@ -248,3 +248,12 @@ def test_a_busy_site_exits_when_the_coordinator_is_killed(tmp_path: Path) -> Non
     if alive:
         os.kill(pid, signal.SIGKILL)
     assert not alive, "the site process outlived its killed coordinator"
+
+
+def test_sites_as_fresh_interpreters_when_the_fork_server_is_off(tmp_path: Path) -> None:
+    study = copy_quickstart(tmp_path)
+    env = dict(os.environ, FEDFLOW_FORKSERVER="0")
+    proc = fedflow("run", str(study), "--json", "--out", str(tmp_path / "run"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    forked = fedflow("run", str(study), "--json", "--out", str(tmp_path / "run2"))
+    assert json.loads(proc.stdout)["result"] == json.loads(forked.stdout)["result"]

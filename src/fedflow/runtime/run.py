@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import platform
 import sys
 import threading
@@ -21,7 +22,7 @@ from typing import Any
 from fedflow._version import __version__
 from fedflow.apps import get_app
 from fedflow.apps.base import App
-from fedflow.connectors import connector_for
+from fedflow.connectors import ForkServer, connector_for
 from fedflow.connectors.base import Connector
 from fedflow.errors import FedflowError, StudyError
 from fedflow.results.rundir import RunDirectory, json_ready, utc_now
@@ -69,6 +70,11 @@ class Run:
         from fedflow.results.report import render_html
 
         return render_html(self.summary())
+
+
+def _use_forkserver() -> bool:
+    """Fork local sites from one pre-imported process unless FEDFLOW_FORKSERVER=0."""
+    return os.environ.get("FEDFLOW_FORKSERVER", "1") != "0"
 
 
 def check_study(study: Study) -> App[Any] | None:
@@ -142,6 +148,7 @@ async def arun_study(
     rd.write_json("manifest.json", manifest)
     run = Run(rd.path, "running", study.app, dict(study.params), {}, rd.metrics, manifest)
     coordinator: Coordinator | None = None
+    forkserver: ForkServer | None = None
     try:
         if study.platform == "featurecloud":
             from fedflow.featurecloud.workflow import run_featurecloud
@@ -154,12 +161,18 @@ async def arun_study(
             )
         else:
             assert app is not None
+            if connectors is None and any(c.is_local for c in study.clients) and _use_forkserver():
+                forkserver = ForkServer()
             conns = (
                 dict(connectors)
                 if connectors is not None
                 else {
                     c.name: connector_for(
-                        c, study, log_path=rd.log_path(c.name), output_dir=rd.sites_dir / c.name
+                        c,
+                        study,
+                        log_path=rd.log_path(c.name),
+                        output_dir=rd.sites_dir / c.name,
+                        forkserver=forkserver,
                     )
                     for c in study.clients
                 }
@@ -224,6 +237,8 @@ async def arun_study(
             exc.run_dir = rd.path  # type: ignore[attr-defined]
         raise
     finally:
+        if forkserver is not None:
+            await forkserver.close()
         if coordinator is not None:
             manifest["sites"] = {n: s.manifest() for n, s in coordinator.sites.items()}
             manifest["rounds"] = coordinator.rounds

@@ -1,0 +1,119 @@
+"""Client of the local fork server (``fedflow.node.forkserver``): start local sites in milliseconds.
+
+``ForkServer.start()`` launches one server process per run; ``spawn(site, args, log)`` returns
+the new site's pid and the coordinator's end of its channel (a socket the site uses as stdin and
+stdout). Requests are short and serialised; the server answers each at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import sys
+from typing import IO, Any
+
+from fedflow.errors import SiteError
+
+__all__ = ["ForkServer"]
+
+
+class ForkServer:
+    """One pre-imported Python that forks local node agents on request."""
+
+    def __init__(self, python: str = sys.executable, env: dict[str, str] | None = None) -> None:
+        self.python = python
+        self.env = env
+        self._proc: asyncio.subprocess.Process | None = None
+        self._control: socket.socket | None = None
+        self._lock = asyncio.Lock()
+        self._starting: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start the server once (concurrent callers share the start)."""
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                self.python,
+                "-m",
+                "fedflow.node.forkserver",
+                str(theirs.fileno()),
+                pass_fds=[theirs.fileno()],
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                env=self.env,
+            )
+        except OSError as exc:
+            ours.close()
+            raise SiteError(f"cannot start local sites ({exc.strerror}: {self.python})") from exc
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._control = ours
+
+    async def _request(
+        self, request: dict[str, Any], fds: list[int] | None = None
+    ) -> dict[str, Any]:
+        assert self._control is not None
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            data = json.dumps(request).encode()
+            if fds:  # one small packet: a non-blocking send completes at once
+                socket.send_fds(self._control, [data], fds)
+            else:
+                await loop.sock_sendall(self._control, data)
+            reply = await loop.sock_recv(self._control, 65536)
+        if not reply:
+            raise SiteError("the local fork server exited")
+        return json.loads(reply)  # type: ignore[no-any-return]
+
+    async def spawn(
+        self, site: str, args: list[str], log: IO[bytes] | None
+    ) -> tuple[int, socket.socket]:
+        """Fork a node agent for ``site``; return its pid and our end of its channel."""
+        await self.start()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        log_fd = log.fileno() if log is not None else os.open(os.devnull, os.O_WRONLY)
+        try:
+            reply = await self._request(
+                {"op": "spawn", "site": site, "args": args}, [theirs.fileno(), log_fd]
+            )
+        finally:
+            theirs.close()
+            if log is None:
+                os.close(log_fd)
+        if "pid" not in reply:
+            ours.close()
+            raise SiteError(f"the local fork server refused to start the site: {reply}", site=site)
+        return int(reply["pid"]), ours
+
+    async def status(self, pid: int) -> int | None:
+        """Return the exit status of a site that ended (negative: its signal), else None."""
+        if self._control is None:
+            return None
+        try:
+            reply = await self._request({"op": "status", "pid": pid})
+        except (OSError, SiteError):
+            return None
+        return reply.get("status")
+
+    async def close(self) -> None:
+        """Stop the server (its remaining children exit when they notice)."""
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self._proc is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._proc.wait(), 2.0)
+            if self._proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._proc.kill()
+                await self._proc.wait()
+            self._proc = None
