@@ -13,6 +13,8 @@ from fedflow.errors import AppError
 
 __all__ = [
     "RegressionParams",
+    "pooled_design",
+    "statsmodels_table",
     "coefficient_names",
     "named",
     "regression_columns",
@@ -92,3 +94,27 @@ def wald_table(
         key: named(names, statistic),
         "p_values": named(names, p),
     }
+
+
+def pooled_design(pooled: Any, params: RegressionParams) -> tuple[Any, Any]:
+    """Return (y, X) for statsmodels from a pooled DataFrame, with a constant when fitted."""
+    import statsmodels.api as sm
+
+    x = pooled[list(params.features or [])].astype(float)
+    if params.intercept:
+        x = sm.add_constant(x, has_constant="add")
+    return pooled[params.target].astype(float), x
+
+
+def statsmodels_table(
+    names: Sequence[str], fit: Any, statistic: str
+) -> dict[str, dict[str, float]]:
+    """Return coefficients, standard errors, ``statistic`` (t or z values) and p-values of a
+    statsmodels fit, keyed by coefficient name as the federated apps report them."""
+    columns = {
+        "coefficients": fit.params,
+        "std_errors": fit.bse,
+        statistic: fit.tvalues,
+        "p_values": fit.pvalues,
+    }
+    return {key: named(names, np.asarray(values)) for key, values in columns.items()}

@@ -44,8 +44,10 @@ from fedflow.apps._merge_learning import r_factor, solve_from_factor, stack_fact
 from fedflow.apps._regression import (
     RegressionParams,
     coefficient_names,
+    pooled_design,
     regression_columns,
     resolve_features,
+    statsmodels_table,
     wald_table,
 )
 from fedflow.apps.base import (
@@ -295,22 +297,16 @@ class GLM(App[GLMParams]):
         import statsmodels.api as sm
 
         names = coefficient_names(params)
-        x = pooled[list(params.features or [])].astype(float)
-        if params.intercept:
-            x = sm.add_constant(x, has_constant="add")
         family = {
             "gaussian": sm.families.Gaussian,
             "binomial": sm.families.Binomial,
             "poisson": sm.families.Poisson,
         }[params.family]()
-        model = sm.GLM(pooled[params.target].astype(float), x, family=family)
+        model = sm.GLM(*pooled_design(pooled, params), family=family)
         # iterate to full convergence (statsmodels' default stops at a deviance change of 1e-8)
         fit = model.fit(tol=1e-13, maxiter=200)
         return {
-            "coefficients": dict(zip(names, map(float, fit.params), strict=True)),
-            "std_errors": dict(zip(names, map(float, fit.bse), strict=True)),
-            "z_values": dict(zip(names, map(float, fit.tvalues), strict=True)),
-            "p_values": dict(zip(names, map(float, fit.pvalues), strict=True)),
+            **statsmodels_table(names, fit, "z_values"),
             "deviance": float(fit.deviance),
             "null_deviance": float(fit.null_deviance),
             "scale": float(fit.scale),

@@ -22,8 +22,10 @@ from fedflow.apps._merge import combine_moments
 from fedflow.apps._regression import (
     RegressionParams,
     coefficient_names,
+    pooled_design,
     regression_columns,
     resolve_features,
+    statsmodels_table,
     wald_table,
 )
 from fedflow.apps.base import App, ColumnKind, CoordinatorContext, Done, Payload, SiteContext, Table
@@ -120,15 +122,9 @@ class LinearRegression(App[RegressionParams]):
         import statsmodels.api as sm
 
         names = coefficient_names(params)
-        x = pooled[list(params.features or [])].astype(float)
-        if params.intercept:
-            x = sm.add_constant(x, has_constant="add")
-        fit = sm.OLS(pooled[params.target].astype(float), x).fit()
+        fit = sm.OLS(*pooled_design(pooled, params)).fit()
         result: dict[str, Any] = {
-            "coefficients": dict(zip(names, map(float, fit.params), strict=True)),
-            "std_errors": dict(zip(names, map(float, fit.bse), strict=True)),
-            "t_values": dict(zip(names, map(float, fit.tvalues), strict=True)),
-            "p_values": dict(zip(names, map(float, fit.pvalues), strict=True)),
+            **statsmodels_table(names, fit, "t_values"),
             "r_squared": float(fit.rsquared),
             "adj_r_squared": float(fit.rsquared_adj),
             "n_obs": int(fit.nobs),

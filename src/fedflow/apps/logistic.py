@@ -16,8 +16,10 @@ import numpy as np
 from fedflow.apps._regression import (
     RegressionParams,
     coefficient_names,
+    pooled_design,
     regression_columns,
     resolve_features,
+    statsmodels_table,
     wald_table,
 )
 from fedflow.apps.base import (
@@ -139,20 +141,14 @@ class LogisticRegression(App[LogisticParams]):
         import statsmodels.api as sm
 
         names = coefficient_names(params)
-        x = pooled[list(params.features or [])].astype(float)
-        if params.intercept:
-            x = sm.add_constant(x, has_constant="add")
         with warnings.catch_warnings():
             # statsmodels warns when its own tolerance is not met; ours is tighter on purpose
             warnings.simplefilter("ignore")
-            fit = sm.Logit(pooled[params.target].astype(float), x).fit(
+            fit = sm.Logit(*pooled_design(pooled, params)).fit(
                 method="newton", tol=1e-14, maxiter=200, disp=False
             )
         return {
-            "coefficients": dict(zip(names, map(float, fit.params), strict=True)),
-            "std_errors": dict(zip(names, map(float, fit.bse), strict=True)),
-            "z_values": dict(zip(names, map(float, fit.tvalues), strict=True)),
-            "p_values": dict(zip(names, map(float, fit.pvalues), strict=True)),
+            **statsmodels_table(names, fit, "z_values"),
             "loglik": float(fit.llf),
             "n_obs": int(fit.nobs),
         }
