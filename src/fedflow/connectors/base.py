@@ -55,6 +55,8 @@ class Connector(ABC):
     """Base of connectors. ``site`` names the site in every error a connector raises."""
 
     kind: str = "abstract"
+    start_timeout: float = 120.0
+    """Seconds ``start()`` may take (more for connectors that prepare a remote site)."""
 
     def __init__(
         self,

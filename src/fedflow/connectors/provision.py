@@ -17,19 +17,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
+import functools
 import hashlib
 import importlib.metadata
 import json
 import os
 import platform
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import asyncssh
 
@@ -69,6 +73,7 @@ def _package_files() -> list[Path]:
     )
 
 
+@functools.lru_cache(maxsize=1)
 def build_id() -> str:
     """Return ``<version>+<digest>`` identifying the running fedflow's exact files."""
     root = Path(fedflow.__file__).parent
@@ -126,11 +131,102 @@ def cache_dir() -> Path:
     return Path(base) / "fedflow"
 
 
+def _requirement_tools() -> tuple[Any, Any]:
+    try:
+        from packaging import requirements, utils
+    except ImportError:  # pip always vendors packaging
+        from pip._vendor.packaging import requirements, utils  # type: ignore[no-redef]
+    return requirements.Requirement, utils.canonicalize_name
+
+
+def dependency_closure(extras: Sequence[str] = ()) -> list[importlib.metadata.Distribution]:
+    """Return the installed distributions fedflow (with ``extras``) needs here, fedflow excluded.
+
+    Raises SiteError naming a requirement that is not installed on the coordinator.
+    """
+    requirement_cls, canonical = _requirement_tools()
+    found: dict[str, tuple[importlib.metadata.Distribution, set[str]]] = {}
+    todo: list[tuple[str, set[str]]] = [(DIST_NAME, set(extras))]
+    while todo:
+        name, wanted = todo.pop()
+        key = canonical(name)
+        if key in found and wanted <= found[key][1]:
+            continue
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise SiteError(f"{name}, needed at the sites, is not installed here") from None
+        merged = wanted | (found[key][1] if key in found else set())
+        found[key] = (dist, merged)
+        for text in dist.requires or []:
+            req = requirement_cls(text)
+            if req.marker is not None and not any(
+                req.marker.evaluate({"extra": extra}) for extra in (merged or {""})
+            ):
+                continue
+            todo.append((req.name, set(req.extras)))
+    found.pop(canonical(DIST_NAME), None)
+    return sorted((d for d, _ in found.values()), key=lambda d: d.metadata["Name"].lower())
+
+
+_SKIP_IN_REPACK = ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")
+
+
+def repack_wheel(dist: importlib.metadata.Distribution, dest: Path) -> Path | None:
+    """Write a wheel of an installed distribution from its RECORD into ``dest``; return it.
+
+    Returns None when the installation cannot be repacked (no RECORD or WHEEL file, an
+    editable or direct-URL install).
+    """
+    wheel_text = dist.read_text("WHEEL")
+    if not dist.files or not wheel_text or dist.read_text("direct_url.json"):
+        return None
+    tags = [
+        line.split(":", 1)[1].strip() for line in wheel_text.splitlines() if line.startswith("Tag:")
+    ]
+    if not tags:
+        return None
+    parts = [sorted({t.split("-")[i] for t in tags}) for i in range(3)]
+    name = "_".join(filter(None, re.split(r"[-_.]+", dist.metadata["Name"])))
+    target = dest / f"{name}-{dist.version}-{'-'.join('.'.join(p) for p in parts)}.whl"
+    info_dir = next(
+        (str(f).split("/")[0] for f in dist.files if str(f).split("/")[0].endswith(".dist-info")),
+        None,
+    )
+    if info_dir is None:
+        return None
+    record: list[str] = []
+    partial = target.with_suffix(".part")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for entry in dist.files:
+            rel = str(entry)
+            if rel.startswith("..") or "__pycache__" in rel or rel.endswith((".pyc", ".pyo")):
+                continue
+            if rel.startswith(info_dir + "/") and rel.split("/", 1)[1] in _SKIP_IN_REPACK:
+                continue
+            path = Path(str(dist.locate_file(entry)))
+            if not path.is_file():
+                continue
+            data = path.read_bytes()
+            info = zipfile.ZipInfo(rel, date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr = (path.stat().st_mode & 0o777 | 0o100000) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, data, compresslevel=1)
+            record.append(_record_line(rel, data))
+        record.append(f"{info_dir}/RECORD,,")
+        zf.writestr(
+            zipfile.ZipInfo(f"{info_dir}/RECORD", date_time=(2020, 1, 1, 0, 0, 0)),
+            "\n".join(record) + "\n",
+        )
+    partial.replace(target)
+    return target
+
+
 def _constraints() -> str:
     """Return a pip constraints file pinning every installed distribution to its version here."""
     lines = set()
     for dist in importlib.metadata.distributions():
-        name = dist.metadata.get("Name")
+        name = dist.metadata["Name"]
         if not name or name.lower() in (DIST_NAME, "pip", "setuptools", "wheel"):
             continue
         if dist.read_text("direct_url.json"):  # editable or local installs are not on an index
@@ -194,8 +290,17 @@ def wheelhouse(
     Dependency wheels are downloaded once per site platform and fedflow requirements into the
     coordinator's cache. Raises SiteError when pip cannot get a wheel.
     """
-    dist = importlib.metadata.distribution(DIST_NAME)
-    requires = "\n".join(sorted(dist.requires or []))
+    root = cache_dir() / "wheels"
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _wheelhouse(root, site, extras, full=full, log=log)
+
+
+def _wheelhouse(
+    root: Path, site: SiteInfo, extras: Sequence[str], *, full: bool, log: IO[str] | None
+) -> Path:
+    requires = "\n".join(f"{d.metadata['Name']}=={d.version}" for d in dependency_closure(extras))
     key = hashlib.sha256(
         f"{site.tag}\n{','.join(sorted(extras))}\n{requires}".encode()
     ).hexdigest()[:16]
@@ -213,6 +318,17 @@ def wheelhouse(
     if not constraints.exists():
         root.mkdir(parents=True, exist_ok=True)
         constraints.write_text(_constraints())
+    if full and not (deps / "complete").exists() and site.tag == _local_tag():
+        deps.mkdir(parents=True, exist_ok=True)
+        for dist in dependency_closure(extras):
+            if repack_wheel(dist, deps) is None:
+                break
+        else:
+            (deps / "complete").write_text("\n".join(sorted(p.name for p in deps.glob("*.whl"))))
+            if log is not None:
+                log.write(
+                    f"[fedflow] dependency wheels repacked from this installation into {deps}\n"
+                )
     if full and not (deps / "complete").exists():
         deps.mkdir(parents=True, exist_ok=True)
         wheel = next(own.glob("*.whl"))
@@ -239,16 +355,24 @@ def wheelhouse(
         for src in [*own.glob("*.whl"), *(deps.glob("*.whl") if full else []), constraints]:
             link = house / src.name
             if not link.exists():
-                os.link(
-                    src, link
-                ) if src.stat().st_dev == house.stat().st_dev else link.write_bytes(
-                    src.read_bytes()
-                )
+                shutil.copyfile(src, link)
         (house / "complete").write_text(ident)
     return house
 
 
 # -- the site side ---------------------------------------------------------------------------
+
+
+_PY_SHA256 = (
+    "import hashlib, os, sys\n"
+    "for p in sys.argv[1:]:\n"
+    " if os.path.isfile(p):\n"
+    "  h = hashlib.sha256()\n"
+    "  with open(p, 'rb') as f:\n"
+    "   for b in iter(lambda: f.read(1 << 20), b''): h.update(b)\n"
+    "  print(h.hexdigest() + '  ' + p)"
+)
+"""Fallback for sites without coreutils' sha256sum; prints lines as sha256sum does."""
 
 
 class Remote:
@@ -283,7 +407,11 @@ class Remote:
             raise SiteError(f"connection lost during {what}: {exc}", site=self.site) from exc
         out = str(done.stdout or "")
         err = str(done.stderr or "")
-        if self.log is not None and (out.strip() or err.strip()) and what != "probe":
+        if (
+            self.log is not None
+            and (out.strip() or err.strip())
+            and what not in ("probe", "checksum")
+        ):
             self.log.write(f"[fedflow] {what}:\n{out}{err}")
             self.log.flush()
         if check and done.exit_status != 0:
@@ -306,7 +434,11 @@ class Remote:
         if not paths:
             return {}
         quoted = " ".join(shlex.quote(p) for p in paths)
-        done = await self.run(f"sha256sum -- {quoted} 2>/dev/null", check=False, what="checksum")
+        script = (
+            f"if command -v sha256sum >/dev/null 2>&1; then sha256sum -- {quoted} 2>/dev/null; "
+            f"else python3 -c {shlex.quote(_PY_SHA256)} {quoted}; fi"
+        )
+        done = await self.run(script, check=False, what="checksum")
         found = {}
         for line in str(done.stdout or "").splitlines():
             digest, _, name = line.partition("  ")
@@ -376,10 +508,10 @@ class Remote:
         partial = local.with_name(local.name + ".part")
         try:
             size = (await sftp.stat(remote)).size or 0
-            async with sftp.open(remote, "rb") as src:
+            async with sftp.open(remote, "rb", encoding=None) as src:
                 with partial.open("wb") as dst:
                     done = 0
-                    while chunk := await src.read(CHUNK):
+                    while chunk := cast(bytes, await src.read(CHUNK)):
                         dst.write(chunk)
                         done += len(chunk)
                         self.bytes_down += len(chunk)
@@ -429,13 +561,23 @@ _PY_PROBE = (
 )
 
 
-async def probe(remote: Remote, workdir: str, python: str) -> SiteInfo:
-    """Return what the site has (home, working folder, Python, venv marker) in one command."""
+async def probe(remote: Remote, workdir: str, python: str, *, ask_python: bool = False) -> SiteInfo:
+    """Return what the site has (home, working folder, Python, venv marker) in one command.
+
+    Python itself is asked only with ``ask_python`` or when there is no prepared venv (whose
+    marker holds the version): a reused site costs one quick shell command.
+    """
+    marker_file = f'"$W/venv/{MARKER}"'
+    have_venv = f'{{ [ -f {marker_file} ] && [ -x "$W/venv/bin/python" ]; }}'
+    ask = (
+        f"P=$(command -v {shlex.quote(python)} 2>/dev/null) && "
+        f'printf "python=%s\\n" "$P" && '
+        f'printf "py=%s\\n" "$("$P" -c {shlex.quote(_PY_PROBE)} 2>/dev/null)"'
+    )
     script = (
         f'W={workdir}; printf "home=%s\\nworkdir=%s\\n" "$HOME" "$W"; '
-        f'P=$(command -v {shlex.quote(python)} 2>/dev/null) && printf "python=%s\\n" "$P" && '
-        f'printf "py=%s\\n" "$("$P" -c {shlex.quote(_PY_PROBE)} 2>/dev/null)"; '
-        f'[ -f "$W/venv/{MARKER}" ] && printf "marker=%s\\n" "$(cat "$W/venv/{MARKER}")"; true'
+        f'if {have_venv}; then printf "marker=%s\\n" "$(cat {marker_file})"; fi; '
+        f"if {'true' if ask_python else f'! {have_venv}'}; then {ask}; fi; true"
     )
     done = await remote.run(script, what="probe")
     fields: dict[str, str] = {}
@@ -458,7 +600,7 @@ async def probe(remote: Remote, workdir: str, python: str) -> SiteInfo:
         home=fields.get("home", ""),
         workdir=fields["workdir"],
         python=fields.get("python") if py else None,
-        python_version=tuple(py.get("version", ())),
+        python_version=tuple(py.get("version") or marker.get("python") or ()),
         machine=py.get("machine", ""),
         libc=py.get("libc", ""),
         has_venv=bool(py.get("venv")),
@@ -527,9 +669,12 @@ async def install_venv(
     ident = build_id()
     full = install != "index"
     loop = asyncio.get_running_loop()
-    house = await loop.run_in_executor(
-        None, lambda: wheelhouse(info, extras, full=full, log=remote.log)
-    )
+    try:
+        house = await loop.run_in_executor(
+            None, lambda: wheelhouse(info, extras, full=full, log=remote.log)
+        )
+    except SiteError as exc:
+        raise SiteError(exc.message, site=remote.site) from exc
     deps_key = house.name.split("-")[-2] + ("-" + ",".join(sorted(extras)) if extras else "")
     w = shlex.quote(info.workdir)
     await remote.run(f"mkdir -p {w}/wheels && chmod 700 {w}", what="creating the working folder")
@@ -612,6 +757,8 @@ async def prepare_site(
         info = await probe(remote, expr, python)
     if info.marker.get("build") == build_id() and info.marker.get("install") == install:
         return info
+    if info.marker:  # a venv of another build: ask Python about itself now
+        info = await probe(remote, expr, python, ask_python=True)
     _check_python(info, python, remote.site)
     await install_venv(remote, info, install=install, extras=extras, progress=progress)
     return await probe(remote, expr, python)
