@@ -8,6 +8,7 @@ Every expected error is one line on stderr and a documented exit code (see ``fed
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help()
         return 2
     debug = getattr(args, "debug", False)
+    logging.getLogger("asyncssh").setLevel(logging.DEBUG if debug else logging.WARNING)
     try:
         return int(_COMMANDS[args.command](args) or 0)
     except KeyboardInterrupt:
@@ -216,18 +218,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_trust(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from fedflow.connectors.hostkeys import trust_hosts
+    from fedflow.connectors.hostkeys import fedflow_known_hosts, trust_hosts
     from fedflow.study import load_study
 
     study = load_study(args.study)
-    rows = trust_hosts(study)
-    if asyncio.iscoroutine(rows):
-        rows = asyncio.run(rows)
-    for row in rows:
-        print("  ".join(str(x) for x in row))
-    return 0
+    results = trust_hosts(study)
+    if not results:
+        print(f"{args.study}: no remote sites (no client has a hostname)")
+        return 0
+    for site, host, fingerprint, status in results:
+        print(f"{site}  {host}  {fingerprint}  {status}")
+    if any(r.status == "added" for r in results):
+        print(f"recorded in {fedflow_known_hosts()}", file=sys.stderr)
+    bad = [r for r in results if r.status == "changed" or r.status.startswith("unreachable")]
+    return 3 if bad else 0
 
 
 _COMMANDS: dict[str, Any] = {

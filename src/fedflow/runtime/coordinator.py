@@ -278,13 +278,12 @@ class Coordinator:
     # -- per-site steps ------------------------------------------------------------------------
     async def _start(self, site: SiteRecord) -> None:
         self.observer.site(site.name, "starting", "")
+        limit = max(self.timeout, site.connector.start_timeout)
         try:
-            async with asyncio.timeout(max(self.timeout, SETUP_TIMEOUT)):
+            async with asyncio.timeout(limit):
                 await site.connector.start()
         except TimeoutError:
-            raise SiteError(
-                f"did not start within {max(self.timeout, SETUP_TIMEOUT):g} s", site=site.name
-            ) from None
+            raise SiteError(f"did not start within {limit:g} s", site=site.name) from None
         self.observer.site(site.name, "started", "")
 
     async def _stage(self, site: SiteRecord) -> None:

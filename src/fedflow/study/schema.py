@@ -42,6 +42,9 @@ class Client(_Strict):
     """Remote sites: the study's working folder there (default ``~/.fedflow/<study name>``)."""
     python: str = "python3"
     """Remote sites: the Python used to create the site's environment."""
+    install: Literal["wheels", "index"] = "wheels"
+    """Remote sites: ``wheels`` uploads fedflow and every dependency as wheels (no internet needed
+    at the site); ``index`` uploads fedflow's wheel and lets the site's pip fetch the rest."""
     controller: str | None = None
     """FeatureCloud platform: this site's local controller URL (default http://localhost:8000)."""
 
