@@ -24,7 +24,9 @@ class Echo(App[EchoParams]):
     def start(self, params: EchoParams, ctx: Any) -> Continue:
         return Continue({"v": np.zeros(params.size)})
 
-    def local(self, data: Table, params: EchoParams, payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    def local(
+        self, data: Table, params: EchoParams, payload: dict[str, Any], ctx: Any
+    ) -> dict[str, Any]:
         return {"v": np.full(params.size, float(data.n_rows))}
 
     def aggregate(self, replies: Mapping[str, Any], params: EchoParams, ctx: Any) -> Any:

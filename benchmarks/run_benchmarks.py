@@ -32,9 +32,16 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(args: list[str], cwd: Path | None = None) -> float:
+def _run(args: list[str], cwd: Path | None = None, **env: str) -> float:
     started = time.perf_counter()
-    subprocess.run(args, check=True, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        args,
+        check=True,
+        cwd=cwd,
+        env={**_env(), **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - started
 
 
@@ -46,13 +53,23 @@ def overhead(rounds: int = 500) -> None:
         for site in ("berlin", "vienna", "zurich"):
             text += f'[[clients]]\nname = "{site}"\ndata = ["{QUICKSTART / (site + ".csv")}"]\n'
         (folder / "study.toml").write_text(text)
-        _run([sys.executable, "-m", "fedflow.cli", "run", "study.toml", "--out", "run", "-q"], cwd=folder)
+        _run(
+            [sys.executable, "-m", "fedflow.cli", "run", "study.toml", "--out", "run", "-q"],
+            cwd=folder,
+        )
         metrics = json.loads((folder / "run" / "metrics.json").read_text())
     rounds_ = metrics["rounds"][1:]  # the first round includes one-time warm-up
     total = [r["seconds"] * 1000 for r in rounds_]
-    over = [(r["seconds"] - max(s["compute_seconds"] for s in r["sites"].values())) * 1000 for r in rounds_]
-    print(f"| per-round time, 3 local sites ({len(rounds_)} rounds) | median {statistics.median(total):.3f} ms, p95 {np.percentile(total, 95):.3f} ms |")
-    print(f"| per-round coordinator overhead (round minus slowest site's compute) | median {statistics.median(over):.3f} ms, p95 {np.percentile(over, 95):.3f} ms |")
+    over = [
+        (r["seconds"] - max(s["compute_seconds"] for s in r["sites"].values())) * 1000
+        for r in rounds_
+    ]
+    print(
+        f"| per-round time, 3 local sites ({len(rounds_)} rounds) | median {statistics.median(total):.3f} ms, p95 {np.percentile(total, 95):.3f} ms |"
+    )
+    print(
+        f"| per-round coordinator overhead (round minus slowest site's compute) | median {statistics.median(over):.3f} ms, p95 {np.percentile(over, 95):.3f} ms |"
+    )
 
 
 POOLED_SCRIPT = """
@@ -72,11 +89,40 @@ def quickstart(repeats: int = 5) -> None:
         script.write_text(POOLED_SCRIPT.replace("{QS}", str(QUICKSTART)))
         fed, fed_cmp, pooled = [], [], []
         for i in range(repeats):
-            fed.append(_run([sys.executable, "-m", "fedflow.cli", "run", str(QUICKSTART / "study.toml"), "--out", f"{tmp}/r{i}", "-q"]))
-            fed_cmp.append(_run([sys.executable, "-m", "fedflow.cli", "run", str(QUICKSTART / "study.toml"), "--out", f"{tmp}/c{i}", "-q", "--compare"]))
+            fed.append(
+                _run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "fedflow.cli",
+                        "run",
+                        str(QUICKSTART / "study.toml"),
+                        "--out",
+                        f"{tmp}/r{i}",
+                        "-q",
+                    ]
+                )
+            )
+            fed_cmp.append(
+                _run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "fedflow.cli",
+                        "run",
+                        str(QUICKSTART / "study.toml"),
+                        "--out",
+                        f"{tmp}/c{i}",
+                        "-q",
+                        "--compare",
+                    ]
+                )
+            )
             pooled.append(_run([sys.executable, str(script)]))
     f, c, p = (statistics.median(x) for x in (fed, fed_cmp, pooled))
-    print(f"| quickstart `fedflow run` (3 site processes) | median {f:.2f} s ({f / p:.2f}x the pooled script) |")
+    print(
+        f"| quickstart `fedflow run` (3 site processes) | median {f:.2f} s ({f / p:.2f}x the pooled script) |"
+    )
     print(f"| quickstart `fedflow run --compare` | median {c:.2f} s ({c / p:.2f}x) |")
     print(f"| plain pooled script (pandas + statsmodels Logit) | median {p:.2f} s |")
 
@@ -89,20 +135,36 @@ def many_sites(n_sites: int = 100, rows: int = 1000) -> None:
         text = 'app = "stats"\ntimeout = 600\n'
         for i in range(n_sites):
             x = rng.normal(size=(rows, 3))
-            np.savetxt(folder / f"s{i}.csv", x, delimiter=",", header="a,b,c", comments="", fmt="%.6f")
+            np.savetxt(
+                folder / f"s{i}.csv", x, delimiter=",", header="a,b,c", comments="", fmt="%.6f"
+            )
             text += f'[[clients]]\nname = "s{i}"\ndata = ["s{i}.csv"]\n'
         (folder / "study.toml").write_text(text)
-        wall = _run([sys.executable, "-m", "fedflow.cli", "run", "study.toml", "--out", "run", "-q"], cwd=folder)
-        metrics = json.loads((folder / "run" / "metrics.json").read_text())
-    rss = [s["peak_rss_bytes"] / 2**20 for s in metrics["sites"].values()]
-    phases = {p["name"]: p["seconds"] for p in metrics["phases"]}
-    print(f"| {n_sites} local sites x {rows} rows, `stats` | wall {wall:.1f} s (start {phases['start sites']:.1f} s, handshake {phases['handshake']:.1f} s) |")
-    print(f"| peak RSS per site process | median {statistics.median(rss):.1f} MB, max {max(rss):.1f} MB |")
+        for label, forkserver in (
+            ("forked from one pre-imported process", "1"),
+            ("fresh interpreters", "0"),
+        ):
+            out = f"run-{forkserver}"
+            wall = _run(
+                [sys.executable, "-m", "fedflow.cli", "run", "study.toml", "--out", out, "-q"],
+                cwd=folder,
+                FEDFLOW_FORKSERVER=forkserver,
+            )
+            metrics = json.loads((folder / out / "metrics.json").read_text())
+            rss = [s["peak_rss_bytes"] / 2**20 for s in metrics["sites"].values()]
+            phases = {p["name"]: p["seconds"] for p in metrics["phases"]}
+            print(
+                f"| {n_sites} local sites x {rows} rows, `stats`, {label} | wall {wall:.1f} s "
+                f"(start {phases['start sites']:.1f} s, handshake {phases['handshake']:.1f} s); "
+                f"peak RSS per site median {statistics.median(rss):.1f} MB, max {max(rss):.1f} MB |"
+            )
 
 
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
-    print(f"<!-- {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, Python {sys.version.split()[0]} -->")
+    print(
+        f"<!-- {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, Python {sys.version.split()[0]} -->"
+    )
     if what in ("overhead", "all"):
         overhead()
     if what in ("quickstart", "all"):
