@@ -257,3 +257,17 @@ def test_sites_as_fresh_interpreters_when_the_fork_server_is_off(tmp_path: Path)
     assert proc.returncode == 0, proc.stderr
     forked = fedflow("run", str(study), "--json", "--out", str(tmp_path / "run2"))
     assert json.loads(proc.stdout)["result"] == json.loads(forked.stdout)["result"]
+
+
+def test_the_sites_own_policy_file_refuses_apps(tmp_path: Path) -> None:
+    study = copy_quickstart(tmp_path)
+    policy = tmp_path / "site-policy.toml"
+    policy.write_text('allowed_apps = ["stats"]\n')
+    env = dict(os.environ, FEDFLOW_SITE_POLICY=str(policy))
+    proc = fedflow("run", str(study), "--out", str(tmp_path / "run"), env=env)
+    assert proc.returncode == 3, proc.stderr
+    assert (
+        "refused by the site's policy: this site does not allow app 'logistic-regression'"
+        in proc.stderr
+    )
+    assert "site policy: apps stats" in (tmp_path / "run" / "logs" / "berlin.log").read_text()

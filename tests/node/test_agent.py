@@ -128,3 +128,21 @@ def test_serve_exits_on_truncated_frame_and_answers_garbage() -> None:
     decoder.feed(stdout.getvalue())
     reply = MessageCodec().decode(decoder.next_frame())
     assert isinstance(reply, Failure) and reply.kind == "protocol"
+
+
+def test_policy_file_only_tightens(tmp_path: Path) -> None:
+    import pytest
+
+    from fedflow.node.agent import PolicyError, load_policy
+
+    path = tmp_path / "policy.toml"
+    assert load_policy(path, SitePolicy()) == SitePolicy()  # no file: nothing changes
+    path.write_text('allowed_apps = ["stats", "pca"]\nmin_count = 20\n')
+    policy = load_policy(path, SitePolicy(frozenset({"stats", "cox"}), 50))
+    assert policy == SitePolicy(frozenset({"stats"}), 50)
+    path.write_text("min_cont = 3\n")
+    with pytest.raises(PolicyError, match="unknown key\\(s\\) min_cont"):
+        load_policy(path, SitePolicy())
+    path.write_text("min_count = 0\n")
+    with pytest.raises(PolicyError, match="positive integer"):
+        load_policy(path, SitePolicy())

@@ -68,12 +68,55 @@ class SitePolicy:
     min_count: int = 1
 
 
+def policy_file() -> Path:
+    """Return the site's own policy file: ``$FEDFLOW_SITE_POLICY``, else
+    ``$XDG_CONFIG_HOME/fedflow/site-policy.toml`` (default ``~/.config/fedflow/site-policy.toml``)."""
+    explicit = os.environ.get("FEDFLOW_SITE_POLICY")
+    if explicit:
+        return Path(explicit).expanduser()
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "fedflow" / "site-policy.toml"
+
+
+def load_policy(path: Path, base: SitePolicy) -> SitePolicy:
+    """Return ``base`` tightened by the policy file at ``path`` (absent file: ``base``).
+
+    The file holds ``allowed_apps = [...]`` and/or ``min_count = N``. Raises PolicyError when it
+    cannot be read or holds anything else, so a site never runs under a policy it did not mean.
+    """
+    import tomllib
+
+    if not path.exists():
+        return base
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise PolicyError(f"{path}: cannot read the site policy ({exc})") from None
+    unknown = sorted(set(data) - {"allowed_apps", "min_count"})
+    if unknown:
+        raise PolicyError(
+            f"{path}: unknown key(s) {', '.join(unknown)} (allowed: allowed_apps, min_count)"
+        )
+    allowed = base.allowed_apps
+    apps = data.get("allowed_apps")
+    if apps is not None:
+        if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
+            raise PolicyError(f"{path}: allowed_apps must be a list of app names")
+        allowed = frozenset(apps) if allowed is None else allowed & frozenset(apps)
+    min_count = data.get("min_count", base.min_count)
+    if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 1:
+        raise PolicyError(f"{path}: min_count must be a positive integer")
+    return SitePolicy(allowed, max(base.min_count, min_count))
+
+
 class NodeAgent:
     """Answers coordinator messages for one site. Never sends rows, only what apps return."""
 
     def __init__(self, site: str = "site", policy: SitePolicy | None = None) -> None:
         self.site = site
         self.policy = policy or SitePolicy()
+        self.policy_error: str | None = None
+        """Why the site's policy file could not be used (every app is then refused)."""
         self.state = "new"
         self._setup: Setup | None = None
         self._loaded: LoadedData | None = None
@@ -169,6 +212,8 @@ class NodeAgent:
     def _prepare(self, msg: Prepare) -> Prepared:
         self._expect("loaded")
         assert self._setup is not None and self._loaded is not None
+        if self.policy_error:
+            raise PolicyError(self.policy_error)
         allowed = self.policy.allowed_apps
         if allowed is not None and msg.app not in allowed:
             raise PolicyError(
@@ -326,7 +371,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     _exit_with_parent()
     policy = SitePolicy(frozenset(args.allow) if args.allow else None, args.min_count)
+    try:
+        policy = load_policy(policy_file(), policy)
+    except PolicyError as exc:
+        log.error("%s", exc.message)
+        policy = SitePolicy(frozenset(), policy.min_count)  # refuse every app, say why at Prepare
+        refusal = exc.message
+    else:
+        refusal = None
     agent = NodeAgent(args.site, policy)
+    agent.policy_error = refusal
+    if policy.allowed_apps is not None or policy.min_count > 1:
+        log.info(
+            "site policy: apps %s, min_count at least %d",
+            ", ".join(sorted(policy.allowed_apps)) if policy.allowed_apps is not None else "any",
+            policy.min_count,
+        )
     log.info(
         "node agent started (fedflow %s, python %s, pid %d)",
         __version__,
