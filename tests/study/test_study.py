@@ -114,3 +114,9 @@ def test_overrides_replace_top_level_keys(tmp_path: Path) -> None:
 def test_template_parses_as_a_study(tmp_path: Path) -> None:
     study = load_study(write(tmp_path, TEMPLATE))
     assert study.app == "logistic-regression" and len(study.clients) == 2
+
+
+def test_sim_runs_every_client_as_a_local_site(tmp_path: Path) -> None:
+    text = 'app = "stats"\nsim = true\n[[clients]]\nhostname = "h"\nusername = "u"\ndata = ["a.csv"]\n'
+    study = load_study(write(tmp_path, text))
+    assert study.clients[0].is_local and study.clients[0].data == [str(tmp_path / "a.csv")]

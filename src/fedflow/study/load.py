@@ -54,6 +54,11 @@ def study_from_dict(
     study.source_text = text
     if not study.name:
         study.name = "study"
+    if study.sim:
+        # The original simulated sites on Vagrant VMs and ignored the connection keys; fedflow
+        # simulates them as local processes, so the same keys are ignored the same way.
+        for client in study.clients:
+            client.hostname = None
     for client in study.clients:
         if client.is_local or not study.skip_data_transfer:
             client.data = [str(study.resolve(p)) for p in client.data]
