@@ -253,6 +253,7 @@ def _observer(console: Any, *, quiet: bool) -> Any:
 
         def __init__(self) -> None:
             self.t0 = time.perf_counter()
+            self.steps: dict[str, int] = {}
 
         def _say(self, text: str) -> None:
             print(f"[{time.perf_counter() - self.t0:7.3f}s] {text}", file=sys.stderr, flush=True)
@@ -266,6 +267,14 @@ def _observer(console: Any, *, quiet: bool) -> Any:
 
         def round_done(self, round: int, seconds: float, final: bool) -> None:
             self._say(f"round {round} done in {1000 * seconds:.1f} ms{' (final)' if final else ''}")
+
+        def transfer(self, what: str, done: int, total: int) -> None:
+            if total < 8 * 2**20:  # only large files are worth a line
+                return
+            step = int(4 * done / total) if total else 4
+            if self.steps.get(what) != step:
+                self.steps[what] = step
+                self._say(f"{what}: {done / 2**20:.0f} of {total / 2**20:.0f} MiB")
 
         def message(self, text: str) -> None:
             self._say(text)
@@ -286,8 +295,10 @@ def _observer(console: Any, *, quiet: bool) -> Any:
             self.sites: dict[str, tuple[str, str]] = {}
             self.round = 0
             self.last_ms = 0.0
+            self.final = False
             self.phase_name = "starting"
             self.notes: list[str] = []
+            self.transfers: dict[str, tuple[int, int]] = {}
             self.live = RichLive(
                 self._render(), console=console, refresh_per_second=12, transient=False
             )
@@ -306,9 +317,13 @@ def _observer(console: Any, *, quiet: bool) -> Any:
             for i in range(0, len(row), 3):
                 table.add_row(*row[i : i + 3])
             if self.round:
-                table.add_row(f"round {self.round}  {self.last_ms:.1f} ms")
+                done = "  [green]done[/green]" if self.final else ""
+                table.add_row(f"round {self.round}  {self.last_ms:.1f} ms{done}")
             else:
                 table.add_row(f"[dim]{self.phase_name}…[/dim]")
+            for what, (done, total) in self.transfers.items():
+                if done < total:
+                    table.add_row(f"{what}  {done / 2**20:.0f}/{total / 2**20:.0f} MiB")
             for note in self.notes[-3:]:
                 table.add_row(f"[yellow]{note}[/yellow]")
             return table
@@ -325,12 +340,17 @@ def _observer(console: Any, *, quiet: bool) -> Any:
             self._update()
 
         def round_done(self, round: int, seconds: float, final: bool) -> None:
-            self.round, self.last_ms = round, 1000 * seconds
+            self.round, self.last_ms, self.final = round, 1000 * seconds, final
             self._update()
 
         def message(self, text: str) -> None:
             self.notes.append(text)
             self._update()
+
+        def transfer(self, what: str, done: int, total: int) -> None:
+            if total >= 8 * 2**20:
+                self.transfers[what] = (done, total)
+                self._update()
 
         def stop(self) -> None:
             self.live.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,12 +23,13 @@ def connector_for(
     log_path: Path,
     output_dir: Path,
     forkserver: ForkServer | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Connector:
     """Return the connector for a study client: a local process, or SSH when it has a hostname.
 
     ``output_dir`` is the local folder for the site's outputs (used as-is by local sites; remote
     sites write at the site and the files are fetched there). Local sites are forked from
-    ``forkserver`` when one is given.
+    ``forkserver`` when one is given; ``progress(what, done, total)`` hears of file transfers.
     """
     agent_args = ["--verbose"] if study.debug.verbose else []
     if client.is_local:
@@ -40,4 +42,4 @@ def connector_for(
         )
     from fedflow.connectors.ssh import SSHConnector
 
-    return SSHConnector(client, study, log_path=log_path)
+    return SSHConnector(client, study, log_path=log_path, progress=progress)

@@ -20,5 +20,8 @@ class Observer:
     def round_done(self, round: int, seconds: float, final: bool) -> None:
         """Every site answered and the coordinator aggregated; ``final`` when the app is done."""
 
+    def transfer(self, what: str, done: int, total: int) -> None:
+        """A file transfer to or from a site progressed (``what`` is ``site:file``)."""
+
     def message(self, text: str) -> None:
         """A note for the user (a warning, a step of a platform workflow)."""

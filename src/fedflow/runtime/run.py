@@ -173,6 +173,7 @@ async def arun_study(
                         log_path=rd.log_path(c.name),
                         output_dir=rd.sites_dir / c.name,
                         forkserver=forkserver,
+                        progress=observer.transfer,
                     )
                     for c in study.clients
                 }
