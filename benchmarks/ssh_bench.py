@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.helpers import QUICKSTART, SITES  # noqa: E402
-from tests.ssh.sshd import SSHLab, ensure_sshd  # noqa: E402
+from tests.ssh.sshd import SSHLab, ensure_sshd, ssh_quickstart  # noqa: E402
 
 from fedflow._version import __version__  # noqa: E402
 from fedflow.connectors.provision import cache_dir  # noqa: E402
@@ -99,31 +99,6 @@ def _tcp_rtt(host: str, port: int) -> float:
         return time.perf_counter() - began
 
 
-def _write_ssh_study(lab: SSHLab, folder: Path) -> Path:
-    lines = [
-        'name = "breast-cancer"',
-        'app = "logistic-regression"',
-        "seed = 42",
-        "[params]",
-        'target = "malignant"',
-        'features = ["radius", "texture", "smoothness", "concavity", "symmetry"]',
-    ]
-    for name, site in zip(SITES, lab.sites, strict=True):
-        shutil.copy(QUICKSTART / f"{name}.csv", folder / f"{name}.csv")
-        lines += [
-            "[[clients]]",
-            f'name = "{name}"',
-            f'data = ["{name}.csv"]',
-            f'hostname = "{site.host}"',
-            f"port = {site.port}",
-            f'username = "{site.user}"',
-            f'sshkey = "{lab.client_key}"',
-        ]
-    path = folder / "study.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 async def _study_once(study, out: Path) -> tuple[float, list[float]]:
     began = time.perf_counter()
     await arun_study(study, out=out, force=True, command=["bench"])
@@ -182,7 +157,7 @@ def main() -> None:
         ssh_folder, local_folder = work / "ssh", work / "local"
         ssh_folder.mkdir()
         local_folder.mkdir()
-        ssh_study = load_study(_write_ssh_study(lab, ssh_folder))
+        ssh_study = load_study(ssh_quickstart(lab, ssh_folder, workdir=None))
         for name in SITES:
             shutil.copy(QUICKSTART / f"{name}.csv", local_folder / f"{name}.csv")
         local_study = load_study(

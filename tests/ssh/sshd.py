@@ -12,6 +12,7 @@ processes killed by pid, users, namespaces and veths deleted.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -21,8 +22,11 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncssh
+
+from tests.helpers import QUICKSTART, SITES
 
 SSHD = "/usr/sbin/sshd"
 NET = "10.231"
@@ -288,3 +292,36 @@ class SSHLab:
                 _run("ip", "link", "del", site.veth, check=False)
         self._users.clear()
         self._netns.clear()
+
+
+def ssh_quickstart(
+    lab: SSHLab, folder: Path, *, workdir: str | None = "~/.fedflow/ssh-tests", **extra: Any
+) -> Path:
+    """Write the quickstart study with its three sites moved to the lab's SSH servers
+    (``workdir`` None: the sites' default working folder)."""
+    lines = [
+        'name = "breast-cancer"',
+        'app = "logistic-regression"',
+        "seed = 42",
+        'outdir = "results"',
+        *(f"{k} = {json.dumps(v)}" for k, v in extra.items()),
+        "[params]",
+        'target = "malignant"',
+        'features = ["radius", "texture", "smoothness", "concavity", "symmetry"]',
+    ]
+    for name, site in zip(SITES, lab.sites, strict=True):
+        shutil.copy(QUICKSTART / f"{name}.csv", folder / f"{name}.csv")
+        lines += [
+            "[[clients]]",
+            f'name = "{name}"',
+            f'data = ["{name}.csv"]',
+            f'hostname = "{site.host}"',
+            f"port = {site.port}",
+            f'username = "{site.user}"',
+            f'sshkey = "{lab.client_key}"',
+        ]
+        if workdir is not None:
+            lines.append(f'workdir = "{workdir}"')
+    path = folder / "study.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path

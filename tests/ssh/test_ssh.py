@@ -26,7 +26,7 @@ from fedflow.runtime.observer import Observer
 from fedflow.study.load import load_study, study_from_dict
 from fedflow.wire import PROTOCOL_VERSION, Hello, MessageCodec, Welcome
 from tests.helpers import QUICKSTART, SITES
-from tests.ssh.sshd import Site, SSHLab
+from tests.ssh.sshd import Site, SSHLab, ssh_quickstart
 
 pytestmark = pytest.mark.ssh
 codec = MessageCodec()
@@ -421,35 +421,6 @@ def test_unreachable_site_is_named(lab: SSHLab, trusted: Path, tmp_path: Path) -
 
 
 # -- whole studies -----------------------------------------------------------------------------
-
-
-def ssh_quickstart(lab: SSHLab, folder: Path, **extra: Any) -> Path:
-    """Write the quickstart study with its three sites moved to the lab's SSH servers."""
-    lines = [
-        'name = "breast-cancer"',
-        'app = "logistic-regression"',
-        "seed = 42",
-        'outdir = "results"',
-        *(f"{k} = {json.dumps(v)}" for k, v in extra.items()),
-        "[params]",
-        'target = "malignant"',
-        'features = ["radius", "texture", "smoothness", "concavity", "symmetry"]',
-    ]
-    for name, site in zip(SITES, lab.sites, strict=True):
-        shutil.copy(QUICKSTART / f"{name}.csv", folder / f"{name}.csv")
-        lines += [
-            "[[clients]]",
-            f'name = "{name}"',
-            f'data = ["{name}.csv"]',
-            f'hostname = "{site.host}"',
-            f"port = {site.port}",
-            f'username = "{site.user}"',
-            f'sshkey = "{lab.client_key}"',
-            'workdir = "~/.fedflow/ssh-tests"',
-        ]
-    path = folder / "study.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def test_study_over_ssh_gives_the_same_result_as_local_sites(
