@@ -10,7 +10,7 @@ import numpy as np
 from fedflow.apps import App, Continue, Done, Params, Table
 
 
-class EchoParams(Params):
+class EchoParams(Params, frozen=True):
     rounds: int = 200
     size: int = 8
 

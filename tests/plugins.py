@@ -10,7 +10,7 @@ from typing import Any
 from fedflow.apps import App, Continue, Done, Params, Table
 
 
-class FaultParams(Params):
+class FaultParams(Params, frozen=True):
     site: str = "vienna"
     round: int = 2
     mode: str = "crash"  # crash | hang | raise

@@ -317,8 +317,8 @@ def _observer(console: Any, *, quiet: bool) -> Any:
             for i in range(0, len(row), 3):
                 table.add_row(*row[i : i + 3])
             if self.round:
-                done = "  [green]done[/green]" if self.final else ""
-                table.add_row(f"round {self.round}  {self.last_ms:.1f} ms{done}")
+                mark = "  [green]done[/green]" if self.final else ""
+                table.add_row(f"round {self.round}  {self.last_ms:.1f} ms{mark}")
             else:
                 table.add_row(f"[dim]{self.phase_name}…[/dim]")
             for what, (done, total) in self.transfers.items():

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 
-class RegressionParams(Params):
+class RegressionParams(Params, frozen=True):
     """``target``; ``features`` (default: every numeric column but the target); ``intercept``."""
 
     target: str

@@ -66,6 +66,7 @@ class Params(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
 
 
 P = TypeVar("P", bound=Params)
+_Params = Params  # the base class, for annotations inside App (where ``Params`` is the app's own)
 
 
 class Table:
@@ -259,7 +260,7 @@ class App(ABC, Generic[P]):
             raise AppError(f"app '{cls.name}': {exc}") from None
 
     @staticmethod
-    def params_to_dict(params: Params) -> dict[str, Any]:
+    def params_to_dict(params: _Params) -> dict[str, Any]:
         """Return parameters as plain builtins (for the wire, the manifest and result.json)."""
         return msgspec.to_builtins(params)  # type: ignore[no-any-return]
 

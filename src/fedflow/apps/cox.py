@@ -87,7 +87,7 @@ __all__ = ["Cox", "CoxParams"]
 _MAX_HALVINGS = 30
 
 
-class CoxParams(Params):
+class CoxParams(Params, frozen=True):
     """``duration``, ``event`` (0/1), ``features`` (default: every other numeric column),
     ``ties`` (``efron`` or ``breslow``), ``tol``, ``max_iter``, ``alpha`` (of the intervals)."""
 

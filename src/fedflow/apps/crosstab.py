@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["Crosstab", "CrosstabParams", "category_labels", "chi_square", "label_of"]
 
 
-class CrosstabParams(Params):
+class CrosstabParams(Params, frozen=True):
     """``row`` and ``column``: the two categorical columns (any kind) to cross."""
 
     row: str

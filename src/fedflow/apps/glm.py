@@ -72,7 +72,7 @@ __all__ = ["GLM", "GLMParams", "family_terms"]
 Family = Literal["gaussian", "binomial", "poisson"]
 
 
-class GLMParams(RegressionParams):
+class GLMParams(RegressionParams, frozen=True):
     """Regression parameters plus ``family``, ``tol`` (relative deviance change), ``max_iter``."""
 
     family: Family = "gaussian"

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["KaplanMeier", "KaplanMeierParams"]
 
 
-class KaplanMeierParams(Params):
+class KaplanMeierParams(Params, frozen=True):
     """``duration`` and ``event`` (0/1) columns; optional ``group`` column; ``alpha`` of the CI."""
 
     duration: str

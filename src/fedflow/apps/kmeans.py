@@ -82,7 +82,7 @@ def _rows_per_block(points: np.ndarray) -> int:
     return max(1, _BLOCK // max(1, points.size))
 
 
-class KMeansParams(Params):
+class KMeansParams(Params, frozen=True):
     """``columns`` (default: every numeric column), ``k``, ``max_iter``, ``seed``, ``tol``
     (scikit-learn's: relative to the mean column variance; 0 = until no assignment changes)."""
 

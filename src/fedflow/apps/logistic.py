@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["LogisticParams", "LogisticRegression"]
 
 
-class LogisticParams(RegressionParams):
+class LogisticParams(RegressionParams, frozen=True):
     """Regression parameters plus ``tol`` (relative step size) and ``max_iter``."""
 
     tol: float = 1e-10

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 __all__ = ["PCA", "PCAParams", "normalise_signs", "projections_csv"]
 
 
-class PCAParams(Params):
+class PCAParams(Params, frozen=True):
     """``columns`` (default: every numeric column), ``n_components`` (default: all),
     ``standardize`` (divide by the population standard deviation), ``projections`` (write
     each site's scores to its own output folder)."""

@@ -100,7 +100,7 @@ CANDIDATES_PER_ROUND = 255
 so the 2⁶⁴ float64 keys take at most 8 rounds."""
 
 
-class StatsParams(Params):
+class StatsParams(Params, frozen=True):
     """What to describe; see the module docstring and docs/apps/stats.md.
 
     ``columns``: numeric columns (default: every numeric column); ``statistics``: names from

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 __all__ = ["TTest", "TTestParams", "welch_test"]
 
 
-class TTestParams(Params):
+class TTestParams(Params, frozen=True):
     """``column`` (numeric), ``group`` (any kind), ``groups``: the two values to compare."""
 
     column: str

@@ -371,14 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     _exit_with_parent()
     policy = SitePolicy(frozenset(args.allow) if args.allow else None, args.min_count)
+    refusal: str | None = None
     try:
         policy = load_policy(policy_file(), policy)
     except PolicyError as exc:
         log.error("%s", exc.message)
         policy = SitePolicy(frozenset(), policy.min_count)  # refuse every app, say why at Prepare
         refusal = exc.message
-    else:
-        refusal = None
     agent = NodeAgent(args.site, policy)
     agent.policy_error = refusal
     if policy.allowed_apps is not None or policy.min_count > 1:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
@@ -69,7 +69,9 @@ def _flat(record: Mapping[str, Any]) -> dict[str, Any] | None:
     return out
 
 
-def _table(title: str | None, rows: list[tuple[str, Mapping[str, Any]]], limit: int = 0) -> Table:
+def _table(
+    title: str | None, rows: Sequence[tuple[str, Mapping[str, Any]]], limit: int = 0
+) -> Table:
     columns: list[str] = []
     for _, values in rows:
         columns.extend(c for c in values if c not in columns)
@@ -109,9 +111,9 @@ def result_tables(result: Mapping[str, Any], title: str = "") -> list[Table]:
         if key in used or not isinstance(value, Mapping) or not value:
             continue
         if all(isinstance(v, Mapping) for v in value.values()):
-            flat = [(str(k), _flat(v)) for k, v in value.items()]
-            if all(f is not None for _, f in flat):
-                tables.append(_table(key, [(k, f) for k, f in flat if f is not None]))
+            records = [(str(k), _flat(v)) for k, v in value.items()]
+            if all(f is not None for _, f in records):
+                tables.append(_table(key, [(k, f) for k, f in records if f is not None]))
                 used.add(key)
     # 3. lists of records (a survival timeline): the first rows of a table
     for key, value in result.items():

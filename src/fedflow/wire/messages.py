@@ -65,13 +65,13 @@ class FileInfo(msgspec.Struct, frozen=True):
     rows: int
 
 
-class Hello(_Msg, tag="hello"):
+class Hello(_Msg, tag="hello", frozen=True):
     protocol: int
     version: str
     site: str
 
 
-class Welcome(_Msg, tag="welcome"):
+class Welcome(_Msg, tag="welcome", frozen=True):
     protocol: int
     version: str
     site: str
@@ -80,7 +80,7 @@ class Welcome(_Msg, tag="welcome"):
     host: str
 
 
-class Setup(_Msg, tag="setup"):
+class Setup(_Msg, tag="setup", frozen=True):
     data: list[str]
     dropna: bool = False
     min_count: int = 5
@@ -89,44 +89,44 @@ class Setup(_Msg, tag="setup"):
     """Folder at the site for the app's per-site output files (None: the app may write none)."""
 
 
-class Ready(_Msg, tag="ready"):
+class Ready(_Msg, tag="ready", frozen=True):
     rows: int
     columns: list[Column]
     files: list[FileInfo]
 
 
-class Prepare(_Msg, tag="prepare"):
+class Prepare(_Msg, tag="prepare", frozen=True):
     app: str
     params: dict[str, Any]
     columns: dict[str, str]
 
 
-class Prepared(_Msg, tag="prepared"):
+class Prepared(_Msg, tag="prepared", frozen=True):
     rows: int
 
 
-class Task(_Msg, tag="task"):
+class Task(_Msg, tag="task", frozen=True):
     round: int
     payload: dict[str, Any]
 
 
-class Reply(_Msg, tag="reply"):
+class Reply(_Msg, tag="reply", frozen=True):
     round: int
     payload: dict[str, Any]
     seconds: float = 0.0
 
 
-class Finish(_Msg, tag="finish"):
+class Finish(_Msg, tag="finish", frozen=True):
     status: str = "completed"
 
 
-class Bye(_Msg, tag="bye"):
+class Bye(_Msg, tag="bye", frozen=True):
     peak_rss: int
     cpu_seconds: float
     outputs: list[str] = []
 
 
-class Failure(_Msg, tag="failure"):
+class Failure(_Msg, tag="failure", frozen=True):
     """A node's refusal or failure: ``kind`` is ``data``, ``app``, ``policy``, ``protocol`` or ``internal``."""
 
     kind: str
