@@ -9,9 +9,10 @@ scipy lazily where they need it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
+
+from fedflow.apps._labels import value_label as group_label
 
 __all__ = [
     "SCORE_BITS",
@@ -34,18 +35,6 @@ __all__ = [
 ]
 
 # --- Kaplan–Meier ------------------------------------------------------------------------------
-
-
-def group_label(value: Any) -> str:
-    """Return the text label of a group value: integral numbers without ``.0``, text as is."""
-    if isinstance(value, (bool, np.bool_)):
-        return str(int(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        return str(int(v)) if v.is_integer() else repr(v)
-    return str(value)
 
 
 def event_table(

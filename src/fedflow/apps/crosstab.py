@@ -20,12 +20,12 @@ are covered too. A site with fewer than ``min_count`` records never answers. The
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedflow.apps._labels import value_label
 from fedflow.apps._merge import merge_count_tables
 from fedflow.apps.base import (
     App,
@@ -145,8 +145,8 @@ class Crosstab(App[CrosstabParams]):
         import pandas as pd
         from scipy.stats import chi2_contingency
 
-        rows = pooled[params.row].map(_pandas_label)
-        cols = pooled[params.column].map(_pandas_label)
+        rows = pooled[params.row].map(value_label)
+        cols = pooled[params.column].map(value_label)
         table = pd.crosstab(rows, cols)
         table = table.reindex(index=sorted(table.index), columns=sorted(table.columns))
         chi2, p_value, dof, _ = chi2_contingency(table.to_numpy(), correction=False)
@@ -158,16 +158,6 @@ class Crosstab(App[CrosstabParams]):
             int(dof),
             float(p_value),
         )
-
-
-def _pandas_label(value: Any) -> str:
-    """The twin's own labelling of one pooled value (independent of ``category_labels``)."""
-    if isinstance(value, str):
-        return value
-    number = float(value)
-    if math.isfinite(number) and number.is_integer() and abs(number) < 2.0**53:
-        return str(int(number))
-    return repr(number)
 
 
 def _result(

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedflow.apps._labels import value_label
 from fedflow.apps._merge import combine_moments
 from fedflow.apps.base import (
     App,
@@ -189,7 +190,7 @@ class TTest(App[TTestParams]):
     def centralized(self, pooled: pd.DataFrame, params: TTestParams) -> dict[str, Any]:
         from scipy.stats import ttest_ind
 
-        labels = pooled[params.group].map(_pandas_label)
+        labels = pooled[params.group].map(value_label)
         groups = params.labels or sorted(labels.unique())
         samples = [
             pooled.loc[labels == g, params.column].to_numpy(dtype=np.float64) for g in groups
@@ -199,15 +200,6 @@ class TTest(App[TTestParams]):
         return _result(
             list(groups), summaries, float(test.statistic), float(test.df), float(test.pvalue)
         )
-
-
-def _pandas_label(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    number = float(value)
-    if math.isfinite(number) and number.is_integer() and abs(number) < 2.0**53:
-        return str(int(number))
-    return repr(number)
 
 
 def _result(
