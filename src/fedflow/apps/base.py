@@ -52,8 +52,10 @@ __all__ = [
     "SiteInfo",
     "Step",
     "Table",
+    "check_columns",
     "check_min_count",
     "merged_columns",
+    "require_columns",
 ]
 
 Payload = dict[str, Any]
@@ -222,6 +224,37 @@ def merged_columns(sites: Mapping[str, SiteInfo]) -> dict[str, str]:
         numeric = all(k in ("int", "float") for k in seen)
         merged[column] = ("int" if all(k == "int" for k in seen) else "float") if numeric else "str"
     return merged
+
+
+def require_columns(table: Table, names: Iterable[str], *, where: str) -> None:
+    """Raise DataError naming ``where`` (e.g. the site's files) for the first absent column."""
+    for name in names:
+        if name not in table:
+            raise DataError(
+                f"column '{name}' is missing in {where} (columns there: {', '.join(table.columns)})",
+                column=name,
+            )
+
+
+def check_columns(
+    table: Table, needed: Mapping[str, ColumnKind], *, min_count: int, where: str
+) -> None:
+    """Check a site's table against what an app needs, as every site does before computing.
+
+    Raises DataError for an absent column, text where numbers are needed, values other than 0/1
+    in a binary column, or fewer than ``min_count`` rows.
+    """
+    require_columns(table, needed, where=where)
+    for name, kind in needed.items():
+        if kind in ("numeric", "binary") and not table.is_numeric(name):
+            raise DataError(f"column '{name}' is not numeric in {where}", column=name)
+        if kind == "binary" and not np.isin(table[name], (0, 1)).all():
+            raise DataError(f"column '{name}' must hold only 0 and 1 in {where}", column=name)
+    if table.n_rows < min_count:
+        raise DataError(
+            f"{table.n_rows} usable row(s) in {where}, fewer than min_count = {min_count}; "
+            "the site refuses to answer"
+        )
 
 
 def check_min_count(count: float, min_count: int, what: str) -> None:

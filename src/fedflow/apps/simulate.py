@@ -11,8 +11,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from fedflow.apps import get_app
 from fedflow.apps.base import (
     App,
@@ -23,6 +21,7 @@ from fedflow.apps.base import (
     SiteContext,
     SiteInfo,
     Table,
+    check_columns,
     merged_columns,
 )
 from fedflow.errors import AppError, DataError
@@ -83,17 +82,11 @@ def simulate(
     site_params = app.parse_params(wire_params)
     site_ctx = {name: SiteContext(site=name, seed=seed, min_count=min_count) for name in sites}
     for name, table in sites.items():
-        for column, kind in needed.items():
-            if column not in table:
-                raise DataError(f"column '{column}' is missing", site=name, column=column)
-            if kind in ("numeric", "binary") and not table.is_numeric(column):
-                raise DataError(f"column '{column}' is not numeric", site=name, column=column)
-            if kind == "binary" and not np.isin(table[column], (0, 1)).all():
-                raise DataError(
-                    f"column '{column}' must hold only 0 and 1", site=name, column=column
-                )
-        if table.n_rows < min_count:
-            raise DataError(f"{table.n_rows} rows, fewer than min_count = {min_count}", site=name)
+        try:
+            check_columns(table, needed, min_count=min_count, where="its data")
+        except DataError as exc:
+            exc.site = name
+            raise
     ctx = CoordinatorContext(sites=infos, seed=seed, min_count=min_count)
     step = app.start(parsed, ctx)
     relay = relay or (lambda p: p)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedflow.apps.base import Table
+from fedflow.apps.base import Table, check_columns, require_columns
 from fedflow.errors import DataError
 
 __all__ = ["NA_VALUES", "LoadedData", "column_kind", "fingerprint", "prepare_table", "read_table"]
@@ -231,12 +231,7 @@ def prepare_table(
     """
     table = loaded.table
     files = ", ".join(f.name for f in loaded.files)
-    for name in needed:
-        if name not in table:
-            raise DataError(
-                f"column '{name}' is missing in {files} (columns there: {', '.join(table.columns)})",
-                column=name,
-            )
+    require_columns(table, needed, where=files)
     keep = np.ones(table.n_rows, dtype=bool)
     for name in needed or table.columns:
         if name not in loaded.missing:
@@ -255,26 +250,18 @@ def prepare_table(
         table = table.select(keep)
     columns = {c: table[c] for c in table.columns}
     for name, kind in needed.items():
-        if kind not in ("numeric", "binary"):
-            continue
-        values = columns[name]
-        if values.dtype.kind == "O":  # text, or numbers that only parsed once missing rows went
+        if kind in ("numeric", "binary") and columns[name].dtype.kind == "O":
+            # text, or numbers that only parse once the rows with missing values are gone
             try:
-                values = columns[name] = values.astype(np.float64)
+                columns[name] = columns[name].astype(np.float64)
             except (TypeError, ValueError):
-                example = next((v for v in values if not _is_number(v)), "?")
+                example = next((v for v in columns[name] if not _is_number(v)), "?")
                 raise DataError(
                     f"column '{name}' is not numeric in {files} (e.g. value {example!r})",
                     column=name,
                 ) from None
-        if kind == "binary" and not np.isin(values, (0, 1)).all():
-            raise DataError(f"column '{name}' must hold only 0 and 1 in {files}", column=name)
     table = Table(columns)
-    if table.n_rows < min_count:
-        raise DataError(
-            f"{table.n_rows} usable row(s) in {files}, fewer than min_count = {min_count}; "
-            "the site refuses to answer"
-        )
+    check_columns(table, needed, min_count=min_count, where=files)  # type: ignore[arg-type]
     return table
 
 

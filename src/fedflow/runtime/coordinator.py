@@ -187,7 +187,6 @@ class Coordinator:
         common = merged_columns(infos)
         params = self.app.resolve(self.params, common)
         needed = self.app.columns(params)
-        self._check_columns(needed)
         wire_params = self.app.params_to_dict(params)
         with rd.phase("prepare"):
             prepared = await self._exchange(
@@ -250,20 +249,6 @@ class Coordinator:
         with rd.phase("collect outputs"):
             await self._each(self._collect)
         return Outcome(done=step, params=params, rounds=ctx.round, notes=ctx.notes)
-
-    def _check_columns(self, needed: Mapping[str, str]) -> None:
-        """Fail early, naming the site, when a needed column is absent there (the site checks too)."""
-        for name, site in self.sites.items():
-            assert site.ready is not None
-            have = {c.name for c in site.ready.columns}
-            for column in needed:
-                if column not in have:
-                    files = ", ".join(f.name for f in site.ready.files)
-                    raise DataError(
-                        f"column '{column}' is missing in {files} (columns there: {', '.join(c.name for c in site.ready.columns)})",
-                        site=name,
-                        column=column,
-                    )
 
     async def close(self) -> None:
         """Close every connector (agents stop); never raises."""
