@@ -90,3 +90,36 @@ def test_column_checks(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="3 usable row\\(s\\) in a.csv, fewer than min_count = 5"):
         prepare_table(loaded, {"x": "numeric"}, dropna=False, min_count=5)
     assert prepare_table(loaded, {"g": "any"}, dropna=False, min_count=3).n_rows == 3
+
+
+def test_parquet_columns_keep_their_types_and_missing_values(tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    a = tmp_path / "a.parquet"
+    pd.DataFrame(
+        {
+            "n": pd.array([1, None, 3], dtype="Int64"),
+            "f": [0.5, float("nan"), 2.0],
+            "b": [True, False, True],
+        }
+    ).to_parquet(a)
+    b = tmp_path / "b.parquet"
+    pd.DataFrame(
+        {"n": pd.array([4, 5], dtype="Int64"), "f": [1.0, 3.0], "b": [False, False]}
+    ).to_parquet(b)
+    loaded = read_table([a, b])
+    table = loaded.table
+    assert [f.rows for f in loaded.files] == [3, 2]
+    assert table["b"].dtype == np.int64 and list(table["b"]) == [1, 0, 1, 0, 0]
+    assert table["n"].dtype == np.float64 and list(loaded.missing["n"]) == [
+        False,
+        True,
+        False,
+        False,
+        False,
+    ]
+    assert list(loaded.missing["f"]) == [False, True, False, False, False]
+    clean = read_table([b]).table
+    assert clean["n"].dtype == np.int64 and list(clean["n"]) == [4, 5]
+    mixed = read_table([b, write(tmp_path / "c.csv", "n,f,b\n6,x,1\n")]).table
+    assert list(mixed["n"]) == [4, 5, 6] and list(mixed["f"]) == ["1.0", "3.0", "x"]

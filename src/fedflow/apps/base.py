@@ -128,10 +128,6 @@ class Table:
         """Return the table restricted to ``rows`` (a boolean mask or an index array)."""
         return Table({k: v[rows] for k, v in self._columns.items()})
 
-    def subset(self, names: Iterable[str]) -> Table:
-        """Return a table holding only the columns ``names``."""
-        return Table({n: self._columns[n] for n in names})
-
     def to_pandas(self) -> pd.DataFrame:
         """Return a pandas DataFrame (imports pandas; meant for the coordinator and tests)."""
         import pandas as pd

@@ -19,7 +19,7 @@ import numpy as np
 from fedflow.apps.base import Table, check_columns, require_columns
 from fedflow.errors import DataError
 
-__all__ = ["NA_VALUES", "LoadedData", "column_kind", "fingerprint", "prepare_table", "read_table"]
+__all__ = ["NA_VALUES", "LoadedData", "column_kind", "prepare_table", "read_table"]
 
 NA_VALUES = frozenset(
     {"", "NA", "N/A", "n/a", "NaN", "nan", "NAN", "null", "NULL", "None", "#N/A", "-nan", "<NA>"}
@@ -52,17 +52,6 @@ class LoadedData:
         """Return the name of the first file holding a missing value in ``column``."""
         index = int(np.argmax(self.missing[column]))
         return self.files[int(self.row_file[index])].name
-
-
-def fingerprint(path: Path) -> tuple[str, int]:
-    """Return (sha256 hex digest, size in bytes) of a file."""
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
 
 
 def column_kind(array: np.ndarray) -> str:
@@ -108,8 +97,15 @@ def _read_delimited(path: Path, data: bytes, delimiter: str) -> dict[str, list[s
     return dict(zip(header, columns, strict=True))
 
 
-def _read_parquet(path: Path) -> dict[str, np.ndarray | list[str]]:
+Typed = tuple[np.ndarray, np.ndarray]
+"""A column already typed by its file (Parquet): values and the mask of missing values."""
+
+
+def _read_parquet(path: Path, data: bytes) -> dict[str, list[str] | Typed]:
+    """Return a Parquet file's columns (from the bytes already read): numbers and booleans as
+    typed arrays, anything else as text cells."""
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(
@@ -118,22 +114,53 @@ def _read_parquet(path: Path) -> dict[str, np.ndarray | list[str]]:
             file=path.name,
         ) from None
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(pa.BufferReader(data))
     except Exception as exc:  # pyarrow raises many types for corrupt files
         raise DataError(
             f"{path.name}: not a readable Parquet file ({exc})", file=path.name
         ) from None
-    out: dict[str, np.ndarray | list[str]] = {}
+    out: dict[str, list[str] | Typed] = {}
     for name, column in zip(table.column_names, table.columns, strict=True):
-        values = column.to_pylist()
-        if all(isinstance(v, (int, float, bool)) or v is None for v in values):
-            out[str(name)] = [
-                "" if v is None else repr(v) if isinstance(v, float) else str(int(v))
-                for v in values
-            ]
+        kind = column.type
+        if pa.types.is_floating(kind):
+            values = column.to_numpy(zero_copy_only=False).astype(np.float64)
+            out[str(name)] = (values, np.isnan(values))
+        elif pa.types.is_integer(kind) or pa.types.is_boolean(kind):
+            mask = column.is_null().to_numpy(zero_copy_only=False)
+            filled = column.fill_null(False if pa.types.is_boolean(kind) else 0)
+            values = filled.to_numpy(zero_copy_only=False).astype(np.int64)
+            out[str(name)] = (values, np.asarray(mask, dtype=bool))
         else:
-            out[str(name)] = ["" if v is None else str(v) for v in values]
+            out[str(name)] = ["" if v is None else str(v) for v in column.to_pylist()]
     return out
+
+
+def _as_text(column: Typed) -> list[str]:
+    """Return typed values as the text cells a CSV file would hold (missing as '')."""
+    values, missing = column
+    integral = values.dtype.kind in "biu"
+    return [
+        "" if gone else str(int(v)) if integral else repr(float(v))
+        for v, gone in zip(values.tolist(), missing.tolist(), strict=True)
+    ]
+
+
+def _merge(pieces: Sequence[list[str] | Typed]) -> Typed:
+    """Return one column from its pieces in every file: typed pieces are concatenated as they
+    are; as soon as one file holds text cells, everything is read as text (see ``_typed``)."""
+    typed = [p for p in pieces if isinstance(p, tuple)]
+    if len(typed) == len(pieces):
+        arrays = [values for values, _ in typed]
+        missing = np.concatenate([gone for _, gone in typed])
+        if missing.any() or any(a.dtype.kind == "f" for a in arrays):
+            column = np.concatenate([a.astype(np.float64) for a in arrays])
+            column[missing] = np.nan
+            return column, missing
+        return np.concatenate(arrays).astype(np.int64), missing
+    cells: list[str] = []
+    for piece in pieces:
+        cells.extend(_as_text(piece) if isinstance(piece, tuple) else piece)
+    return _typed(cells)
 
 
 def _typed(cells: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +193,7 @@ def read_table(paths: Sequence[str | Path], *, site: str | None = None) -> Loade
     """
     if not paths:
         raise DataError("no data files given (set data = [...] for this client)", site=site)
-    parts: list[dict[str, list[str]]] = []
+    parts: list[Mapping[str, list[str] | Typed]] = []
     fingerprints: list[FileFingerprint] = []
     for item in paths:
         path = Path(item)
@@ -187,14 +214,15 @@ def read_table(paths: Sequence[str | Path], *, site: str | None = None) -> Loade
             ) from None
         try:
             columns = (
-                _read_parquet(path)
+                _read_parquet(path, data)
                 if suffix in _PARQUET
                 else _read_delimited(path, data, _DELIMITERS[suffix])
             )
         except DataError as exc:
             exc.site = site
             raise
-        rows = len(next(iter(columns.values()))) if columns else 0
+        first = next(iter(columns.values()), [])
+        rows = len(first[0]) if isinstance(first, tuple) else len(first)
         if rows == 0:
             raise DataError(f"{path.name} has a header but no rows", site=site, file=path.name)
         if parts and list(columns) != list(parts[0]):
@@ -206,14 +234,11 @@ def read_table(paths: Sequence[str | Path], *, site: str | None = None) -> Loade
             )
         digest = hashlib.sha256(data).hexdigest()
         fingerprints.append(FileFingerprint(path.name, digest, len(data), rows))
-        parts.append(columns)  # type: ignore[arg-type]
+        parts.append(columns)
     merged: dict[str, np.ndarray] = {}
     missing: dict[str, np.ndarray] = {}
     for name in parts[0]:
-        cells: list[str] = []
-        for part in parts:
-            cells.extend(part[name])
-        merged[name], mask = _typed(cells)
+        merged[name], mask = _merge([part[name] for part in parts])
         if mask.any():
             missing[name] = mask
     row_file = np.repeat(np.arange(len(parts)), [f.rows for f in fingerprints])
