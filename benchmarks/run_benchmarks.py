@@ -88,36 +88,10 @@ def quickstart(repeats: int = 5) -> None:
         script = Path(tmp) / "pooled.py"
         script.write_text(POOLED_SCRIPT.replace("{QS}", str(QUICKSTART)))
         fed, fed_cmp, pooled = [], [], []
+        run = [sys.executable, "-m", "fedflow.cli", "run", str(QUICKSTART / "study.toml"), "-q"]
         for i in range(repeats):
-            fed.append(
-                _run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "fedflow.cli",
-                        "run",
-                        str(QUICKSTART / "study.toml"),
-                        "--out",
-                        f"{tmp}/r{i}",
-                        "-q",
-                    ]
-                )
-            )
-            fed_cmp.append(
-                _run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "fedflow.cli",
-                        "run",
-                        str(QUICKSTART / "study.toml"),
-                        "--out",
-                        f"{tmp}/c{i}",
-                        "-q",
-                        "--compare",
-                    ]
-                )
-            )
+            fed.append(_run([*run, "--out", f"{tmp}/r{i}"]))
+            fed_cmp.append(_run([*run, "--out", f"{tmp}/c{i}", "--compare"]))
             pooled.append(_run([sys.executable, str(script)]))
     f, c, p = (statistics.median(x) for x in (fed, fed_cmp, pooled))
     print(

@@ -95,9 +95,12 @@ def compare_results(
     rtol: float = 1e-8,
     atol: float = 1e-12,
     reference: str = "",
+    libraries: Mapping[str, str] | None = None,
 ) -> Comparison:
     """Return the number-by-number comparison of two results (see the module docstring)."""
-    comparison = Comparison(reference=reference, rtol=rtol, atol=atol)
+    comparison = Comparison(
+        reference=reference, rtol=rtol, atol=atol, libraries=dict(libraries or {})
+    )
     ref = flatten(centralized)
     for path, fed in flatten(federated).items():
         if path not in ref:

@@ -103,6 +103,6 @@ def compare_with_pooled(
         rtol=app.tolerance,
         atol=app.absolute_tolerance,
         reference=_describe(app.reference, versions),
+        libraries=versions,
     )
-    comparison.libraries = versions
     return comparison, central
