@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 from fedflow._version import __version__
 from fedflow.apps import get_app
 from fedflow.apps.base import App, SiteContext, Table
-from fedflow.errors import AppError, DataError, FedflowError, ProtocolError, RemoteProtocolError
+from fedflow.errors import AppError, DataError, PolicyError, ProtocolError, RemoteProtocolError
 from fedflow.node.data import LoadedData, column_kind, prepare_table, read_table
 from fedflow.wire import (
     HEADER_SIZE,
@@ -51,10 +51,6 @@ from fedflow.wire import (
 __all__ = ["NodeAgent", "SitePolicy", "serve"]
 
 log = logging.getLogger("fedflow.node")
-
-
-class PolicyError(FedflowError):
-    """The site's own policy refuses the request."""
 
 
 @dataclass(frozen=True)
