@@ -123,3 +123,25 @@ def test_parquet_columns_keep_their_types_and_missing_values(tmp_path: Path) -> 
     assert clean["n"].dtype == np.int64 and list(clean["n"]) == [4, 5]
     mixed = read_table([b, write(tmp_path / "c.csv", "n,f,b\n6,x,1\n")]).table
     assert list(mixed["n"]) == [4, 5, 6] and list(mixed["f"]) == ["1.0", "3.0", "x"]
+
+
+@pytest.mark.parametrize("cell", ["inf", "-inf", "Infinity", "1e999"])
+def test_non_finite_values_name_file_column_and_row(tmp_path: Path, cell: str) -> None:
+    a = write(tmp_path / "a.csv", "x,y\n1,2\n2,3\n")
+    b = write(tmp_path / "b.csv", f"x,y\n3,4\n4,5\n5,{cell}\n6,7\n")
+    loaded = read_table([a, b], site="s")
+    with pytest.raises(
+        DataError, match=r"b\.csv: column 'y' holds the non-finite value .*inf in row 3"
+    ) as info:
+        prepare_table(loaded, {"y": "numeric"}, dropna=False, min_count=1)
+    assert info.value.file == "b.csv" and info.value.column == "y"
+    assert info.value.exit_code == 2
+    # a column the app does not need may hold anything
+    assert prepare_table(loaded, {"x": "numeric"}, dropna=False, min_count=1).n_rows == 6
+
+
+def test_non_finite_value_after_dropped_rows_keeps_its_row(tmp_path: Path) -> None:
+    a = write(tmp_path / "a.csv", "x,y\nNA,1\n2,2\n3,inf\n")
+    loaded = read_table([a], site="s")
+    with pytest.raises(DataError, match=r"a\.csv: column 'y' .* in row 3"):
+        prepare_table(loaded, {"x": "numeric", "y": "numeric"}, dropna=True, min_count=1)

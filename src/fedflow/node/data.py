@@ -287,7 +287,31 @@ def prepare_table(
                 ) from None
     table = Table(columns)
     check_columns(table, needed, min_count=min_count, where=files)  # type: ignore[arg-type]
+    kept = np.flatnonzero(keep)
+    for name, kind in needed.items():
+        values = columns[name]
+        if kind not in ("numeric", "binary") or values.dtype.kind != "f":
+            continue
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise _non_finite(loaded, name, int(kept[int(np.argmax(bad))]), int(bad.sum()))
     return table
+
+
+def _non_finite(loaded: LoadedData, column: str, index: int, count: int) -> DataError:
+    """Return the error for a non-finite value (inf, -inf) at row ``index`` of the loaded table,
+    naming the file, the column and the row within that file (1 = the first data row)."""
+    number = int(loaded.row_file[index])
+    file = loaded.files[number].name
+    row = index - sum(f.rows for f in loaded.files[:number]) + 1
+    value = loaded.table[column][index]
+    more = f" and {count - 1} more" if count > 1 else ""
+    return DataError(
+        f"{file}: column '{column}' holds the non-finite value {value!s} in row {row}{more} "
+        "(fix or remove it: only finite numbers can be analysed)",
+        file=file,
+        column=column,
+    )
 
 
 def _is_number(value: object) -> bool:
