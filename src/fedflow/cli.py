@@ -1,8 +1,8 @@
 """The ``fedflow`` command: run, validate, template, apps, node, predict, trust.
 
-Every expected error is one line on stderr and a documented exit code (see ``fedflow.errors``):
-0 success, 2 bad study or input, 3 a site failed, 4 comparison mismatch, 5 platform error,
-1 internal error, 130 interrupted. ``--debug`` shows the traceback.
+Every expected error is one line on stderr and a documented exit code (the one table is
+``fedflow.errors.ExitCode``): 0 success, 2 bad study or input, 3 a site failed, 4 comparison
+mismatch, 5 platform error, 1 internal error, 130 interrupted. ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedflow._version import __version__
-from fedflow.errors import ComparisonMismatch, FedflowError, exit_code
+from fedflow.errors import ComparisonMismatch, ExitCode, FedflowError, exit_code
 
 __all__ = ["main"]
 
@@ -94,14 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command is None:
         _parser().print_help()
-        return 2
+        return ExitCode.INPUT
     debug = getattr(args, "debug", False)
     logging.getLogger("asyncssh").setLevel(logging.DEBUG if debug else logging.WARNING)
     try:
         return int(_COMMANDS[args.command](args) or 0)
     except KeyboardInterrupt:
         print("fedflow: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     except FedflowError as exc:
         if debug:
             raise
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = getattr(exc, "run_dir", None)
         if run_dir is not None:
             print(run_dir)
-        return exc.exit_code
+        return exit_code(exc)
     except Exception as exc:
         if debug:
             raise
@@ -164,7 +164,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         worst = [i for i in run.comparison["items"] if not i["match"]][:3]
         detail = "; ".join(f"{i['path']}: {i['federated']} vs {i['centralized']}" for i in worst)
         print(f"fedflow: error: {ComparisonMismatch(detail)}", file=sys.stderr)
-        return ComparisonMismatch.exit_code
+        return ExitCode.MISMATCH
     return 0
 
 
@@ -231,7 +231,7 @@ def _cmd_trust(args: argparse.Namespace) -> int:
     if any(r.status == "added" for r in results):
         print(f"recorded in {fedflow_known_hosts()}", file=sys.stderr)
     bad = [r for r in results if r.status == "changed" or r.status.startswith("unreachable")]
-    return 3 if bad else 0
+    return ExitCode.SITE if bad else ExitCode.OK
 
 
 _COMMANDS: dict[str, Any] = {

@@ -193,9 +193,9 @@ def exit_code(exc: BaseException, *, fcauto: bool = False) -> int:
     ``fcauto`` distinguishes a monitor timeout (ProjectTimeout: 6) from other platform errors.
     """
     if fcauto and isinstance(exc, ProjectTimeout):
-        return ExitCode.TIMEOUT
+        return int(ExitCode.TIMEOUT)
     if isinstance(exc, FedflowError):
         return int(exc.exit_code)
     if isinstance(exc, KeyboardInterrupt):
-        return ExitCode.INTERRUPTED
-    return ExitCode.INTERNAL
+        return int(ExitCode.INTERRUPTED)
+    return int(ExitCode.INTERNAL)

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from fedflow._version import __version__
-from fedflow.errors import PlatformError
+from fedflow.errors import PlatformError, PlatformHTTPError, Unauthorized
 from fedflow.featurecloud.ratelimit import DEFAULT_RATE, RateLimiter, backoff_delay
 
 __all__ = [
@@ -61,18 +61,6 @@ _MAYBE_SENT = (
     httpx.WriteTimeout,
     httpx.RemoteProtocolError,
 )
-
-
-class PlatformHTTPError(PlatformError):
-    """The platform or a controller answered with an error status (kept in ``status``)."""
-
-    def __init__(self, message: str, *, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class Unauthorized(PlatformHTTPError):
-    """HTTP 401: the access token is missing, expired or invalid."""
 
 
 @dataclass

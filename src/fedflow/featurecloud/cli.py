@@ -1,8 +1,9 @@
 """``fcauto``: drive FeatureCloud.ai from the command line (the original fedflow's tool).
 
-Exit codes: 0 ok; 2 bad input (unknown option, missing credentials or file); 5 the platform or a
-controller refused or failed, or ``monitor`` saw the run end ``failed``/``error``/``stopped``;
-6 ``monitor`` timed out. Passwords and access tokens are never printed; ``create`` prints the
+Exit codes (``fedflow.errors.ExitCode``, shared with ``fedflow``): 0 ok; 2 bad input (unknown
+option, missing credentials or file); 5 the platform or a controller refused or failed, or
+``monitor`` saw the run end ``failed``/``error``/``stopped``; 6 ``monitor`` timed out; 130
+interrupted. Passwords and access tokens are never printed; ``create`` prints the
 participant tokens, which is what it is for.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 import httpx
 
 from fedflow._version import __version__
-from fedflow.errors import FedflowError, StudyError
+from fedflow.errors import ExitCode, FedflowError, StudyError, exit_code
 from fedflow.featurecloud._http import Policy, is_loopback
 from fedflow.featurecloud.client import (
     DEFAULT_URL,
@@ -29,13 +30,11 @@ from fedflow.featurecloud.client import (
     signup,
 )
 from fedflow.featurecloud.controller import DEFAULT_CONTROLLER, ControllerClient
-from fedflow.featurecloud.ops import ProjectTimeout, contribute, monitor, raise_for_outcome
+from fedflow.featurecloud.ops import contribute, monitor, raise_for_outcome
 from fedflow.featurecloud.ratelimit import DEFAULT_RATE
 from fedflow.study.env import load_credentials
 
-__all__ = ["EXIT_TIMEOUT", "build_parser", "main"]
-
-EXIT_TIMEOUT = 6
+__all__ = ["build_parser", "main"]
 
 
 def _common() -> argparse.ArgumentParser:
@@ -413,17 +412,17 @@ def _main(
             try:
                 raise_for_outcome(args.project, *ctx.outcome)
             except FedflowError as exc:
-                code = EXIT_TIMEOUT if isinstance(exc, ProjectTimeout) else exc.exit_code
+                code = exit_code(exc, fcauto=True)
                 print(f"fcauto: error: {exc}", file=sys.stderr)
     except FedflowError as exc:
-        code = EXIT_TIMEOUT if isinstance(exc, ProjectTimeout) else exc.exit_code
+        code = exit_code(exc, fcauto=True)
         print(f"fcauto: error: {exc}", file=sys.stderr)
         if args.json:
             print(json.dumps({"ok": False, "error": str(exc), "exit": code}))
         return code
     except KeyboardInterrupt:
         print("fcauto: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     if args.json:
         print(json.dumps({"ok": code == 0, **data}, default=str))
     else:

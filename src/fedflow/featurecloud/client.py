@@ -19,22 +19,20 @@ from typing import Any
 
 import httpx
 
-from fedflow.errors import PlatformError
-from fedflow.featurecloud._http import Policy, PoliteClient, Unauthorized
+from fedflow.errors import PlatformError, Unauthorized
+from fedflow.featurecloud._http import Policy, PoliteClient
 from fedflow.featurecloud.ratelimit import RateLimiter
 
 __all__ = [
     "DEFAULT_URL",
     "ENDED",
     "FeatureCloudClient",
-    "STATUSES",
     "WAITING",
     "list_apps",
     "signup",
 ]
 
 DEFAULT_URL = "https://featurecloud.ai"
-STATUSES = ("init", "ready", "prepare", "running", "finished", "error", "failed", "stopped")
 WAITING = frozenset({"init", "ready", "prepare", "running"})
 """Statuses in which a run has not ended yet."""
 ENDED = frozenset({"finished", "error", "failed", "stopped"})

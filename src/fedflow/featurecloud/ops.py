@@ -7,27 +7,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedflow.errors import DataError, PlatformError
+from fedflow.errors import DataError, PlatformError, ProjectFailed, ProjectTimeout
 from fedflow.featurecloud.client import ENDED, WAITING, FeatureCloudClient
 from fedflow.featurecloud.controller import ControllerClient
 
-__all__ = ["ProjectFailed", "ProjectTimeout", "contribute", "monitor", "raise_for_outcome"]
-
-
-class ProjectFailed(PlatformError):
-    """The project's run ended ``failed``, ``error`` or ``stopped``."""
-
-    def __init__(self, message: str, *, status: str, site: str | None = None) -> None:
-        super().__init__(message, site=site)
-        self.status = status
-
-
-class ProjectTimeout(PlatformError):
-    """The project's run did not end within the timeout."""
-
-    def __init__(self, message: str, *, status: str, site: str | None = None) -> None:
-        super().__init__(message, site=site)
-        self.status = status
+__all__ = ["contribute", "monitor", "raise_for_outcome"]
 
 
 def monitor(

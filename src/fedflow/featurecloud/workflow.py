@@ -37,8 +37,8 @@ from typing import Any, Protocol
 
 import httpx
 
-from fedflow.errors import FedflowError, PlatformError, SiteError, StudyError
-from fedflow.featurecloud._http import PlatformHTTPError, Policy, is_loopback
+from fedflow.errors import FedflowError, PlatformError, PlatformHTTPError, SiteError, StudyError
+from fedflow.featurecloud._http import Policy, is_loopback
 from fedflow.featurecloud.client import DEFAULT_URL, ENDED, FeatureCloudClient
 from fedflow.featurecloud.controller import DEFAULT_CONTROLLER, ControllerClient
 from fedflow.featurecloud.ops import monitor, raise_for_outcome

@@ -13,6 +13,5 @@ __all__ = [
     "Run",
     "arun_study",
     "check_study",
-    "common_columns",
     "run_study",
 ]
