@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedflow.runtime.run import Run, run_study
+from fedflow.results.run import Run
+from fedflow.runtime.run import run_study
 from fedflow.study import Study, load_study, study_from_dict
 
 __all__ = ["Run", "run"]

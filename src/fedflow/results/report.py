@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from fedflow.runtime.run import Run
+    from fedflow.results.run import Run
 
 __all__ = ["fmt", "render_html", "render_text", "result_renderable", "result_tables"]
 

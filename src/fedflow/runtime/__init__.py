@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from fedflow.runtime.coordinator import Coordinator, Outcome
 from fedflow.runtime.observer import Observer
-from fedflow.runtime.run import Run, arun_study, check_study, run_study
+from fedflow.runtime.run import arun_study, check_study, run_study
 
 __all__ = [
     "Coordinator",
     "Observer",
     "Outcome",
-    "Run",
     "arun_study",
     "check_study",
     "run_study",

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,51 +24,13 @@ from fedflow.apps.base import App
 from fedflow.connectors import ForkServer, connector_for
 from fedflow.connectors.base import Connector
 from fedflow.errors import FedflowError, StudyError
+from fedflow.results.run import Run
 from fedflow.results.rundir import RunDirectory, json_ready, utc_now
 from fedflow.runtime.coordinator import Coordinator
 from fedflow.runtime.observer import Observer
 from fedflow.study import Study
 
-__all__ = ["Run", "arun_study", "check_study", "run_study"]
-
-
-@dataclass
-class Run:
-    """A finished run: its directory, result, metrics, manifest and (with --compare) comparison."""
-
-    dir: Path
-    status: str
-    app: str | None
-    params: dict[str, Any]
-    result: dict[str, Any]
-    metrics: dict[str, Any]
-    manifest: dict[str, Any]
-    comparison: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def matches(self) -> bool | None:
-        """True/False when compared with the pooled reference, None when not compared."""
-        return None if self.comparison is None else self.comparison["status"] == "match"
-
-    def summary(self) -> Any:
-        """Return a rich renderable of the result (tables), for terminals and notebooks."""
-        from fedflow.results.report import result_renderable
-
-        return result_renderable(self)
-
-    def __rich__(self) -> Any:
-        return self.summary()
-
-    def __str__(self) -> str:
-        from fedflow.results.report import render_text
-
-        return render_text(self.summary())
-
-    def _repr_html_(self) -> str:
-        from fedflow.results.report import render_html
-
-        return render_html(self.summary())
+__all__ = ["arun_study", "check_study", "run_study"]
 
 
 def _use_forkserver() -> bool:
