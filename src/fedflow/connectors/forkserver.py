@@ -85,6 +85,9 @@ class ForkServer:
             reply = await self._request(
                 {"op": "spawn", "site": site, "args": args}, [theirs.fileno(), log_fd]
             )
+        except BaseException:  # cancelled or failed: a site forked anyway sees EOF and exits
+            ours.close()
+            raise
         finally:
             theirs.close()
             if log is None:

@@ -60,15 +60,25 @@ def _child(control: socket.socket, channel: int, log: int, site: str, args: list
 
 
 def serve(control: socket.socket) -> int:
-    """Answer spawn and status requests until the coordinator closes the control socket."""
+    """Answer spawn and status requests until the coordinator closes the control socket; return 0."""
     signal.signal(signal.SIGCHLD, _reap)
+    # The coordinator may close the control socket at any moment (a run that fails while sites
+    # start): that ends the server quietly, never with a traceback on the run's terminal.
+    try:
+        _serve(control)
+    except OSError:  # BrokenPipeError, ConnectionResetError: the coordinator is gone
+        pass
+    return 0
+
+
+def _serve(control: socket.socket) -> None:
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(control, 65536, 2)
         except ConnectionError:
-            return 0
+            return
         if not data:
-            return 0
+            return
         request = json.loads(data)
         if request.get("op") == "spawn" and len(fds) == 2:
             pid = os.fork()
