@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fedflow.errors import StudyError
+from fedflow.errors import AppError, StudyError
 from fedflow.study import load_study
 from fedflow.study.template import TEMPLATE
 
@@ -88,6 +88,30 @@ def test_defaults(tmp_path: Path) -> None:
         ('[[clients]]\ndata = "a.csv"\n', "no app given"),
         ('platform = "featurecloud"\n[[clients]]\n', "needs tool"),
         ("app = \n", "malformed TOML"),
+        (
+            'app = "stats"\nmin_count = "5"\n',
+            "min_count: input should be a valid integer (got '5')",
+        ),
+        ('app = "stats"\ndropna = "yes"\n', "dropna: input should be a valid boolean (got 'yes')"),
+        ('app = "stats"\ntimeout = "60"\n', "timeout: input should be a valid number"),
+        ('app = "stats"\nseed = 1.5\n', "seed: input should be a valid integer"),
+        (
+            'app = "stats"\n[[clients]]\nport = "22"\n',
+            "clients[1].port: input should be a valid integer",
+        ),
+        ('app = "stats"\n[debug]\nverbose = 1\n', "debug.verbose: input should be a valid boolean"),
+        (
+            'app = "stats"\nshare_extremes = true\n',
+            "unknown key 'share_extremes' ('share_extremes' is a parameter of app 'stats': put it under [params])",
+        ),
+        (
+            'app = "logistic-regression"\ntarget = "y"\n',
+            "unknown key 'target' ('target' is a parameter of app 'logistic-regression': put it under [params])",
+        ),
+        (
+            'app = "cox"\nshare_extremes = true\n',
+            "('share_extremes' is a parameter of app 'stats': put it under [params])",
+        ),
     ],
 )
 def test_errors_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -117,6 +141,30 @@ def test_template_parses_as_a_study(tmp_path: Path) -> None:
 
 
 def test_sim_runs_every_client_as_a_local_site(tmp_path: Path) -> None:
-    text = 'app = "stats"\nsim = true\n[[clients]]\nhostname = "h"\nusername = "u"\ndata = ["a.csv"]\n'
+    text = (
+        'app = "stats"\nsim = true\n[[clients]]\nhostname = "h"\nusername = "u"\ndata = ["a.csv"]\n'
+    )
     study = load_study(write(tmp_path, text))
     assert study.clients[0].is_local and study.clients[0].data == [str(tmp_path / "a.csv")]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("foo = 1", "unknown key 'foo'"),
+        ("share_extreme = true", "did you mean 'share_extremes'?"),
+        ('columns = "x"', "params.columns"),
+    ],
+)
+def test_param_errors_name_the_study_file(tmp_path: Path, params: str, message: str) -> None:
+    path = write(tmp_path, f'app = "stats"\n[params]\n{params}\n')
+    with pytest.raises(AppError) as info:
+        load_study(path)
+    assert str(info.value).startswith(f"{path}: app 'stats': ")
+    assert message in str(info.value)
+    assert info.value.exit_code == 2
+
+
+def test_plug_in_apps_that_cannot_load_are_left_to_the_run(tmp_path: Path) -> None:
+    study = load_study(write(tmp_path, 'app = "nowhere.module:App"\n[params]\nx = 1\n'))
+    assert study.params == {"x": 1}

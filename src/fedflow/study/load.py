@@ -8,9 +8,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from pydantic import BaseModel, ValidationError
 
-from fedflow.errors import StudyError
+from fedflow.apps import available_apps, get_app
+from fedflow.errors import AppError, StudyError
 from fedflow.study.schema import Client, Debug, Study
 
 __all__ = ["load_study", "study_from_dict"]
@@ -49,7 +51,8 @@ def study_from_dict(
     try:
         study = Study.model_validate(data)
     except ValidationError as exc:
-        raise StudyError(f"{label}: {_explain(exc)}") from None
+        raise StudyError(f"{label}: {_explain(exc, data.get('app'))}") from None
+    _check_params(study, label)
     study.source = source
     study.source_text = text
     if not study.name:
@@ -63,6 +66,43 @@ def study_from_dict(
         if client.is_local or not study.skip_data_transfer:
             client.data = [str(study.resolve(p)) for p in client.data]
     return study
+
+
+def _check_params(study: Study, label: str) -> None:
+    """Check ``[params]`` against the study's app, so a parameter error names the study file.
+
+    An app that cannot be loaded is left for the run to report (``check_study``). Raises AppError.
+    """
+    if study.platform != "native" or not study.app:
+        return
+    try:
+        app = get_app(study.app)
+    except AppError:
+        return
+    try:
+        app.parse_params(study.params)
+    except AppError as exc:
+        raise AppError(f"{label}: {exc.message}") from None
+
+
+def _param_names(app: Any) -> list[str]:
+    """Return the parameter names of the app called ``app`` ([] when it cannot be loaded)."""
+    if not isinstance(app, str):
+        return []
+    try:
+        return [f.name for f in msgspec.structs.fields(get_app(app).Params)]
+    except Exception:  # only a hint: an app that cannot be loaded offers none
+        return []
+
+
+def _params_hint(key: str, app: Any) -> str:
+    """Return a hint when a top-level ``key`` is a parameter of the study's app or a built-in app."""
+    if key in _param_names(app):
+        return f" ('{key}' is a parameter of app '{app}': put it under [params])"
+    owners = [name for name in available_apps() if key in _param_names(name)]
+    if owners:
+        return f" ('{key}' is a parameter of app {', '.join(repr(o) for o in owners)}: put it under [params])"
+    return ""
 
 
 def _where(loc: tuple[Any, ...]) -> str:
@@ -80,16 +120,19 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel]:
     return _MODELS.get(names[-1] if names else "", Study)
 
 
-def _explain(exc: ValidationError) -> str:
-    """Return the first validation error as one line; suggest the closest key for unknown ones."""
+def _explain(exc: ValidationError, app: Any = None) -> str:
+    """Return the first validation error as one line; suggest the closest key for unknown ones,
+    and ``[params]`` for a top-level key that is a parameter of ``app`` or of a built-in app."""
     error = exc.errors()[0]
     loc = tuple(error["loc"])
     if error["type"] == "extra_forbidden":
         key = str(loc[-1])
         model = _model_at(loc[:-1])
         fields = [f for f, info in model.model_fields.items() if not info.exclude]
+        hint = _params_hint(key, app) if len(loc) == 1 else ""
         close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        if close and not hint:
+            hint = f" (did you mean '{close[0]}'?)"
         return f"unknown key '{_where(loc)}'{hint}"
     message = error["msg"]
     if message.startswith("Value error, "):

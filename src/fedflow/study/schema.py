@@ -15,7 +15,7 @@ __all__ = ["Client", "Debug", "Study"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class Debug(_Strict):
