@@ -16,13 +16,18 @@ from fedflow.apps.base import (
     Continue,
     CoordinatorContext,
     Done,
+    Empty,
     Params,
     Payload,
+    Phase,
     SiteContext,
     SiteInfo,
     Step,
     Table,
     check_min_count,
+    check_unique,
+    named,
+    numeric_columns,
 )
 from fedflow.errors import AppError
 
@@ -33,15 +38,20 @@ __all__ = [
     "Continue",
     "CoordinatorContext",
     "Done",
+    "Empty",
     "Params",
     "Payload",
+    "Phase",
     "SiteContext",
     "SiteInfo",
     "Step",
     "Table",
     "available_apps",
     "check_min_count",
+    "check_unique",
     "get_app",
+    "named",
+    "numeric_columns",
 ]
 
 BUILTIN_APPS: dict[str, str] = {

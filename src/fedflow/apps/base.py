@@ -1,21 +1,25 @@
 """The app contract: what a federated algorithm supplies, and the plain types it works with.
 
-An app is a stateless object with four hooks; the runtime owns the loop, the processes and the
-wire. Nothing here does I/O, and nothing imports another fedflow layer but ``fedflow.errors``.
+An app is a short conversation of named **phases**. Each phase declares the payload type sent to
+the sites and the one each site returns (msgspec structs); the app implements one method pair per
+phase. The runtime's one round driver owns the loop, the processes and the wire. Nothing here does
+I/O, and nothing imports another fedflow layer but ``fedflow.errors``.
 
-    coordinator                                   each site (node agent)
-    ───────────                                   ──────────────────────
-    params = App.parse_params(raw)                params = App.parse_params(raw)
-    params = app.resolve(params, schema)
-    step = app.start(params, ctx)  ── Continue(payload) ──▶  app.local(table, params, payload, ctx)
-    step = app.aggregate(replies, params, ctx) ◀── payload ──┘   (aggregates only, never rows)
-    … until step is Done(result)
+    coordinator (driver)                            each site (node agent)
+    ────────────────────                            ──────────────────────
+    params = app.resolve(App.parse_params(raw), columns)
+    app.columns(params)          ── Prepare ──▶      check the columns, min_count
+    step = app.start(params, ctx)
+    Continue("moments", request) ── Task ──▶         app.local_moments(table, params, request, ctx)
+    step = app.aggregate_moments(replies, params, ctx) ◀── reply payload (aggregates, never rows)
+    … Continue("lloyd", …) … until step is Done(result)
 
     app.centralized(pooled_dataframe, params) → the same result from a trusted library
 
-Payloads are dicts of plain values (numbers, strings, lists, dicts) and numpy arrays with numeric,
-bool or text dtypes. Results are JSON-ready dicts; regression apps put ``coefficients`` and
-``std_errors`` as maps from ``"intercept"`` and each feature name to a number.
+A payload field holds numbers, strings, booleans, lists/dicts of them, nested payloads or numpy
+arrays; unknown fields or wrong types in a reply are a protocol failure blamed on the site.
+Results are JSON-ready dicts; regression apps put ``coefficients`` and ``std_errors`` as maps
+from ``"intercept"`` and each feature name to a number. ``docs/writing-an-app.md`` is the guide.
 
 A site's local state (if an app needs any between rounds) lives in ``SiteContext.state``; the
 coordinator's in ``CoordinatorContext.state``. Files an app wants written at the site itself (for
@@ -46,19 +50,25 @@ __all__ = [
     "Continue",
     "CoordinatorContext",
     "Done",
+    "Empty",
     "Params",
     "Payload",
+    "Phase",
     "SiteContext",
     "SiteInfo",
     "Step",
     "Table",
     "check_columns",
     "check_min_count",
+    "check_unique",
+    "decode_payload",
+    "encode_payload",
     "merged_columns",
+    "named",
+    "numeric_columns",
     "require_columns",
 ]
 
-Payload = dict[str, Any]
 ColumnKind = Literal["numeric", "binary", "any"]
 """What a site must hold in a column: numbers, 0/1 numbers, or anything (categories)."""
 
@@ -185,11 +195,38 @@ class SiteContext:
     """Files to write into the site's own output folder: name -> content. They stay at the site."""
 
 
+class Payload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of every phase payload: what a phase sends to the sites, and what each site returns.
+
+    Fields are typed: numbers, strings, booleans, lists and dicts of them, nested payloads, and
+    numpy arrays (annotate as ``np.ndarray``). Unknown fields and wrong types are refused when a
+    payload is decoded, so a malformed reply is blamed on the site that sent it.
+    """
+
+
+class Empty(Payload, frozen=True):
+    """A payload with nothing in it (a phase that needs no input)."""
+
+
+PayloadT = TypeVar("PayloadT", bound=Payload)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One named step of an app's conversation: the payload type sent to the sites and the one
+    each site returns. The app implements ``local_<name>`` (site) and ``aggregate_<name>``
+    (coordinator) for it."""
+
+    request: type[Payload]
+    reply: type[Payload]
+
+
 @dataclass(frozen=True)
 class Continue:
-    """Another round: send ``payload`` to every site (or ``per_site[name]`` where given)."""
+    """Another round: run ``phase`` at every site with ``request`` (or ``per_site[name]``)."""
 
-    payload: Payload
+    phase: str
+    request: Payload
     per_site: dict[str, Payload] | None = None
 
 
@@ -202,6 +239,37 @@ class Done:
 
 
 Step = Continue | Done
+
+
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot send a value of type {type(value).__name__}")
+
+
+def _from_wire(kind: type, value: Any) -> Any:
+    if kind is np.ndarray:
+        if isinstance(value, np.ndarray):
+            return value
+        raise msgspec.ValidationError(f"Expected `array`, got `{type(value).__name__}`")
+    raise NotImplementedError(f"no decoder for {kind!r}")
+
+
+def encode_payload(payload: Payload) -> dict[str, Any]:
+    """Return ``payload`` as a map of builtins and numpy arrays, ready for the wire codec."""
+    return msgspec.to_builtins(payload, enc_hook=_to_wire, builtin_types=(np.ndarray,))  # type: ignore[no-any-return]
+
+
+def decode_payload(raw: Mapping[str, Any], kind: type[PayloadT]) -> PayloadT:
+    """Return ``raw`` (a decoded wire map) as a ``kind`` payload.
+
+    Raises msgspec.ValidationError naming the field that is missing, unknown or of a wrong type.
+    """
+    if not isinstance(raw, Mapping):
+        raise msgspec.ValidationError(f"Expected `object`, got `{type(raw).__name__}`")
+    return msgspec.convert(raw, kind, dec_hook=_from_wire)
 
 
 def merged_columns(sites: Mapping[str, SiteInfo]) -> dict[str, str]:
@@ -262,20 +330,62 @@ def check_min_count(count: float, min_count: int, what: str) -> None:
         )
 
 
-class App(ABC, Generic[P]):
-    """Base class of federated apps. Subclasses set ``name`` and ``Params`` and the hooks.
+def numeric_columns(columns: Mapping[str, str], *, exclude: Iterable[str] = ()) -> list[str]:
+    """Return every numeric (``int``/``float``) column of ``columns`` not in ``exclude``, in
+    order: the default feature list of apps that take "every numeric column except …"."""
+    skip = set(exclude)
+    return [c for c, kind in columns.items() if kind in ("int", "float") and c not in skip]
 
-    ``tolerance`` is the relative difference allowed between the federated result and the
-    centralized reference; exact algorithms keep the default 1e-8.
+
+def check_unique(names: Sequence[str], what: str) -> None:
+    """Raise ValueError naming every entry of ``names`` listed more than once (``what``: the key)."""
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{what} listed twice: {', '.join(dupes)}")
+
+
+def named(names: Sequence[str], values: Iterable[Any]) -> dict[str, float]:
+    """Return ``{name: float(value)}`` in order (coefficient tables and per-column results)."""
+    values = list(values)
+    if len(values) != len(names):
+        raise ValueError(f"{len(names)} names for {len(values)} values")
+    return {name: float(v) for name, v in zip(names, values, strict=True)}
+
+
+class App(ABC, Generic[P]):
+    """Base class of federated apps: parameters, phases, a centralized twin.
+
+    A subclass sets ``name``, ``Params``, ``reference`` and ``phases`` (phase name → ``Phase``),
+    and implements ``columns``, ``centralized`` and, for every phase, ``local_<phase>`` and
+    ``aggregate_<phase>``. ``start`` names the first phase (default: the first declared phase
+    with an empty request). A class that misses one of these fails when it is defined.
+
+    ``tolerance`` and ``absolute_tolerance`` describe how closely the app's result matches its
+    twin (the fidelity cases hold the tolerance each comparison actually uses).
     """
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[Params]] = Params
     reference: ClassVar[str] = ""
     """The library (and routine) of the centralized twin, e.g. ``"statsmodels OLS"``."""
+    phases: ClassVar[Mapping[str, Phase]] = {}
     tolerance: ClassVar[float] = 1e-8
     absolute_tolerance: ClassVar[float] = 1e-12
     """Absolute difference always accepted (results that should be 0 come out as 1e-17)."""
+    tolerances: ClassVar[Mapping[str, tuple[float, float]]] = {}
+    """Per result key (a path prefix such as ``"oob_accuracy"``): ``(rtol, atol)`` where the
+    default does not apply; ``--compare`` writes the rule it applied to each value."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "__abstractmethods__", None) or not cls.phases:
+            return  # an abstract intermediate class
+        for phase in cls.phases:
+            if not phase.isidentifier():
+                raise TypeError(f"{cls.__name__}: phase name {phase!r} is not an identifier")
+            for hook in (f"local_{phase}", f"aggregate_{phase}"):
+                if not callable(getattr(cls, hook, None)):
+                    raise TypeError(f"{cls.__name__}: phase '{phase}' needs a method {hook}()")
 
     # -- parameters ---------------------------------------------------------------------------
     @classmethod
@@ -294,37 +404,73 @@ class App(ABC, Generic[P]):
         return msgspec.to_builtins(params)  # type: ignore[no-any-return]
 
     def resolve(self, params: P, columns: Mapping[str, str]) -> P:
-        """Fill defaults that depend on the data (``columns``: name -> kind, common to all sites).
+        """Fill defaults that depend on the data (``columns``: name -> kind, merged over sites).
 
         Default: return ``params`` unchanged. Raise AppError/DataError for impossible choices.
         """
         return params
 
+    @abstractmethod
     def columns(self, params: P) -> dict[str, ColumnKind]:
-        """Return the columns every site must hold, and what they must hold."""
-        return {}
+        """Return the columns every site must hold, and what they must hold (every site checks
+        them before computing; an app that needs no column returns ``{}``)."""
 
-    # -- coordinator ----------------------------------------------------------------------------
+    # -- the conversation ---------------------------------------------------------------------
     def start(self, params: P, ctx: CoordinatorContext) -> Step:
-        """Return the first step (usually ``Continue`` with the first round's payload)."""
-        return Continue({})
+        """Return the first step: by default the first declared phase with an empty request."""
+        first = next(iter(self.phases))
+        return Continue(first, self.phases[first].request())
 
-    @abstractmethod
-    def aggregate(self, replies: Mapping[str, Payload], params: P, ctx: CoordinatorContext) -> Step:
-        """Combine the sites' replies (site name -> payload) into the next step."""
+    def local(
+        self, data: Table, params: P, phase: str, request: Payload, ctx: SiteContext
+    ) -> Payload:
+        """Run ``phase`` at a site: dispatch to ``local_<phase>``; return its reply payload."""
+        self.check_phase(phase)
+        reply = getattr(self, f"local_{phase}")(data, params, request, ctx)
+        expected = self.phases[phase].reply
+        if not isinstance(reply, expected):
+            raise AppError(
+                f"app '{self.name}': local_{phase} returned {type(reply).__name__}, "
+                f"not {expected.__name__}"
+            )
+        return reply  # type: ignore[no-any-return]
 
-    # -- site -----------------------------------------------------------------------------------
-    @abstractmethod
-    def local(self, data: Table, params: P, payload: Payload, ctx: SiteContext) -> Payload:
-        """Compute this site's aggregates for one round; never return rows."""
+    def aggregate(
+        self, phase: str, replies: Mapping[str, Payload], params: P, ctx: CoordinatorContext
+    ) -> Step:
+        """Combine the sites' replies to ``phase`` (site name → reply) into the next step."""
+        self.check_phase(phase)
+        step = getattr(self, f"aggregate_{phase}")(replies, params, ctx)
+        if isinstance(step, Continue):
+            self.check_phase(step.phase)
+        return step  # type: ignore[no-any-return]
+
+    @classmethod
+    def check_phase(cls, name: str) -> Phase:
+        """Return the declared phase called ``name``; raise AppError for an unknown one."""
+        try:
+            return cls.phases[name]
+        except KeyError:
+            raise AppError(
+                f"app '{cls.name}' has no phase '{name}' (phases: {', '.join(cls.phases)})"
+            ) from None
 
     # -- reference ------------------------------------------------------------------------------
+    def reference_for(self, params: P) -> str:
+        """Return the library and routine of the twin for these parameters (default
+        ``reference``); e.g. ``"lifelines CoxPHFitter"`` for Efron ties."""
+        return self.reference
+
     @abstractmethod
     def centralized(self, pooled: pd.DataFrame, params: P) -> dict[str, Any]:
         """Return the same result computed on pooled data by an independent, trusted library."""
 
     def comparable(self, result: Mapping[str, Any]) -> dict[str, Any]:
-        """Return the part of a result that ``--compare`` checks (default: all of it)."""
+        """Return the part of a result that ``--compare`` checks (default: all of it).
+
+        Select by key (``result["coefficients"]``), never by presence: a key the result lacks
+        must fail, not vanish from the comparison.
+        """
         return dict(result)
 
 

@@ -29,7 +29,17 @@ from fedflow.apps._regression import (
     statsmodels_table,
     wald_table,
 )
-from fedflow.apps.base import App, ColumnKind, CoordinatorContext, Done, Payload, SiteContext, Table
+from fedflow.apps.base import (
+    App,
+    ColumnKind,
+    CoordinatorContext,
+    Done,
+    Empty,
+    Payload,
+    Phase,
+    SiteContext,
+    Table,
+)
 from fedflow.errors import AppError
 
 if TYPE_CHECKING:
@@ -62,12 +72,22 @@ def ols_from_r(r: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray,
     return coef, unscaled, rss
 
 
+class Factor(Payload, frozen=True):
+    """A site's R factor of [X | y] and the count, mean and squared deviations of y."""
+
+    r: np.ndarray
+    n: int
+    y_mean: float
+    y_m2: float
+
+
 class LinearRegression(App[RegressionParams]):
     """Ordinary least squares: coefficients, standard errors, t and p values, R², n."""
 
     name = "linear-regression"
     Params = RegressionParams
     reference = "statsmodels OLS"
+    phases = {"factor": Phase(Empty, Factor)}
 
     def resolve(self, params: RegressionParams, columns: Mapping[str, str]) -> RegressionParams:
         return resolve_features(params, columns, self.name)  # type: ignore[no-any-return]
@@ -75,29 +95,26 @@ class LinearRegression(App[RegressionParams]):
     def columns(self, params: RegressionParams) -> dict[str, ColumnKind]:
         return regression_columns(params, "numeric")
 
-    def local(
-        self, data: Table, params: RegressionParams, payload: Payload, ctx: SiteContext
-    ) -> Payload:
+    # -- site ---------------------------------------------------------------------------------
+    def local_factor(
+        self, data: Table, params: RegressionParams, request: Empty, ctx: SiteContext
+    ) -> Factor:
         x = data.matrix(params.features or [], intercept=params.intercept)
         y = np.asarray(data[params.target], dtype=np.float64)
         r = np.asarray(np.linalg.qr(np.column_stack([x, y]), mode="r"))
         mean = float(y.mean())
-        return {
-            "r": r,
-            "n": len(y),
-            "y_mean": mean,
-            "y_m2": float(((y - mean) ** 2).sum()),
-        }
+        return Factor(r=r, n=len(y), y_mean=mean, y_m2=float(((y - mean) ** 2).sum()))
 
-    def aggregate(
-        self, replies: Mapping[str, Payload], params: RegressionParams, ctx: CoordinatorContext
+    # -- coordinator --------------------------------------------------------------------------
+    def aggregate_factor(
+        self, replies: Mapping[str, Factor], params: RegressionParams, ctx: CoordinatorContext
     ) -> Done:
         names = coefficient_names(params)
-        stacked = np.vstack([reply["r"] for reply in replies.values()])
+        stacked = np.vstack([reply.r for reply in replies.values()])
         r = np.asarray(np.linalg.qr(stacked, mode="r"))
         coef, unscaled, rss = ols_from_r(r, names)
         n, y_mean, y_m2 = combine_moments(
-            [(float(p["n"]), float(p["y_mean"]), float(p["y_m2"])) for p in replies.values()]
+            [(float(p.n), p.y_mean, p.y_m2) for p in replies.values()]
         )
         k = len(names)
         df_resid = n - k

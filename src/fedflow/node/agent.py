@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import msgspec
+
 from fedflow._version import __version__
 from fedflow.apps import get_app
-from fedflow.apps.base import App, SiteContext, Table
+from fedflow.apps.base import App, SiteContext, Table, decode_payload, encode_payload
 from fedflow.errors import AppError, DataError, PolicyError, ProtocolError, RemoteProtocolError
 from fedflow.node.data import LoadedData, column_kind, prepare_table, read_table
 from fedflow.wire import (
@@ -108,8 +110,16 @@ def load_policy(path: Path, base: SitePolicy) -> SitePolicy:
 class NodeAgent:
     """Answers coordinator messages for one site. Never sends rows, only what apps return."""
 
-    def __init__(self, site: str = "site", policy: SitePolicy | None = None) -> None:
+    def __init__(
+        self,
+        site: str = "site",
+        policy: SitePolicy | None = None,
+        *,
+        preloaded: LoadedData | None = None,
+    ) -> None:
         self.site = site
+        self.preloaded = preloaded
+        """Data held in memory (in-memory runs and tests): served instead of reading files."""
         self.policy = policy or SitePolicy()
         self.policy_error: str | None = None
         """Why the site's policy file could not be used (every app is then refused)."""
@@ -181,7 +191,7 @@ class NodeAgent:
     def _setup_data(self, msg: Setup) -> Ready:
         self._expect("greeted")
         started = time.perf_counter()
-        loaded = read_table(msg.data, site=self.site)
+        loaded = self.preloaded or read_table(msg.data, site=self.site)
         self._setup, self._loaded = msg, loaded
         table = loaded.table
         log.info(
@@ -231,16 +241,28 @@ class NodeAgent:
         self._expect("prepared")
         assert self._app is not None and self._ctx is not None and self._table is not None
         self._ctx.round = msg.round
+        kind = self._app.check_phase(msg.phase).request
+        try:
+            request = decode_payload(msg.payload, kind)
+        except msgspec.ValidationError as exc:
+            raise RemoteProtocolError(
+                f"task for phase '{msg.phase}' of app '{self._app.name}' does not fit: {exc}"
+            ) from None
         started = time.perf_counter()
         try:
-            payload = self._app.local(self._table, self._params, msg.payload, self._ctx)
+            reply = self._app.local(self._table, self._params, msg.phase, request, self._ctx)
         except DataError as exc:
             exc.site = None
             raise
         seconds = time.perf_counter() - started
         self._compute_seconds += seconds
-        log.debug("round %d computed in %.2f ms", msg.round, 1000 * seconds)
-        return Reply(round=msg.round, payload=payload, seconds=seconds)
+        log.debug("round %d (%s) computed in %.2f ms", msg.round, msg.phase, 1000 * seconds)
+        return Reply(round=msg.round, payload=encode_payload(reply), seconds=seconds)
+
+    @property
+    def outputs(self) -> dict[str, bytes]:
+        """Files the app asked to write at this site so far (name → content)."""
+        return dict(self._ctx.outputs) if self._ctx is not None else {}
 
     def _finish(self, msg: Finish) -> Bye:
         outputs: list[str] = []

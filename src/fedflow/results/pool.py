@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedflow.errors import DataError, StudyError
-from fedflow.results.compare import Comparison, compare_results
+from fedflow.results.compare import Comparison, Tolerance, compare_results
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from fedflow.apps.base import App
 
-__all__ = ["compare_with_pooled", "pooled_frame", "reference_versions"]
+__all__ = ["app_tolerances", "compare_with_pooled", "pooled_frame", "reference_versions"]
 
 _REFERENCE_PACKAGES = ("numpy", "scipy", "pandas", "statsmodels", "scikit-learn", "lifelines")
 
@@ -79,6 +79,13 @@ def _describe(reference: str, versions: dict[str, str]) -> str:
     return " ".join(x for x in (library, version, routine) if x)
 
 
+def app_tolerances(app: App[Any]) -> dict[str, Tolerance]:
+    """Return the app's tolerance rules: its default and its per-key ``tolerances``."""
+    rules = {"": Tolerance(app.tolerance, app.absolute_tolerance)}
+    rules.update({key: Tolerance(*rule) for key, rule in app.tolerances.items()})
+    return rules
+
+
 def compare_with_pooled(
     app: App[Any],
     params: Any,
@@ -100,9 +107,8 @@ def compare_with_pooled(
     comparison = compare_results(
         app.comparable(result),
         app.comparable(central),
-        rtol=app.tolerance,
-        atol=app.absolute_tolerance,
-        reference=_describe(app.reference, versions),
+        tolerances=app_tolerances(app),
+        reference=_describe(app.reference_for(params), versions),
         libraries=versions,
     )
     return comparison, central

@@ -9,13 +9,15 @@ processes or sockets. Any site failure ends the run promptly, naming the site.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fedflow._version import __version__
-from fedflow.apps.base import App, Continue, CoordinatorContext, Done, SiteInfo, merged_columns
+from fedflow.apps.base import App, SiteInfo
 from fedflow.connectors.base import Connector
 from fedflow.errors import (
     AppError,
@@ -26,6 +28,7 @@ from fedflow.errors import (
     SiteError,
 )
 from fedflow.results.rundir import RunDirectory
+from fedflow.runtime.driver import Driver, Outcome
 from fedflow.runtime.observer import Observer
 from fedflow.wire import (
     PROTOCOL_VERSION,
@@ -35,7 +38,6 @@ from fedflow.wire import (
     Hello,
     Message,
     MessageCodec,
-    Prepare,
     Prepared,
     Ready,
     Reply,
@@ -85,26 +87,21 @@ class SiteRecord:
         return entry
 
 
-@dataclass
-class Outcome:
-    """What a finished run produced at the coordinator."""
-
-    done: Done
-    params: Any
-    rounds: int
-    notes: list[str]
-
-
 class Coordinator:
-    """Run ``app`` with ``raw_params`` over the given site connectors (site name → connector)."""
+    """Run ``app`` (as the study names it) with ``raw_params`` over the given site connectors.
+
+    The conversation itself is the round driver's (``fedflow.runtime.driver``); the coordinator
+    carries its messages to every site at once and keeps the books. ``rundir`` receives the
+    metrics and the sites' fetched outputs (None: metrics are kept in memory only).
+    """
 
     def __init__(
         self,
-        app: App[Any],
+        app: str | App[Any],
         raw_params: Mapping[str, Any] | None,
         connectors: Mapping[str, Connector],
-        data: Mapping[str, list[str]],
-        rundir: RunDirectory,
+        data: Mapping[str, list[str]] | None = None,
+        rundir: RunDirectory | None = None,
         *,
         observer: Observer | None = None,
         timeout: float = 300.0,
@@ -113,23 +110,46 @@ class Coordinator:
         dropna: bool = False,
         max_rounds: int = 10_000,
     ) -> None:
-        self.app = app
-        self.params = app.parse_params(raw_params)
+        ref = app if isinstance(app, str) else app.name
+        instance = None if isinstance(app, str) else app
+        self.driver = Driver(
+            ref,
+            raw_params,
+            seed=seed,
+            min_count=min_count,
+            max_rounds=max_rounds,
+            app_instance=instance,
+        )
+        self.app = self.driver.app
         self.sites = {
-            name: SiteRecord(name, conn, list(data.get(name, [])))
+            name: SiteRecord(name, conn, list((data or {}).get(name, [])))
             for name, conn in connectors.items()
         }
         self.rundir = rundir
+        self.metrics: dict[str, Any] = (
+            rundir.metrics if rundir is not None else {"phases": [], "rounds": [], "sites": {}}
+        )
         self.observer = observer or Observer()
         self.timeout = timeout
         self.min_count = min_count
         self.seed = seed
         self.dropna = dropna
-        self.max_rounds = max_rounds
         self.codec = MessageCodec()
-        self.rounds = 0
         for name in self.sites:
-            rundir.metrics["sites"][name] = {"bytes_sent": 0, "bytes_received": 0}
+            self.metrics["sites"][name] = {"bytes_to_site": 0, "bytes_from_site": 0}
+
+    @property
+    def rounds(self) -> int:
+        """Rounds run so far."""
+        return self.driver.rounds
+
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.metrics["phases"].append({"name": name, "seconds": time.perf_counter() - started})
 
     # -- the run -------------------------------------------------------------------------------
     async def run(self) -> Outcome:
@@ -140,14 +160,17 @@ class Coordinator:
             await self.close()
 
     async def _run(self) -> Outcome:
-        obs, rd = self.observer, self.rundir
-        with rd.phase("start sites"):
+        obs, driver = self.observer, self.driver
+        with self._phase("start sites"):
             obs.phase("starting sites")
             await self._each(self._start)
-        with rd.phase("stage data"):
+        with self._phase("stage data"):
             await self._each(self._stage)
-        with rd.phase("handshake"):
+        with self._phase("handshake"):
             obs.phase("handshake")
+            # the coordinator's statistics (p-values) load while the sites load their data,
+            # so no round's timing carries a one-time import
+            warm = asyncio.ensure_future(asyncio.to_thread(importlib.import_module, "scipy.stats"))
             welcomes = await self._exchange(
                 {
                     n: Hello(protocol=PROTOCOL_VERSION, version=__version__, site=n)
@@ -179,76 +202,61 @@ class Coordinator:
             for name, ready in readies.items():
                 self.sites[name].ready = ready
                 obs.site(name, "loaded", f"{ready.rows} rows")
+            await warm
         infos = {
             n: SiteInfo(n, s.ready.rows, {c.name: c.dtype for c in s.ready.columns})
             for n, s in self.sites.items()
             if s.ready is not None
         }
-        common = merged_columns(infos)
-        params = self.app.resolve(self.params, common)
-        needed = self.app.columns(params)
-        wire_params = self.app.params_to_dict(params)
-        with rd.phase("prepare"):
-            prepared = await self._exchange(
-                {
-                    n: Prepare(app=self.app.name, params=wire_params, columns=dict(needed))
-                    for n in self.sites
-                },
-                Prepared,
-            )
+        prepare = driver.prepare(infos)
+        with self._phase("prepare"):
+            prepared = await self._exchange({n: prepare for n in self.sites}, Prepared)
             for name, reply in prepared.items():
                 self.sites[name].rows_used = reply.rows
                 infos[name] = SiteInfo(name, reply.rows, infos[name].columns)
                 obs.site(name, "ready", f"{reply.rows} rows")
-        ctx = CoordinatorContext(sites=infos, seed=self.seed, min_count=self.min_count)
-        step = self.app.start(params, ctx)
-        while isinstance(step, Continue):
-            if ctx.round >= self.max_rounds:
-                raise AppError(
-                    f"app '{self.app.name}' did not finish within {self.max_rounds} rounds"
-                )
-            ctx.round += 1
-            self.rounds = ctx.round
-            obs.round_started(ctx.round)
+        driver.begin(infos)
+        while (tasks := driver.tasks()) is not None:
+            round_ = driver.rounds
+            obs.round_started(round_)
             started = time.perf_counter()
             before = {
                 n: (s.connector.bytes_sent, s.connector.bytes_received)
                 for n, s in self.sites.items()
             }
-            tasks = {
-                n: Task(round=ctx.round, payload=(step.per_site or {}).get(n, step.payload))
-                for n in self.sites
-            }
             replies = await self._exchange(tasks, Reply)
             exchanged = time.perf_counter()
-            step = self.app.aggregate({n: r.payload for n, r in replies.items()}, params, ctx)
+            driver.feed(replies)
             finished = time.perf_counter()
-            record = {
-                "round": ctx.round,
-                "seconds": finished - started,
-                "exchange_seconds": exchanged - started,
-                "aggregate_seconds": finished - exchanged,
-                "sites": {
-                    n: {
-                        "compute_seconds": replies[n].seconds,
-                        "bytes_sent": s.connector.bytes_sent - before[n][0],
-                        "bytes_received": s.connector.bytes_received - before[n][1],
-                    }
-                    for n, s in self.sites.items()
-                },
-            }
-            rd.metrics["rounds"].append(record)
-            obs.round_done(ctx.round, finished - started, isinstance(step, Done))
-        with rd.phase("finish sites"):
+            self.metrics["rounds"].append(
+                {
+                    "round": round_,
+                    "phase": tasks[next(iter(tasks))].phase,
+                    "seconds": finished - started,
+                    "exchange_seconds": exchanged - started,
+                    "aggregate_seconds": finished - exchanged,
+                    "sites": {
+                        n: {
+                            "compute_seconds": replies[n].seconds,
+                            "bytes_to_site": s.connector.bytes_sent - before[n][0],
+                            "bytes_from_site": s.connector.bytes_received - before[n][1],
+                        }
+                        for n, s in self.sites.items()
+                    },
+                }
+            )
+            obs.round_done(round_, finished - started, driver.phase is None)
+        outcome = driver.outcome()
+        with self._phase("finish sites"):
             byes = await self._exchange({n: Finish(status="completed") for n in self.sites}, Bye)
             for name, bye in byes.items():
                 self.sites[name].bye = bye
-                rd.metrics["sites"][name].update(
+                self.metrics["sites"][name].update(
                     peak_rss_bytes=bye.peak_rss, cpu_seconds=bye.cpu_seconds
                 )
-        with rd.phase("collect outputs"):
+        with self._phase("collect outputs"):
             await self._each(self._collect)
-        return Outcome(done=step, params=params, rounds=ctx.round, notes=ctx.notes)
+        return outcome
 
     async def close(self) -> None:
         """Close every connector (agents stop); never raises."""
@@ -256,8 +264,9 @@ class Coordinator:
             *(s.connector.close() for s in self.sites.values()), return_exceptions=True
         )
         for name, site in self.sites.items():
-            self.rundir.metrics["sites"][name].update(
-                bytes_sent=site.connector.bytes_sent, bytes_received=site.connector.bytes_received
+            self.metrics["sites"][name].update(
+                bytes_to_site=site.connector.bytes_sent,
+                bytes_from_site=site.connector.bytes_received,
             )
 
     # -- per-site steps ------------------------------------------------------------------------
@@ -275,7 +284,7 @@ class Coordinator:
         site.data = await site.connector.stage(site.data)
 
     async def _collect(self, site: SiteRecord) -> None:
-        if site.bye and site.bye.outputs:
+        if site.bye and site.bye.outputs and self.rundir is not None:
             await site.connector.collect(site.bye.outputs, self.rundir.site_dir(site.name))
 
     async def _each(self, step: Any) -> None:

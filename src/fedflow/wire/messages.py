@@ -5,11 +5,13 @@ Conversation (coordinator → node, node → coordinator), one answer per reques
     Hello(protocol, version, site)          → Welcome(protocol, version, site, python, pid, host)
     Setup(data, dropna, min_count, seed, outputs) → Ready(rows, columns, files)  load data, schema
     Prepare(app, params, columns)           → Prepared(rows)                     check columns
-    Task(round, payload)                    → Reply(round, payload, seconds)     one per round
+    Task(round, phase, payload)             → Reply(round, payload, seconds)     one per round
     Finish(status)                          → Bye(peak_rss, cpu_seconds, outputs)
 
-Any request may instead be answered with ``Failure(kind, message, file, column)``. Payloads are
-maps of plain values and numpy arrays (see ``arrays``); they never carry rows, only aggregates.
+Any request may instead be answered with ``Failure(kind, message, file, column)``. ``Prepare.app``
+is the app as the study names it (a built-in name or ``package.module:Class``). Payloads are maps
+of plain values and numpy arrays (see ``arrays``), typed per phase by the app; they never carry
+rows, only aggregates.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ __all__ = [
     "Welcome",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True):
@@ -87,6 +89,12 @@ class Setup(_Msg, tag="setup", frozen=True):
     seed: int | None = None
     outputs: str | None = None
     """Folder at the site for the app's per-site output files (None: the app may write none)."""
+    sep: str | None = None
+    """Field separator of the site's CSV/TSV files (None: ``,`` for .csv, tab for .tsv)."""
+    header: bool = True
+    """False: the files' first line is data; ``columns`` names the columns."""
+    columns: list[str] | None = None
+    """Column names of files without a header line."""
 
 
 class Ready(_Msg, tag="ready", frozen=True):
@@ -107,6 +115,7 @@ class Prepared(_Msg, tag="prepared", frozen=True):
 
 class Task(_Msg, tag="task", frozen=True):
     round: int
+    phase: str
     payload: dict[str, Any]
 
 

@@ -1,0 +1,155 @@
+"""The round driver: one run of an app as a sequence of messages to sites, with no I/O.
+
+Every run goes through it: the coordinator carries its messages over connectors (local
+processes, SSH), and in-memory runs (``fedflow.runtime.simulate``, the fidelity suite) carry them
+to node agents in this process. There is no other round loop.
+
+    driver = Driver("kmeans", raw_params, seed=…, min_count=…)
+    prepare = driver.prepare(infos)          # resolve params against the sites' columns → Prepare
+    driver.begin(rows)                       # rows each site will use → the first step
+    while (tasks := driver.tasks()) is not None:
+        driver.feed(replies_to(tasks))       # site name → Reply
+    driver.outcome()                         # the result, resolved params, rounds, notes
+
+Replies are decoded into the phase's reply type; a reply that does not fit is a protocol failure
+blamed on the site that sent it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from fedflow.apps import get_app
+from fedflow.apps.base import (
+    App,
+    Continue,
+    CoordinatorContext,
+    Done,
+    SiteInfo,
+    Step,
+    decode_payload,
+    encode_payload,
+    merged_columns,
+)
+from fedflow.errors import AppError, RemoteProtocolError
+from fedflow.wire import Prepare, Reply, Task
+
+__all__ = ["Driver", "Outcome"]
+
+
+@dataclass
+class Outcome:
+    """What a finished run produced: the final step, the resolved parameters, rounds, notes."""
+
+    done: Done
+    params: Any
+    rounds: int
+    notes: list[str]
+
+
+class Driver:
+    """Drive ``app`` (a built-in name or ``package.module:Class``) over named sites.
+
+    ``app_instance`` may be given to drive an already loaded app; the sites still receive
+    ``app`` as the study named it, so a plug-in is loaded by the same reference everywhere.
+    """
+
+    def __init__(
+        self,
+        app: str,
+        raw_params: Mapping[str, Any] | None,
+        *,
+        seed: int | None = None,
+        min_count: int = 5,
+        max_rounds: int = 10_000,
+        app_instance: App[Any] | None = None,
+    ) -> None:
+        self.ref = app
+        self.app: App[Any] = app_instance if app_instance is not None else get_app(app)
+        self.params: Any = self.app.parse_params(raw_params)
+        self.seed = seed
+        self.min_count = min_count
+        self.max_rounds = max_rounds
+        self.ctx: CoordinatorContext | None = None
+        self.step: Step | None = None
+
+    @property
+    def rounds(self) -> int:
+        """Rounds sent so far."""
+        return self.ctx.round if self.ctx else 0
+
+    @property
+    def phase(self) -> str | None:
+        """The phase of the round in flight (None before the first and after the last)."""
+        return self.step.phase if isinstance(self.step, Continue) else None
+
+    def prepare(self, infos: Mapping[str, SiteInfo]) -> Prepare:
+        """Resolve the parameters against the sites' merged columns; return the Prepare message."""
+        if not infos:
+            raise AppError("no sites")
+        self.params = self.app.resolve(self.params, merged_columns(infos))
+        return Prepare(
+            app=self.ref,
+            params=self.app.params_to_dict(self.params),
+            columns=dict(self.app.columns(self.params)),
+        )
+
+    def begin(self, sites: Mapping[str, SiteInfo]) -> None:
+        """Start the conversation with the sites as prepared (rows each will use)."""
+        self.ctx = CoordinatorContext(sites=dict(sites), seed=self.seed, min_count=self.min_count)
+        self.step = self.app.start(self.params, self.ctx)
+        if isinstance(self.step, Continue):
+            self.app.check_phase(self.step.phase)
+
+    def tasks(self) -> dict[str, Task] | None:
+        """Return the next round's message for every site, or None when the app is done."""
+        if self.ctx is None or not isinstance(self.step, Continue):
+            return None
+        if self.ctx.round >= self.max_rounds:
+            raise AppError(f"app '{self.app.name}' did not finish within {self.max_rounds} rounds")
+        self.ctx.round += 1
+        step = self.step
+        per_site = step.per_site or {}
+        shared = encode_payload(step.request)
+        return {
+            name: Task(
+                round=self.ctx.round,
+                phase=step.phase,
+                payload=encode_payload(per_site[name]) if name in per_site else shared,
+            )
+            for name in self.ctx.sites
+        }
+
+    def feed(self, replies: Mapping[str, Reply]) -> None:
+        """Decode every site's reply to the round in flight and aggregate them."""
+        assert self.ctx is not None and isinstance(self.step, Continue), "no round in flight"
+        phase = self.step.phase
+        kind = self.app.check_phase(phase).reply
+        decoded = {}
+        for name in self.ctx.sites:  # study order: aggregation never depends on arrival
+            reply = replies[name]
+            if reply.round != self.ctx.round:
+                raise RemoteProtocolError(
+                    f"answered round {reply.round} during round {self.ctx.round}", site=name
+                )
+            try:
+                decoded[name] = decode_payload(reply.payload, kind)
+            except msgspec.ValidationError as exc:
+                raise RemoteProtocolError(
+                    f"its reply to phase '{phase}' of app '{self.app.name}' does not fit: {exc}",
+                    site=name,
+                ) from None
+        self.step = self.app.aggregate(phase, decoded, self.params, self.ctx)
+
+    def outcome(self) -> Outcome:
+        """Return the outcome of a finished conversation."""
+        if not isinstance(self.step, Done):
+            raise AppError(f"app '{self.app.name}' has not finished")
+        assert self.ctx is not None
+        return Outcome(
+            done=self.step, params=self.params, rounds=self.ctx.round, notes=self.ctx.notes
+        )
