@@ -37,8 +37,8 @@ from tests.helpers import QUICKSTART, SITES  # noqa: E402
 from tests.ssh.sshd import SSHLab, ensure_sshd, ssh_quickstart  # noqa: E402
 
 from fedflow._version import __version__  # noqa: E402
-from fedflow.connectors.provision import cache_dir  # noqa: E402
 from fedflow.connectors.ssh import SSHConnector  # noqa: E402
+from fedflow.connectors.wheel import cache_dir  # noqa: E402
 from fedflow.runtime import arun_study  # noqa: E402
 from fedflow.study.load import load_study, study_from_dict  # noqa: E402
 from fedflow.wire import PROTOCOL_VERSION, Hello, MessageCodec  # noqa: E402

@@ -18,7 +18,7 @@ import pytest
 
 from fedflow._version import __version__
 from fedflow.connectors.hostkeys import trust_hosts
-from fedflow.connectors.provision import MARKER
+from fedflow.connectors.siteprep import MARKER
 from fedflow.connectors.ssh import SSHConnector
 from fedflow.errors import SiteError
 from fedflow.runtime import arun_study
@@ -515,7 +515,7 @@ def test_link_down_mid_round_is_noticed_and_leaves_no_remote_agent(
 def test_index_install_uploads_only_fedflow_and_uses_the_sites_own_index(
     prepared: SSHLab, trusted: Path, tmp_path: Path
 ) -> None:
-    from fedflow.connectors.provision import cache_dir
+    from fedflow.connectors.wheel import cache_dir
 
     site = prepared.sites[2]
     # the site's "package index": a wheel folder its own pip configuration points at

@@ -29,7 +29,8 @@ import asyncssh
 
 from fedflow.connectors.base import StreamConnector
 from fedflow.connectors.hostkeys import HostKeyPolicy, host_label, resolve_target
-from fedflow.connectors.provision import Progress, Remote, SiteInfo, prepare_site
+from fedflow.connectors.remote import Progress, Remote
+from fedflow.connectors.siteprep import SiteMachine, prepare_site
 from fedflow.errors import DataError, SiteError, StudyError
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class SSHConnector(StreamConnector):
         self.keepalive_count_max = keepalive_count_max
         self.connect_timeout = connect_timeout
         self.host, self.port = client.hostname, client.port
-        self.info: SiteInfo | None = None
+        self.info: SiteMachine | None = None
         self.run_dir: str | None = None
         self.timings: dict[str, float] = {}
         self._conn: asyncssh.SSHClientConnection | None = None
