@@ -42,7 +42,7 @@ def validate_study(path: str | Path) -> ValidationReport:
                 f"{client.name}: remote data, checked at the site when the run starts"
             )
             continue
-        loaded[client.name] = read_table(client.data, site=client.name)
+        loaded[client.name] = read_table(client.data, site=client.name, **client.reading())
     if not loaded:
         return report
     infos = {

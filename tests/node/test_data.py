@@ -145,3 +145,42 @@ def test_non_finite_value_after_dropped_rows_keeps_its_row(tmp_path: Path) -> No
     loaded = read_table([a], site="s")
     with pytest.raises(DataError, match=r"a\.csv: column 'y' .* in row 3"):
         prepare_table(loaded, {"x": "numeric", "y": "numeric"}, dropna=True, min_count=1)
+
+
+def test_semicolon_files_suggest_sep(tmp_path: Path) -> None:
+    # decimal commas: the comma splits every line into a different number of fields
+    path = write(tmp_path / "a.csv", "age;bmi;sex\n41;22,5;m\n52;31,0;f\n")
+    with pytest.raises(DataError, match=r"line 2 has 2 fields, the header has 1") as info:
+        read_table([path], site="s")
+    assert "the header is one field holding ';'" in str(info.value)
+    assert 'set sep = ";" for this client' in str(info.value)
+    # without commas the file reads as one column; the missing column then names the cause
+    path = write(tmp_path / "b.csv", "age;bmi\n41;22\n52;31\n")
+    loaded = read_table([path], site="s")
+    with pytest.raises(DataError, match=r"column 'age' is missing.*set sep = \";\""):
+        prepare_table(loaded, {"age": "numeric"}, dropna=False, min_count=1)
+    table = read_table([path], site="s", sep=";").table
+    assert table.columns == ["age", "bmi"] and list(table["bmi"]) == [22, 31]
+
+
+def test_headerless_files_suggest_header_false(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", "41,22.5,1\n52,31.0,0\n60,27.1,1\n")
+    loaded = read_table([path], site="s")
+    with pytest.raises(DataError, match=r"column 'age' is missing") as info:
+        prepare_table(loaded, {"age": "numeric"}, dropna=False, min_count=1)
+    assert "column name '41' is a number" in str(info.value)
+    assert "set header = false and columns = [...]" in str(info.value)
+    loaded = read_table([path], site="s", header=False, columns=["age", "bmi", "y"])
+    assert loaded.table.columns == ["age", "bmi", "y"] and list(loaded.table["age"]) == [41, 52, 60]
+    assert loaded.files[0].rows == 3
+    tsv = write(tmp_path / "b.tsv", "1;2\n3;4\n")
+    table = read_table([tsv], sep=";", header=False, columns=["x", "y"]).table
+    assert list(table["y"]) == [2, 4]
+
+
+def test_headerless_files_check_the_number_of_names(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", "1,2,3\n")
+    with pytest.raises(DataError, match=r"line 1 has 3 fields, columns = \[...\] names 2"):
+        read_table([path], header=False, columns=["x", "y"])
+    with pytest.raises(DataError, match=r"header = false needs the column names"):
+        read_table([path], header=False)

@@ -168,3 +168,14 @@ def test_param_errors_name_the_study_file(tmp_path: Path, params: str, message: 
 def test_plug_in_apps_that_cannot_load_are_left_to_the_run(tmp_path: Path) -> None:
     study = load_study(write(tmp_path, 'app = "nowhere.module:App"\n[params]\nx = 1\n'))
     assert study.params == {"x": 1}
+
+
+def test_template_shows_the_reading_keys(tmp_path: Path) -> None:
+    text = TEMPLATE.replace("# sep =", "sep =").replace("# header =", "header =")
+    text = text.replace("# columns =", "columns =")
+    study = load_study(write(tmp_path, text))
+    assert study.clients[0].reading() == {
+        "sep": ";",
+        "header": False,
+        "columns": ["age", "bmi", "outcome"],
+    }

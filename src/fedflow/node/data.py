@@ -11,7 +11,7 @@ import csv
 import hashlib
 import io
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,8 @@ class LoadedData:
     row_file: np.ndarray
     missing: dict[str, np.ndarray]
     """Per column with missing values: a boolean mask of the missing rows."""
+    hints: list[str] = field(default_factory=list)
+    """Likely causes of a missing column: a wrong ``sep``, a file without a header."""
 
     def file_of_first_missing(self, column: str) -> str:
         """Return the name of the first file holding a missing value in ``column``."""
@@ -60,7 +62,46 @@ def column_kind(array: np.ndarray) -> str:
     return "int" if kind in "biu" else "float" if kind == "f" else "str"
 
 
-def _read_delimited(path: Path, data: bytes, delimiter: str) -> dict[str, list[str]]:
+_OTHER_SEPARATORS = (";", "\t", "|", ",")
+
+
+def _sep_hint(cells: Sequence[str], delimiter: str, what: str = "the header") -> str:
+    """Return a hint when ``cells`` are one field holding another usual separator, else ''."""
+    if len(cells) != 1:
+        return ""
+    for sep in _OTHER_SEPARATORS:
+        if sep != delimiter and sep in cells[0]:
+            shown = "\\t" if sep == "\t" else sep
+            return (
+                f"{what} is one field holding '{shown}': "
+                f'if that separates the columns, set sep = "{shown}" for this client'
+            )
+    return ""
+
+
+def _header_hint(header: Sequence[str]) -> str:
+    """Return a hint when a header cell is a number (a file without a header), else ''."""
+    number = next((h for h in header if _is_number(h)), None)
+    if number is None:
+        return ""
+    return (
+        f"its first line looks like data (column name '{number}' is a number): if the file has "
+        "no header, set header = false and columns = [...] (the names) for this client"
+    )
+
+
+def _read_delimited(
+    path: Path,
+    data: bytes,
+    delimiter: str,
+    *,
+    header: bool = True,
+    names: Sequence[str] | None = None,
+    hints: list[str] | None = None,
+) -> dict[str, list[str]]:
+    """Return a delimited file's columns as text cells. Without ``header`` the columns are
+    ``names`` and the first line is data. Hints about a likely wrong ``sep`` or ``header`` are
+    appended to ``hints`` (and to the message of a line with the wrong number of fields)."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -68,33 +109,45 @@ def _read_delimited(path: Path, data: bytes, delimiter: str) -> dict[str, list[s
             f"{path.name}: not UTF-8 text ({exc.reason} at byte {exc.start})", file=path.name
         ) from None
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise DataError(f"{path.name} is empty", file=path.name) from None
-    except csv.Error as exc:
-        raise DataError(f"{path.name}: {exc}", file=path.name) from None
-    header = [h.strip() for h in header]
-    if not any(header):
+    if header:
+        try:
+            first = next(reader)
+        except StopIteration:
+            raise DataError(f"{path.name} is empty", file=path.name) from None
+        except csv.Error as exc:
+            raise DataError(f"{path.name}: {exc}", file=path.name) from None
+        columns_named = [h.strip() for h in first]
+        start, what = 2, "the header has"
+    else:
+        columns_named = [str(n).strip() for n in names or ()]
+        start, what = 1, "columns = [...] names"
+    if not any(columns_named):
         raise DataError(f"{path.name}: the first line holds no column names", file=path.name)
-    dupes = sorted({h for h in header if header.count(h) > 1})
+    dupes = sorted({h for h in columns_named if columns_named.count(h) > 1})
     if dupes:
         raise DataError(f"{path.name}: duplicate column names: {', '.join(dupes)}", file=path.name)
-    columns: list[list[str]] = [[] for _ in header]
+    found = [h for h in (_sep_hint(columns_named, delimiter), _header_hint(columns_named)) if h]
+    if header and hints is not None:
+        hints.extend(f"{path.name}: {h}" for h in found if f"{path.name}: {h}" not in hints)
+    columns: list[list[str]] = [[] for _ in columns_named]
     try:
-        for line_no, row in enumerate(reader, start=2):
+        for line_no, row in enumerate(reader, start=start):
             if not row:
                 continue
-            if len(row) != len(header):
+            if len(row) != len(columns_named):
+                sep_hint = _sep_hint(columns_named, delimiter) or _sep_hint(
+                    row, delimiter, f"line {line_no}"
+                )
                 raise DataError(
-                    f"{path.name}: line {line_no} has {len(row)} fields, the header has {len(header)}",
+                    f"{path.name}: line {line_no} has {len(row)} fields, {what} {len(columns_named)}"
+                    + (f"; {sep_hint}" if sep_hint else ""),
                     file=path.name,
                 )
             for cells, cell in zip(columns, row, strict=True):
                 cells.append(cell.strip())
     except csv.Error as exc:
         raise DataError(f"{path.name}: {exc}", file=path.name) from None
-    return dict(zip(header, columns, strict=True))
+    return dict(zip(columns_named, columns, strict=True))
 
 
 Typed = tuple[np.ndarray, np.ndarray]
@@ -185,14 +238,30 @@ def _typed(cells: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return column, missing
 
 
-def read_table(paths: Sequence[str | Path], *, site: str | None = None) -> LoadedData:
+def read_table(
+    paths: Sequence[str | Path],
+    *,
+    site: str | None = None,
+    sep: str | None = None,
+    header: bool = True,
+    columns: Sequence[str] | None = None,
+) -> LoadedData:
     """Read and concatenate a site's data files.
 
-    Returns the table, each file's fingerprint and each row's file. Raises DataError naming the
-    site and file for a missing, unreadable or empty file, or files whose columns disagree.
+    ``sep`` replaces the separator of CSV and TSV files (default ``,`` and tab); with
+    ``header = False`` their first line is data and ``columns`` names the columns (Parquet files
+    always carry their names). Returns the table, each file's fingerprint and each row's file.
+    Raises DataError naming the site and file for a missing, unreadable or empty file, or files
+    whose columns disagree.
     """
     if not paths:
         raise DataError("no data files given (set data = [...] for this client)", site=site)
+    if not header and not columns:
+        raise DataError(
+            "header = false needs the column names: set columns = [...] for this client",
+            site=site,
+        )
+    hints: list[str] = []
     parts: list[Mapping[str, list[str] | Typed]] = []
     fingerprints: list[FileFingerprint] = []
     for item in paths:
@@ -213,28 +282,36 @@ def read_table(paths: Sequence[str | Path], *, site: str | None = None) -> Loade
                 f"cannot read data file {path}: {exc.strerror}", site=site, file=str(path)
             ) from None
         try:
-            columns = (
+            read = (
                 _read_parquet(path, data)
                 if suffix in _PARQUET
-                else _read_delimited(path, data, _DELIMITERS[suffix])
+                else _read_delimited(
+                    path,
+                    data,
+                    sep or _DELIMITERS[suffix],
+                    header=header,
+                    names=columns,
+                    hints=hints,
+                )
             )
         except DataError as exc:
             exc.site = site
             raise
-        first = next(iter(columns.values()), [])
+        first = next(iter(read.values()), [])
         rows = len(first[0]) if isinstance(first, tuple) else len(first)
         if rows == 0:
-            raise DataError(f"{path.name} has a header but no rows", site=site, file=path.name)
-        if parts and list(columns) != list(parts[0]):
+            empty = "has a header but no rows" if header or suffix in _PARQUET else "is empty"
+            raise DataError(f"{path.name} {empty}", site=site, file=path.name)
+        if parts and list(read) != list(parts[0]):
             raise DataError(
                 f"{path.name}: columns differ from {fingerprints[0].name} "
-                f"({', '.join(columns)} vs {', '.join(parts[0])})",
+                f"({', '.join(read)} vs {', '.join(parts[0])})",
                 site=site,
                 file=path.name,
             )
         digest = hashlib.sha256(data).hexdigest()
         fingerprints.append(FileFingerprint(path.name, digest, len(data), rows))
-        parts.append(columns)
+        parts.append(read)
     merged: dict[str, np.ndarray] = {}
     missing: dict[str, np.ndarray] = {}
     for name in parts[0]:
@@ -242,7 +319,7 @@ def read_table(paths: Sequence[str | Path], *, site: str | None = None) -> Loade
         if mask.any():
             missing[name] = mask
     row_file = np.repeat(np.arange(len(parts)), [f.rows for f in fingerprints])
-    return LoadedData(Table(merged), fingerprints, row_file, missing)
+    return LoadedData(Table(merged), fingerprints, row_file, missing, hints)
 
 
 def prepare_table(
@@ -256,7 +333,13 @@ def prepare_table(
     """
     table = loaded.table
     files = ", ".join(f.name for f in loaded.files)
-    require_columns(table, needed, where=files)
+    try:
+        require_columns(table, needed, where=files)
+    except DataError as exc:
+        if loaded.hints:
+            exc.message = f"{exc.message}; {'; '.join(loaded.hints)}"
+            exc.args = (exc.message,)
+        raise
     keep = np.ones(table.n_rows, dtype=bool)
     for name in needed or table.columns:
         if name not in loaded.missing:

@@ -6,7 +6,8 @@ the whole path (reading, types, missing values, maths), not only the maths.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import importlib.util
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,20 +36,58 @@ def reference_versions() -> dict[str, str]:
     return versions
 
 
-def _read(path: Path) -> pd.DataFrame:
+_MODULES = {"scikit-learn": "sklearn"}
+
+
+def _findable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_reference_libraries(
+    app: App[Any], *, importable: Callable[[str], bool] | None = None
+) -> list[str]:
+    """Return the libraries ``--compare`` needs for ``app`` that cannot be imported: pandas (the
+    pooled reader) and every reference package its ``reference`` names (e.g. "statsmodels Logit").
+    ``importable(module)`` decides (default: the module can be found, without importing it)."""
+    check = importable or _findable
+    words = app.reference.replace("(", " ").replace(")", " ").replace(":", " ").split()
+    libraries = ["pandas", *(w for w in _REFERENCE_PACKAGES if w in words)]
+    if words and words[0] not in libraries:  # a plug-in app's own reference library
+        libraries.append(words[0])
+    return [lib for lib in libraries if not check(_MODULES.get(lib, lib.replace("-", "_")))]
+
+
+def _read(
+    path: Path, sep: str | None = None, header: bool = True, columns: Sequence[str] | None = None
+) -> pd.DataFrame:
     import pandas as pd
 
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
         return pd.read_parquet(path)
-    return pd.read_csv(path, sep="\t" if suffix in (".tsv", ".tab") else ",", skipinitialspace=True)
+    return pd.read_csv(
+        path,
+        sep=sep or ("\t" if suffix in (".tsv", ".tab") else ","),
+        header=0 if header else None,
+        names=None if header else list(columns or ()),
+        skipinitialspace=True,
+    )
 
 
 def pooled_frame(
-    data: Mapping[str, Sequence[str]], columns: Sequence[str], *, dropna: bool
+    data: Mapping[str, Sequence[str]],
+    columns: Sequence[str],
+    *,
+    dropna: bool,
+    reading: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """Return every site's files concatenated (``columns`` only, rows with missing values dropped
-    when ``dropna``). Raises StudyError when pandas is missing, DataError for unreadable files."""
+    when ``dropna``); ``reading`` gives per site how to read its files (``sep``, ``header``,
+    ``columns``, as ``Client.reading()`` returns them). Raises StudyError when pandas is missing,
+    DataError for unreadable files."""
     try:
         import pandas as pd
     except ImportError:
@@ -59,7 +98,7 @@ def pooled_frame(
     for site, files in data.items():
         for name in files:
             try:
-                frames.append(_read(Path(name)))
+                frames.append(_read(Path(name), **dict((reading or {}).get(site, {}))))
             except (OSError, ValueError) as exc:
                 raise DataError(
                     f"cannot read {name} for the pooled reference: {exc}", site=site
@@ -93,10 +132,11 @@ def compare_with_pooled(
     data: Mapping[str, Sequence[str]],
     *,
     dropna: bool,
+    reading: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[Comparison, dict[str, Any]]:
-    """Return the comparison of ``result`` with the app's centralized twin on the pooled data,
-    and the twin's own result."""
-    pooled = pooled_frame(data, list(app.columns(params)), dropna=dropna)
+    """Return the comparison of ``result`` with the app's centralized twin on the pooled data
+    (files read as ``reading`` says per site, see ``pooled_frame``), and the twin's own result."""
+    pooled = pooled_frame(data, list(app.columns(params)), dropna=dropna, reading=reading)
     try:
         central = app.centralized(pooled, params)
     except ImportError as exc:

@@ -47,6 +47,12 @@ class Client(_Strict):
     at the site); ``index`` uploads fedflow's wheel and lets the site's pip fetch the rest."""
     controller: str | None = None
     """FeatureCloud platform: this site's local controller URL (default http://localhost:8000)."""
+    sep: str | None = None
+    """Field separator of this site's CSV/TSV files (default ``,`` for .csv, tab for .tsv)."""
+    header: bool = True
+    """False: the files have no header line; ``columns`` gives the column names."""
+    columns: list[str] | None = None
+    """The column names of files without a header (``header = false``)."""
 
     @property
     def is_local(self) -> bool:
@@ -57,6 +63,32 @@ class Client(_Strict):
     @classmethod
     def _one_file(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("sep")
+    @classmethod
+    def _one_character(cls, value: str | None) -> str | None:
+        if value is not None and len(value) != 1:
+            raise ValueError('must be one character, e.g. ";" or "\\t" (a tab)')
+        return value
+
+    @model_validator(mode="after")
+    def _names_without_header(self) -> Client:
+        if not self.header and not self.columns:
+            raise ValueError("header = false needs columns = [...] giving the column names")
+        if self.header and self.columns is not None:
+            raise ValueError(
+                "columns = [...] names the columns of files without a header: set header = false"
+            )
+        if self.columns is not None:
+            dupes = sorted({c for c in self.columns if self.columns.count(c) > 1})
+            if dupes:
+                raise ValueError(f"duplicate names in columns: {', '.join(dupes)}")
+        return self
+
+    def reading(self) -> dict[str, Any]:
+        """Return how the site reads its files: ``sep``, ``header`` and ``columns``, as the
+        ``Setup`` message and ``read_table`` take them."""
+        return {"sep": self.sep, "header": self.header, "columns": self.columns}
 
 
 class Study(_Strict):

@@ -26,6 +26,9 @@ target = "outcome"
 [[clients]]
 name = "site-a"                    # default: site-1, site-2, ...
 data = ["data/site-a.csv"]         # CSV, TSV or Parquet; several files are concatenated
+# sep = ";"                        # field separator (default "," for .csv, tab for .tsv)
+# header = false                   # the files have no header line: name the columns below
+# columns = ["age", "bmi", "outcome"]
 
 [[clients]]
 name = "site-b"
