@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from fedflow import __version__
+from fedflow.errors import ExitCode
 from fedflow.featurecloud._http import Policy
-from fedflow.featurecloud.cli import EXIT_TIMEOUT, main
+from fedflow.featurecloud.cli import main
 from fedflow.featurecloud.fake import FakeClock, FakeWeb
 
 from .conftest import USERS, Controllers
@@ -185,7 +186,7 @@ def test_monitor_times_out_in_prepare_and_shuts_down(
     fcauto("prep", "-u", "alice", "-p", str(pid))
     start = clock()
     code, out, err = fcauto("monitor", "-u", "alice", "-p", str(pid), "-t", "30", "--json")
-    assert code == EXIT_TIMEOUT
+    assert code == ExitCode.TIMEOUT == 6
     data = json.loads(out)
     assert data["timed_out"] and data["shut_down"] and data["status"] == "stopped"
     assert "did not finish within 30 s (status 'stopped'); the coordinator shut it down" in err

@@ -1,0 +1,7 @@
+"""``python -m fedflow.featurecloud.fake --help``."""
+
+import sys
+
+from fedflow.featurecloud.fake.cli import main
+
+sys.exit(main())
