@@ -8,16 +8,18 @@ mismatch, 5 platform error, 1 internal error, 130 interrupted. ``--debug`` shows
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 from fedflow._version import __version__
-from fedflow.errors import ComparisonMismatch, ExitCode, FedflowError, exit_code
+from fedflow.errors import ComparisonMismatch, ExitCode, FedflowError, StudyError, exit_code
 
-__all__ = ["main"]
+__all__ = ["main", "progress_observer"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     tpl.add_argument("path", type=Path, nargs="?", help="file to write (default: standard output)")
     tpl.add_argument("--force", action="store_true", help="overwrite an existing file")
 
-    sub.add_parser("apps", help="list the built-in apps")
+    apps = sub.add_parser("apps", help="list the built-in apps, or describe one")
+    apps.add_argument("name", nargs="?", help="an app: print its parameters, types and defaults")
 
     node = sub.add_parser(
         "node", help="run a node agent on stdin/stdout (started by fedflow itself)", add_help=False
@@ -92,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return node_main(argv[1:])
     args = _parser().parse_args(argv)
+    args.argv = argv
     if args.command is None:
         _parser().print_help()
         return ExitCode.INPUT
@@ -99,28 +103,42 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("asyncssh").setLevel(logging.DEBUG if debug else logging.WARNING)
     try:
         return int(_COMMANDS[args.command](args) or 0)
-    except KeyboardInterrupt:
-        print("fedflow: interrupted", file=sys.stderr)
-        return ExitCode.INTERRUPTED
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during a run (exit 143)
+        return _failed(args, exc, "interrupted", int(getattr(exc, "exit_code", exit_code(exc))))
     except FedflowError as exc:
-        if debug:
-            raise
-        print(f"fedflow: error: {exc}", file=sys.stderr)
-        run_dir = getattr(exc, "run_dir", None)
-        if run_dir is not None:
-            print(run_dir)
-        return exit_code(exc)
+        return _failed(args, exc, f"error: {exc}", exit_code(exc))
     except Exception as exc:
-        if debug:
-            raise
-        print(
-            f"fedflow: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-            file=sys.stderr,
+        hint = "" if debug else " (run with --debug for the traceback)"
+        return _failed(
+            args, exc, f"internal error: {type(exc).__name__}: {exc}{hint}", exit_code(exc)
         )
-        run_dir = getattr(exc, "run_dir", None)
-        if run_dir is not None:
-            print(run_dir)
-        return exit_code(exc)
+
+
+def _failed(args: argparse.Namespace, exc: BaseException, line: str, code: int) -> int:
+    """Report a failed command the same way with or without ``--debug`` (which adds the
+    traceback): one line on stderr, the run directory (if one was written) as the last line on
+    stdout, or with ``--json`` one JSON document; return ``code``."""
+    if getattr(args, "debug", False):
+        traceback.print_exception(exc)
+    print(f"fedflow: {line}", file=sys.stderr)
+    run_dir = getattr(exc, "run_dir", None)
+    if getattr(args, "json", False):
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        error = {
+            "type": type(exc).__name__,
+            "message": str(exc) or type(exc).__name__,
+            "site": getattr(exc, "site", None),
+        }
+        _print_json({"run_dir": run_dir, "status": status, "exit_code": code, "error": error})
+    elif run_dir is not None:
+        print(run_dir)
+    return code
+
+
+def _print_json(doc: dict[str, Any]) -> None:
+    from fedflow.results.rundir import json_ready
+
+    print(json.dumps(json_ready(doc), indent=2))
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -128,14 +146,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from fedflow.results.report import comparison_line, result_tables
-    from fedflow.runtime.run import run_study
+    from fedflow.runtime.run import run_study, study_warnings
     from fedflow.study import load_study
 
     study = load_study(args.study)
     if args.debug:
         study.debug.verbose = True
+    for warning in study_warnings(study):
+        print(f"fedflow: warning: {warning}", file=sys.stderr)
     err = Console(stderr=True)
-    observer = _observer(err, quiet=args.quiet or args.json)
+    observer = progress_observer(err, quiet=args.quiet or args.json)
     try:
         run = run_study(
             study,
@@ -143,12 +163,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
             force=args.force,
             compare=args.compare,
             observer=observer,
-            command=["fedflow", *sys.argv[1:]],
+            command=["fedflow", *args.argv],
         )
     finally:
         observer.stop()
+    mismatch = None
+    if run.comparison is not None and not run.matches:
+        worst = [i for i in run.comparison["items"] if not i["match"]][:3]
+        detail = "; ".join(
+            f"{i['path']}: missing from the {i['missing']} result"
+            if i.get("missing")
+            else f"{i['path']}: {i['federated']} vs {i['centralized']}"
+            for i in worst
+        )
+        mismatch = ComparisonMismatch(detail)
+    code = int(ExitCode.MISMATCH if mismatch is not None else ExitCode.OK)
     if args.json:
-        print((run.dir / "result.json").read_text(encoding="utf-8"), end="")
+        doc: dict[str, Any] = {"run_dir": run.dir, "status": run.status, "exit_code": code}
+        doc.update(json.loads((run.dir / "result.json").read_text(encoding="utf-8")))
+        if run.comparison is not None:
+            doc["comparison"] = run.manifest.get("comparison")
+        if mismatch is not None:
+            doc["error"] = {"type": "ComparisonMismatch", "message": str(mismatch), "site": None}
+        _print_json(doc)
     else:
         out = Console(highlight=False)
         if not out.is_terminal:
@@ -160,12 +197,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if run.comparison is not None:
             out.print(comparison_line(run.comparison), style="green" if run.matches else "bold red")
         print(run.dir)
-    if run.comparison is not None and not run.matches:
-        worst = [i for i in run.comparison["items"] if not i["match"]][:3]
-        detail = "; ".join(f"{i['path']}: {i['federated']} vs {i['centralized']}" for i in worst)
-        print(f"fedflow: error: {ComparisonMismatch(detail)}", file=sys.stderr)
-        return ExitCode.MISMATCH
-    return 0
+    if mismatch is not None:
+        print(f"fedflow: error: {mismatch}", file=sys.stderr)
+    return code
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -191,8 +225,11 @@ def _cmd_template(args: argparse.Namespace) -> int:
         sys.stdout.write(TEMPLATE)
         return 0
     if args.path.exists() and not args.force:
-        raise FedflowError(f"{args.path} exists (use --force to overwrite)")
-    args.path.write_text(TEMPLATE, encoding="utf-8")
+        raise StudyError(f"{args.path} exists (use --force to overwrite it)")
+    try:
+        args.path.write_text(TEMPLATE, encoding="utf-8")
+    except OSError as exc:
+        raise StudyError(f"cannot write {args.path}: {exc.strerror or exc}") from None
     print(f"wrote {args.path}", file=sys.stderr)
     return 0
 
@@ -200,6 +237,11 @@ def _cmd_template(args: argparse.Namespace) -> int:
 def _cmd_apps(args: argparse.Namespace) -> int:
     from fedflow.apps import available_apps, get_app
 
+    if args.name:
+        from fedflow.results.appinfo import describe_app
+
+        sys.stdout.write(describe_app(args.name))
+        return 0
     for name in available_apps():
         try:
             app = get_app(name)
@@ -245,7 +287,9 @@ _COMMANDS: dict[str, Any] = {
 
 
 # -- progress ------------------------------------------------------------------------------------
-def _observer(console: Any, *, quiet: bool) -> Any:
+def progress_observer(console: Any, *, quiet: bool) -> Any:
+    """Return the progress display for ``console`` (a rich Console on stderr): a live table on a
+    terminal, timestamped lines otherwise, nothing when ``quiet``; call its ``stop()`` at the end."""
     from fedflow.runtime.observer import Observer
 
     class Plain(Observer):

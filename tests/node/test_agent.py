@@ -34,6 +34,10 @@ def data_file(tmp_path: Path) -> str:
     return str(path)
 
 
+_OLS = {"target": "y", "features": ["x"]}
+_COLUMNS = {"x": "numeric", "y": "numeric"}
+
+
 def test_full_conversation(tmp_path: Path) -> None:
     agent = NodeAgent("berlin")
     welcome = agent.handle(Hello(protocol=PROTOCOL_VERSION, version=__version__, site="berlin"))
@@ -43,20 +47,19 @@ def test_full_conversation(tmp_path: Path) -> None:
     ready = agent.handle(Setup(data=[data_file(tmp_path)], min_count=5))
     assert isinstance(ready, Ready) and ready.rows == 10
     assert [(c.name, c.dtype) for c in ready.columns] == [("x", "int"), ("y", "int")]
-    prepared = agent.handle(
-        Prepare(app="stats", params={"columns": ["x"]}, columns={"x": "numeric"})
-    )
+    prepared = agent.handle(Prepare(app="linear-regression", params=_OLS, columns=_COLUMNS))
     assert prepared == Prepared(rows=10)
-    reply = agent.handle(Task(round=1, payload={}))
+    reply = agent.handle(Task(round=1, phase="factor", payload={}))
     assert isinstance(reply, Reply)
-    assert reply.payload["x"]["n"] == 10 and reply.payload["x"]["mean"] == 4.5
+    assert reply.payload["n"] == 10 and reply.payload["y_mean"] == 10.0
+    assert reply.payload["r"].shape == (3, 3)
     bye = agent.handle(Finish())
     assert isinstance(bye, Bye) and bye.peak_rss > 0
 
 
 def test_out_of_order_and_failures_are_replies_not_crashes(tmp_path: Path) -> None:
     agent = NodeAgent("s")
-    failure = agent.handle(Task(round=1, payload={}))
+    failure = agent.handle(Task(round=1, phase="factor", payload={}))
     assert isinstance(failure, Failure) and failure.kind == "protocol"
     agent.handle(Hello(protocol=PROTOCOL_VERSION, version=__version__, site="s"))
     missing = agent.handle(Setup(data=[str(tmp_path / "nope.csv")]))
@@ -77,6 +80,20 @@ def test_unknown_app_and_policy(tmp_path: Path) -> None:
         assert isinstance(reply, Failure) and reply.kind == kind
 
 
+def test_a_task_for_an_undeclared_phase_or_with_a_wrong_payload_is_refused(
+    tmp_path: Path,
+) -> None:
+    agent = NodeAgent("s")
+    agent.handle(Hello(protocol=PROTOCOL_VERSION, version=__version__, site="s"))
+    agent.handle(Setup(data=[data_file(tmp_path)]))
+    agent.handle(Prepare(app="linear-regression", params=_OLS, columns=_COLUMNS))
+    unknown = agent.handle(Task(round=1, phase="__init__", payload={}))
+    assert isinstance(unknown, Failure) and "no phase '__init__'" in unknown.message
+    wrong = agent.handle(Task(round=1, phase="factor", payload={"r": 1}))
+    assert isinstance(wrong, Failure) and wrong.kind == "protocol"
+    assert isinstance(agent.handle(Task(round=1, phase="factor", payload={})), Reply)
+
+
 def test_site_policy_raises_min_count(tmp_path: Path) -> None:
     agent = NodeAgent("s", SitePolicy(min_count=50))
     agent.handle(Hello(protocol=PROTOCOL_VERSION, version=__version__, site="s"))
@@ -90,8 +107,8 @@ def test_app_outputs_are_written_only_to_the_site_folder(tmp_path: Path) -> None
     agent.handle(Hello(protocol=PROTOCOL_VERSION, version=__version__, site="s"))
     out = tmp_path / "out"
     agent.handle(Setup(data=[data_file(tmp_path)], outputs=str(out)))
-    agent.handle(Prepare(app="stats", params={}, columns={"x": "numeric"}))
-    agent.handle(Task(round=1, payload={}))
+    agent.handle(Prepare(app="linear-regression", params=_OLS, columns=_COLUMNS))
+    agent.handle(Task(round=1, phase="factor", payload={}))
     assert agent._ctx is not None
     agent._ctx.outputs["../escape.csv"] = b"a,b\n"
     bye = agent.handle(Finish())
@@ -105,8 +122,8 @@ def test_serve_answers_frames_and_stops_at_finish(tmp_path: Path) -> None:
     requests = [
         Hello(protocol=PROTOCOL_VERSION, version=__version__, site="s"),
         Setup(data=[data_file(tmp_path)]),
-        Prepare(app="stats", params={}, columns={"x": "numeric", "y": "numeric"}),
-        Task(round=1, payload={"unused": np.zeros(2)}),
+        Prepare(app="linear-regression", params=_OLS, columns=_COLUMNS),
+        Task(round=1, phase="factor", payload={"unused": np.zeros(2)}),
         Finish(),
     ]
     stdin = io.BytesIO(b"".join(encode_frame(codec.encode(m)) for m in requests))
@@ -117,7 +134,14 @@ def test_serve_answers_frames_and_stops_at_finish(tmp_path: Path) -> None:
     replies = []
     while (payload := decoder.next_frame()) is not None:
         replies.append(codec.decode(payload))
-    assert [type(r).__name__ for r in replies] == ["Welcome", "Ready", "Prepared", "Reply", "Bye"]
+    assert [type(r).__name__ for r in replies] == [
+        "Welcome",
+        "Ready",
+        "Prepared",
+        "Failure",  # a payload field the phase does not declare is refused
+        "Bye",
+    ]
+    assert "does not fit" in replies[3].message
 
 
 def test_serve_exits_on_truncated_frame_and_answers_garbage() -> None:

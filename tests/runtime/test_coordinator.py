@@ -59,7 +59,7 @@ def test_full_run_writes_a_complete_run_directory(study, tmp_path: Path) -> None
         "prepare",
     ]
     assert len(metrics["rounds"]) == result.result["iterations"]
-    assert metrics["rounds"][0]["sites"]["vienna"]["bytes_received"] > 0
+    assert metrics["rounds"][0]["sites"]["vienna"]["bytes_from_site"] > 0
     saved = json.loads((folder / "result.json").read_text())
     assert saved["app"] == "logistic-regression" and saved["result"] == result.result
     comparison = json.loads((folder / "comparison.json").read_text())

@@ -47,7 +47,7 @@ def test_messages_round_trip_with_nested_arrays() -> None:
         "nested": {"list": [1, 2.5, "x", None], "scalar": np.float64(2.5), "n": np.int32(7)},
         "empty": np.empty((0, 4)),
     }
-    back = roundtrip(Task(round=3, payload=payload))
+    back = roundtrip(Task(round=3, phase="p", payload=payload))
     assert isinstance(back, Task) and back.round == 3
     np.testing.assert_array_equal(back.payload["xtx"], payload["xtx"])
     assert back.payload["xtx"].dtype == np.float64 and back.payload["xtx"].shape == (3, 3)
@@ -130,7 +130,7 @@ def test_corrupt_message_bytes_raise_remote_error() -> None:
 
 def test_object_arrays_never_travel() -> None:
     with pytest.raises(LocalProtocolError, match="dtype object"):
-        codec.encode(Task(round=1, payload={"x": np.array([{"a": 1}], dtype=object)}))
+        codec.encode(Task(round=1, phase="p", payload={"x": np.array([{"a": 1}], dtype=object)}))
 
 
 def test_hostile_array_bodies_are_refused() -> None:
@@ -151,7 +151,7 @@ def test_hostile_array_bodies_are_refused() -> None:
 
 def test_unencodable_values_are_our_fault() -> None:
     with pytest.raises(LocalProtocolError):
-        codec.encode(Task(round=1, payload={"x": object()}))
+        codec.encode(Task(round=1, phase="p", payload={"x": object()}))
 
 
 def test_failure_carries_file_and_column() -> None:

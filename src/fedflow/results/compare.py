@@ -133,6 +133,8 @@ _GROUP = re.compile(r"\[\d+\]")
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     """Return ``{"a.b[2].c": leaf}`` for nested dicts and lists (an empty one is a leaf)."""
     out: dict[str, Any] = {}
+    if not prefix and isinstance(value, Mapping) and not value:
+        return out  # an empty result has no values
     if isinstance(value, Mapping) and value:
         for key, sub in value.items():
             out.update(flatten(sub, f"{prefix}.{key}" if prefix else str(key)))

@@ -172,9 +172,11 @@ def comparison_line(comparison: Mapping[str, Any]) -> str:
             f"compare: matches {reference} on pooled data "
             f"(max rel. diff {comparison['max_rel_diff']:.1e}, {comparison['compared']} values)"
         )
+    missing = comparison.get("missing", 0)
+    absent = f", {missing} present on one side only" if missing else ""
     return (
         f"compare: MISMATCH with {reference} on pooled data: {comparison['mismatched']} of "
-        f"{comparison['compared']} values differ beyond rtol {comparison['rtol']:g}"
+        f"{comparison['compared']} values differ beyond their tolerance{absent}"
     )
 
 

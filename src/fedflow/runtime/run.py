@@ -11,10 +11,11 @@ import asyncio
 import hashlib
 import os
 import platform
+import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,21 @@ from fedflow.apps import get_app
 from fedflow.apps.base import App
 from fedflow.connectors import ForkServer, connector_for
 from fedflow.connectors.base import Connector
-from fedflow.errors import FedflowError, StudyError
+from fedflow.errors import StudyError
 from fedflow.results.run import Run
-from fedflow.results.rundir import RunDirectory, json_ready, utc_now
+from fedflow.results.rundir import RunDirectory, json_ready, utc_now, write_toml
 from fedflow.runtime.coordinator import Coordinator
 from fedflow.runtime.observer import Observer
 from fedflow.study import Study
 
-__all__ = ["arun_study", "check_study", "run_study"]
+__all__ = [
+    "RunInterrupted",
+    "arun_study",
+    "check_study",
+    "resolved_study",
+    "run_study",
+    "study_warnings",
+]
 
 
 def _use_forkserver() -> bool:
@@ -38,9 +46,27 @@ def _use_forkserver() -> bool:
     return os.environ.get("FEDFLOW_FORKSERVER", "1") != "0"
 
 
-def check_study(study: Study) -> App[Any] | None:
+class RunInterrupted(KeyboardInterrupt):
+    """A run ended by SIGINT (Ctrl-C) or SIGTERM; its manifest says ``interrupted``.
+
+    ``signal`` is the signal's number, ``exit_code`` 128 + that number (130 or 143), ``run_dir``
+    the run directory. A KeyboardInterrupt, so that ``except Exception`` never swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signal = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+def check_study(
+    study: Study, *, compare: bool = False, importable: Callable[[str], bool] | None = None
+) -> App[Any] | None:
     """Validate what can be checked before any site starts: clients present, the app exists and
-    accepts its parameters. Returns the app (None for a non-native platform)."""
+    accepts its parameters, and with ``compare`` the pooled reference can be computed here (every
+    site's data on this machine, the reference libraries importable; ``importable`` decides the
+    latter, default: the module can be found). Returns the app (None for a non-native platform).
+    Raises StudyError or AppError."""
     if not study.clients:
         raise StudyError(
             f"{study.source or 'study'}: no [[clients]] given: a study needs at least one site"
@@ -50,7 +76,56 @@ def check_study(study: Study) -> App[Any] | None:
     assert study.app is not None
     app = get_app(study.app)
     app.parse_params(study.params)
+    if compare:
+        remote = [c.name for c in study.clients if not c.is_local and study.skip_data_transfer]
+        if remote:
+            raise StudyError(
+                f"--compare needs every site's data on this machine; the data of {', '.join(remote)} "
+                "stays at the site (skip_data_transfer = true)"
+            )
+        from fedflow.results.pool import missing_reference_libraries
+
+        missing = missing_reference_libraries(app, importable=importable)
+        if missing:
+            raise StudyError(
+                f"--compare for '{app.name}' needs {', '.join(missing)}, which cannot be imported: "
+                "pip install 'fedflow-studies[compare]'"
+            )
     return app
+
+
+def study_warnings(study: Study) -> list[str]:
+    """Return what is allowed but probably not meant (one line each), e.g. a single site."""
+    warnings = []
+    if len(study.clients) == 1:
+        warnings.append(
+            f"a federation of one is no federation: the study has one site "
+            f"('{study.clients[0].name}'), so the result is that site's own analysis"
+        )
+    return warnings
+
+
+def resolved_study(study: Study) -> str:
+    """Return the study as run, as TOML: overrides applied, every local path absolute, so that
+    ``fedflow run RUN_DIR/study.toml`` repeats the run from any folder."""
+    data = study.model_dump(exclude={"source", "source_text"})
+    data["outdir"] = str(study.resolve(study.outdir))
+    if study.provision_script:
+        data["provision_script"] = str(study.resolve(study.provision_script))
+    for client, raw in zip(study.clients, data["clients"], strict=True):
+        if client.sshkey and not Path(client.sshkey).expanduser().is_absolute():
+            candidate = study.resolve(client.sshkey)
+            if candidate.is_file():  # else the SSH connector looks in the home folder too
+                raw["sshkey"] = str(candidate)
+    header = (
+        f"The study as run by fedflow {__version__}: overrides applied, local paths absolute.\n"
+        + (
+            f"Original file: {study.source} (copied as study.original.toml)."
+            if study.source_text is not None
+            else "Built in Python (no study file)."
+        )
+    )
+    return write_toml(data, header=header)
 
 
 def _study_manifest(study: Study) -> dict[str, Any]:
@@ -75,18 +150,12 @@ async def arun_study(
     """Run ``study`` and return the Run. Raises the run's error after writing its directory
     (the exception carries ``run_dir``)."""
     observer = observer or Observer()
-    app = check_study(study)
-    if compare and app is not None:
-        remote = [c.name for c in study.clients if not c.is_local and study.skip_data_transfer]
-        if remote:
-            raise StudyError(
-                f"--compare needs every site's data on this machine; the data of {', '.join(remote)} "
-                "stays at the site (skip_data_transfer = true)"
-            )
+    app = check_study(study, compare=compare)
     started = time.perf_counter()
     rd = RunDirectory.create(study.resolve(study.outdir), study.name, out=out, force=force)
     if study.source_text is not None:
-        (rd.path / "study.toml").write_text(study.source_text, encoding="utf-8")
+        (rd.path / "study.original.toml").write_text(study.source_text, encoding="utf-8")
+    (rd.path / "study.toml").write_text(resolved_study(study), encoding="utf-8")
     manifest: dict[str, Any] = {
         "fedflow": __version__,
         "python": platform.python_version(),
@@ -108,8 +177,11 @@ async def arun_study(
     }
     rd.write_json("manifest.json", manifest)
     run = Run(rd.path, "running", study.app, dict(study.params), {}, rd.metrics, manifest)
+    run.notes = study_warnings(study)
     coordinator: Coordinator | None = None
     forkserver: ForkServer | None = None
+    signals: list[int] = []
+    restore_signals = _cancel_on_signals(signals)
     try:
         if study.platform == "featurecloud":
             from fedflow.featurecloud.workflow import run_featurecloud
@@ -140,7 +212,7 @@ async def arun_study(
                 }
             )
             coordinator = Coordinator(
-                app,
+                study.app,  # the sites load the app by the study's own reference
                 study.params,
                 conns,
                 {c.name: c.data for c in study.clients},
@@ -154,7 +226,7 @@ async def arun_study(
             outcome = await coordinator.run()
             run.params = app.params_to_dict(outcome.params)
             run.result = json_ready(outcome.done.result)
-            run.notes = list(outcome.notes)
+            run.notes += list(outcome.notes)
             manifest["params"] = run.params
             with rd.phase("write results"):
                 rd.write_json(
@@ -169,6 +241,7 @@ async def arun_study(
                 )
                 for name, content in outcome.done.artifacts.items():
                     rd.write_bytes(name, content)
+                manifest["artifacts"] = [Path(n).name for n in outcome.done.artifacts]
             if compare:
                 observer.phase("comparing with the pooled analysis")
                 from fedflow.results.pool import compare_with_pooled
@@ -189,16 +262,20 @@ async def arun_study(
                 }
         run.status = manifest["status"] = "completed"
     except BaseException as exc:
-        run.status = manifest["status"] = "failed"
+        interrupted = bool(signals) or isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt))
+        run.status = manifest["status"] = "interrupted" if interrupted else "failed"
+        error: BaseException = RunInterrupted(signals[0]) if signals else exc
         manifest["error"] = {
-            "type": type(exc).__name__,
-            "message": str(exc) or type(exc).__name__,
-            "site": getattr(exc, "site", None),
+            "type": type(error).__name__,
+            "message": str(error) or type(error).__name__,
+            "site": getattr(error, "site", None),
         }
-        if isinstance(exc, (FedflowError, Exception)):
-            exc.run_dir = rd.path  # type: ignore[attr-defined]
+        error.run_dir = rd.path  # type: ignore[attr-defined]
+        if error is not exc:
+            raise error from None
         raise
     finally:
+        restore_signals()
         if forkserver is not None:
             await forkserver.close()
         if coordinator is not None:
@@ -211,11 +288,45 @@ async def arun_study(
     return run
 
 
+def _cancel_on_signals(received: list[int]) -> Callable[[], None]:
+    """Make SIGINT and SIGTERM cancel the current task (once; the signal lands in ``received``)
+    so that a run ends the same way for both: sites closed, manifest ``interrupted``. Only in the
+    main thread; returns the function that restores the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    previous = {}
+
+    def on_signal(signum: int) -> None:
+        if not received and task is not None:
+            received.append(signum)
+            task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.getsignal(signum)
+            loop.add_signal_handler(signum, on_signal, signum)
+        except (NotImplementedError, RuntimeError, ValueError):  # no signals in this loop
+            previous.pop(signum, None)
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, handler)
+
+    return restore
+
+
 def run_study(study: Study, **kwargs: Any) -> Run:
     """Run ``study`` synchronously (also from inside a running event loop, e.g. a notebook)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        in_loop = False
+    else:
+        in_loop = True
+    if not in_loop:  # outside the except block: a failed run's traceback starts with its error
         return asyncio.run(arun_study(study, **kwargs))
     box: dict[str, Any] = {}
 
