@@ -39,6 +39,15 @@ class Run:
 
         return result_renderable(self)
 
+    def __repr__(self) -> str:
+        rounds = self.manifest.get("rounds")
+        shown = [self.status, self.app or self.manifest.get("platform") or "?"]
+        if rounds:
+            shown.append(f"{rounds} round{'s' if rounds != 1 else ''}")
+        if self.comparison is not None:
+            shown.append("matches" if self.matches else "MISMATCH")
+        return f"<Run {' '.join(str(x) for x in shown)} {str(self.dir)!r}>"
+
     def __rich__(self) -> Any:
         return self.summary()
 

@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from typing import Any
 
 from fedflow.errors import StudyError
 
-__all__ = ["RunDirectory", "json_ready", "utc_now"]
+__all__ = ["RUN_FILES", "RunDirectory", "clear_run_files", "json_ready", "utc_now", "write_toml"]
 
 
 def utc_now() -> str:
@@ -50,6 +51,49 @@ def json_ready(value: Any) -> Any:
     return value
 
 
+RUN_FILES = (
+    "manifest.json",
+    "result.json",
+    "metrics.json",
+    "comparison.json",
+    "study.toml",
+    "study.original.toml",
+)
+"""The files every run may write at the top of its folder (besides ``logs/``, ``sites/`` and the
+artifacts its manifest lists)."""
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def clear_run_files(folder: Path) -> None:
+    """Remove what an earlier run wrote into ``folder`` (its run files, ``logs/``, ``sites/`` and
+    the artifacts its manifest lists) so that ``--force`` never mixes two runs; anything else in
+    the folder is left alone. Raises StudyError when a file cannot be removed."""
+    names = [*RUN_FILES, *(f"{n}.tmp" for n in RUN_FILES)]
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        names += [Path(str(a)).name for a in manifest.get("artifacts") or []]
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        for name in names:
+            target = folder / name
+            if target.is_file() or target.is_symlink():
+                target.unlink()
+        for sub in ("logs", "sites"):
+            target = folder / sub
+            if target.is_symlink():
+                target.unlink()
+            elif target.is_dir():
+                shutil.rmtree(target)
+    except OSError as exc:
+        raise StudyError(
+            f"--out {folder}: cannot remove the earlier run's {exc.filename or 'files'}: {_why(exc)}"
+        ) from None
+
+
 class RunDirectory:
     """A run's folder and its metrics, written as the run goes."""
 
@@ -57,28 +101,41 @@ class RunDirectory:
         self.path = path
         self.logs_dir = path / "logs"
         self.sites_dir = path / "sites"
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
-        self.sites_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.logs_dir.mkdir(parents=True, exist_ok=True)
+            self.sites_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StudyError(f"cannot write the run directory {path}: {_why(exc)}") from None
         self.metrics: dict[str, Any] = {"phases": [], "rounds": [], "sites": {}}
 
     @classmethod
     def create(
         cls, outdir: Path, name: str, *, out: Path | None = None, force: bool = False
     ) -> RunDirectory:
-        """Create the run folder: exactly ``out`` if given, else ``outdir/name/<UTC timestamp>``.
+        """Create the run folder (an absolute path): exactly ``out`` if given, else
+        ``outdir/name/<UTC timestamp>``.
 
-        Raises StudyError when ``out`` exists and is not empty, unless ``force``.
+        Raises StudyError when ``out`` exists and is not empty, unless ``force`` (which first
+        removes what an earlier run wrote there, see ``clear_run_files``), and when the folder
+        cannot be created or written.
         """
         if out is not None:
-            out = Path(out)
+            out = Path(out).expanduser().absolute()
             if out.exists() and not out.is_dir():
                 raise StudyError(f"--out {out}: exists and is not a folder")
-            if out.exists() and any(out.iterdir()) and not force:
-                raise StudyError(f"--out {out}: folder is not empty (use --force to write into it)")
-            out.mkdir(parents=True, exist_ok=True)
+            if out.exists() and any(out.iterdir()):
+                if not force:
+                    raise StudyError(
+                        f"--out {out}: folder is not empty (use --force to write into it)"
+                    )
+                clear_run_files(out)
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StudyError(f"--out {out}: cannot create the folder: {_why(exc)}") from None
             return cls(out)
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
-        base = outdir / name
+        base = Path(outdir).expanduser().absolute() / name
         path = base / stamp
         n = 2
         while path.exists():
@@ -87,7 +144,7 @@ class RunDirectory:
         try:
             path.mkdir(parents=True)
         except OSError as exc:
-            raise StudyError(f"cannot create the run directory {path}: {exc.strerror}") from None
+            raise StudyError(f"cannot create the run directory {path}: {_why(exc)}") from None
         return cls(path)
 
     def log_path(self, site: str) -> Path:
@@ -130,3 +187,57 @@ class RunDirectory:
     def write_metrics(self) -> Path:
         """Write ``metrics.json`` from the metrics gathered so far."""
         return self.write_json("metrics.json", self.metrics)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        # JSON's string escapes are valid in TOML basic strings (which also forbid a raw DEL)
+        return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value if v is not None) + "]"
+    if isinstance(value, dict):
+        items = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+        return "{" + ", ".join(items) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _toml_key(key: Any) -> str:
+    text = str(key)
+    bare = text and all(c.isalnum() and c.isascii() or c in "-_" for c in text)
+    return text if bare else json.dumps(text)
+
+
+def write_toml(data: dict[str, Any], *, header: str = "") -> str:
+    """Return ``data`` as TOML text: scalars first, then ``[tables]`` and ``[[arrays of tables]]``;
+    None values are left out (TOML has no null). ``header`` lines become leading comments."""
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    tables: list[str] = []
+
+    def is_table_list(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+    for key, value in data.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            tables.append(f"\n[{_toml_key(key)}]")
+            tables += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+        elif is_table_list(value):
+            for item in value:
+                tables.append(f"\n[[{_toml_key(key)}]]")
+                tables += [
+                    f"{_toml_key(k)} = {_toml_value(v)}" for k, v in item.items() if v is not None
+                ]
+        else:
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    return "\n".join(lines + tables) + "\n"

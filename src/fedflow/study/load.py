@@ -64,7 +64,12 @@ def study_from_dict(
             client.hostname = None
     for client in study.clients:
         if client.is_local or not study.skip_data_transfer:
-            client.data = [str(study.resolve(p)) for p in client.data]
+            try:
+                client.data = [str(study.resolve(p)) for p in client.data]
+            except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+                raise StudyError(
+                    f"{label}: client '{client.name}': cannot resolve its data path: {exc}"
+                ) from None
     return study
 
 
