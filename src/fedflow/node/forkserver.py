@@ -17,6 +17,7 @@ is gone) and exit too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -64,10 +65,8 @@ def serve(control: socket.socket) -> int:
     signal.signal(signal.SIGCHLD, _reap)
     # The coordinator may close the control socket at any moment (a run that fails while sites
     # start): that ends the server quietly, never with a traceback on the run's terminal.
-    try:
+    with contextlib.suppress(OSError):  # BrokenPipeError, ConnectionResetError: it is gone
         _serve(control)
-    except OSError:  # BrokenPipeError, ConnectionResetError: the coordinator is gone
-        pass
     return 0
 
 
