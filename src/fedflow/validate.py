@@ -7,11 +7,13 @@ values, exactly as the site itself would check them at the start of a run.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedflow.apps.base import SiteInfo, merged_columns
-from fedflow.node.data import column_kind, prepare_table, read_table
+from fedflow.connectors.memory import MemoryConnector
+from fedflow.node.agent import NodeAgent
+from fedflow.runtime.coordinator import Coordinator
 from fedflow.runtime.run import check_study
 from fedflow.study import load_study
 
@@ -27,14 +29,19 @@ class ValidationReport:
 
 
 def validate_study(path: str | Path) -> ValidationReport:
-    """Validate the study at ``path``; raise the first problem as a FedflowError."""
+    """Validate the study at ``path``; raise the first problem as a FedflowError.
+
+    Every site whose data is on this machine is checked by a real node agent (in this process)
+    through the coordinator's own handshake and prepare steps: the same reading, resolving and
+    column checks as at the start of a run, with no round.
+    """
     study = load_study(path)
     app = check_study(study)
     report = ValidationReport()
     if app is None:
         report.lines.append(f"platform '{study.platform}': {len(study.clients)} site(s)")
         return report
-    loaded = {}
+    local = []
     for client in study.clients:
         if not client.is_local and study.skip_data_transfer:
             report.unchecked += 1
@@ -42,26 +49,25 @@ def validate_study(path: str | Path) -> ValidationReport:
                 f"{client.name}: remote data, checked at the site when the run starts"
             )
             continue
-        loaded[client.name] = read_table(client.data, site=client.name, **client.reading())
-    if not loaded:
+        local.append(client)
+    if not local:
         return report
-    infos = {
-        name: SiteInfo(
-            name, data.table.n_rows, {c: column_kind(data.table[c]) for c in data.table.columns}
-        )
-        for name, data in loaded.items()
-    }
-    params = app.resolve(app.parse_params(study.params), merged_columns(infos))
-    needed = app.columns(params)
-    for name, data in loaded.items():
-        try:
-            table = prepare_table(data, needed, dropna=study.dropna, min_count=study.min_count)
-        except Exception as exc:
-            if hasattr(exc, "site") and exc.site is None:
-                exc.site = name
-            raise
+    coordinator = Coordinator(
+        study.app,
+        study.params,
+        {c.name: MemoryConnector(c.name, handler=NodeAgent(c.name).handle) for c in local},
+        {c.name: c.data for c in local},
+        reading={c.name: c.reading() for c in local},
+        timeout=study.timeout,
+        min_count=study.min_count,
+        seed=study.seed,
+        dropna=study.dropna,
+    )
+    sites = asyncio.run(coordinator.check())
+    needed = ", ".join(coordinator.driver.app.columns(coordinator.driver.params)) or "all"
+    for name, site in sites.items():
+        files = ", ".join(f.name for f in site.ready.files) if site.ready else "?"
         report.lines.append(
-            f"{name}: {table.n_rows} usable rows in {', '.join(f.name for f in data.files)}; "
-            f"columns ok ({', '.join(needed) or 'all'})"
+            f"{name}: {site.rows_used} usable rows in {files}; columns ok ({needed})"
         )
     return report

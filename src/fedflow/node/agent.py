@@ -191,7 +191,9 @@ class NodeAgent:
     def _setup_data(self, msg: Setup) -> Ready:
         self._expect("greeted")
         started = time.perf_counter()
-        loaded = self.preloaded or read_table(msg.data, site=self.site)
+        loaded = self.preloaded or read_table(
+            msg.data, site=self.site, sep=msg.sep, header=msg.header, columns=msg.columns
+        )
         self._setup, self._loaded = msg, loaded
         table = loaded.table
         log.info(

@@ -103,6 +103,7 @@ class Coordinator:
         data: Mapping[str, list[str]] | None = None,
         rundir: RunDirectory | None = None,
         *,
+        reading: Mapping[str, Mapping[str, Any]] | None = None,
         observer: Observer | None = None,
         timeout: float = 300.0,
         min_count: int = 5,
@@ -125,6 +126,8 @@ class Coordinator:
             name: SiteRecord(name, conn, list((data or {}).get(name, [])))
             for name, conn in connectors.items()
         }
+        self.reading = {name: dict((reading or {}).get(name, {})) for name in self.sites}
+        """Per site, how it reads its files (``sep``, ``header``, ``columns``; see Setup)."""
         self.rundir = rundir
         self.metrics: dict[str, Any] = (
             rundir.metrics if rundir is not None else {"phases": [], "rounds": [], "sites": {}}
@@ -159,7 +162,17 @@ class Coordinator:
         finally:
             await self.close()
 
-    async def _run(self) -> Outcome:
+    async def check(self) -> dict[str, SiteRecord]:
+        """Start, hand-shake and prepare every site — each reads and checks its data for the
+        app as at the start of a run — then let them go without a round. Returns the sites."""
+        try:
+            await self._open()
+            await self._finish("checked")
+            return self.sites
+        finally:
+            await self.close()
+
+    async def _open(self) -> dict[str, SiteInfo]:
         obs, driver = self.observer, self.driver
         with self._phase("start sites"):
             obs.phase("starting sites")
@@ -194,6 +207,7 @@ class Coordinator:
                         min_count=self.min_count,
                         seed=self.seed,
                         outputs=s.connector.output_dir,
+                        **self.reading[n],
                     )
                     for n, s in self.sites.items()
                 },
@@ -215,6 +229,11 @@ class Coordinator:
                 self.sites[name].rows_used = reply.rows
                 infos[name] = SiteInfo(name, reply.rows, infos[name].columns)
                 obs.site(name, "ready", f"{reply.rows} rows")
+        return infos
+
+    async def _run(self) -> Outcome:
+        obs, driver = self.observer, self.driver
+        infos = await self._open()
         driver.begin(infos)
         while (tasks := driver.tasks()) is not None:
             round_ = driver.rounds
@@ -247,16 +266,19 @@ class Coordinator:
             )
             obs.round_done(round_, finished - started, driver.phase is None)
         outcome = driver.outcome()
+        await self._finish("completed")
+        with self._phase("collect outputs"):
+            await self._each(self._collect)
+        return outcome
+
+    async def _finish(self, status: str) -> None:
         with self._phase("finish sites"):
-            byes = await self._exchange({n: Finish(status="completed") for n in self.sites}, Bye)
+            byes = await self._exchange({n: Finish(status=status) for n in self.sites}, Bye)
             for name, bye in byes.items():
                 self.sites[name].bye = bye
                 self.metrics["sites"][name].update(
                     peak_rss_bytes=bye.peak_rss, cpu_seconds=bye.cpu_seconds
                 )
-        with self._phase("collect outputs"):
-            await self._each(self._collect)
-        return outcome
 
     async def close(self) -> None:
         """Close every connector (agents stop); never raises."""

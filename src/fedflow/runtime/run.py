@@ -217,6 +217,7 @@ async def arun_study(
                 conns,
                 {c.name: c.data for c in study.clients},
                 rd,
+                reading={c.name: c.reading() for c in study.clients},
                 observer=observer,
                 timeout=study.timeout,
                 min_count=study.min_count,
