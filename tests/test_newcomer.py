@@ -271,3 +271,34 @@ def test_the_package_in_a_plain_repl(tmp_path: Path, capfd: pytest.CaptureFixtur
     assert "round" in capfd.readouterr().err  # progress on stderr when asked
     fedflow_api.run(study, out=tmp_path / "quiet")  # stderr is not a terminal here: no progress
     assert capfd.readouterr().err == ""
+
+
+# -- further stumbles ------------------------------------------------------------------------------
+def test_a_folder_holding_the_study_is_accepted(tmp_path: Path) -> None:
+    linear_study(tmp_path)
+    (tmp_path / "study.toml").unlink()  # linear.toml is now the folder's only .toml file
+    proc = fedflow("validate", str(tmp_path))
+    assert proc.returncode == 0 and "linear.toml is valid" in proc.stdout, proc.stderr
+    run = fedflow_api.run(tmp_path, out=tmp_path / "run", progress=False)
+    assert run.status == "completed"
+    (tmp_path / "other.toml").write_text("")
+    proc = fedflow("run", str(tmp_path))
+    assert proc.returncode == 2
+    assert (
+        f"{tmp_path} is a folder, not a study file (it holds linear.toml, other.toml" in proc.stderr
+    )
+
+
+def test_validate_warns_about_a_single_site(tmp_path: Path) -> None:
+    proc = fedflow("validate", str(linear_study(tmp_path, ("berlin",))))
+    assert proc.returncode == 0
+    assert proc.stderr.startswith("fedflow: warning: a federation of one is no federation")
+
+
+def test_a_misspelt_api_keyword_is_named_with_a_suggestion(tmp_path: Path) -> None:
+    study = linear_study(tmp_path)
+    with pytest.raises(
+        fedflow_api.FedflowError, match=r"unknown keyword compre=true \(did you mean compare="
+    ):
+        fedflow_api.run(study, compre=True)
+    assert not (tmp_path / "results").exists()

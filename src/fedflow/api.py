@@ -8,12 +8,14 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
+from fedflow.errors import StudyError
 from fedflow.results.run import Run
 from fedflow.runtime.run import run_study, study_warnings
 from fedflow.study import Study, load_study, study_from_dict
@@ -23,9 +25,7 @@ __all__ = ["Run", "run"]
 _RUN_OPTIONS = ("out", "force", "compare", "connectors", "observer")
 
 
-def run(
-    study: str | Path | Study, *, progress: bool | None = None, **overrides: Any
-) -> Run:
+def run(study: str | Path | Study, *, progress: bool | None = None, **overrides: Any) -> Run:
     """Run a study given as a path or a ``Study`` and return the finished ``Run``.
 
     Keyword arguments ``out``, ``force``, ``compare``, ``connectors`` and ``observer`` steer the run;
@@ -37,16 +37,21 @@ def run(
     KeyboardInterrupt) on Ctrl-C or SIGTERM.
     """
     options = {k: overrides.pop(k) for k in _RUN_OPTIONS if k in overrides}
+    _check_keywords(overrides)
     if isinstance(study, Study):
         if overrides:
             data = study.model_dump(exclude={"source", "source_text"})
             data.update(overrides)
             study = study_from_dict(data, source=study.source, text=study.source_text)
     else:
-        study = load_study(study, **overrides)
+        from fedflow.cli import study_file
+
+        study = load_study(study_file(Path(study)), **overrides)
     command = ["fedflow.run", str(study.source or study.name)]
     command += [f"{key}={_shown(value)}" for key, value in overrides.items()]
-    command += [f"{key}={_shown(options[key])}" for key in ("out", "force", "compare") if key in options]
+    command += [
+        f"{key}={_shown(options[key])}" for key in ("out", "force", "compare") if key in options
+    ]
     for note in study_warnings(study):
         warnings.warn(note, UserWarning, stacklevel=2)
     if progress is None:
@@ -71,3 +76,16 @@ def _shown(value: Any) -> str:
         return json.dumps(value, default=str)
     except (TypeError, ValueError):
         return repr(value)
+
+
+def _check_keywords(overrides: dict[str, Any]) -> None:
+    """Refuse a keyword that is neither a run option nor a study key, suggesting the closest."""
+    keys = [k for k, f in Study.model_fields.items() if not f.exclude]
+    for key in overrides:
+        if key not in keys:
+            close = difflib.get_close_matches(key, [*_RUN_OPTIONS, "progress", *keys], n=1)
+            hint = f" (did you mean {close[0]}=…?)" if close else ""
+            raise StudyError(
+                f"fedflow.run(): unknown keyword {key}={_shown(overrides[key])}{hint}; run options "
+                f"are {', '.join(_RUN_OPTIONS)}, progress; other keywords replace study keys"
+            )

@@ -19,7 +19,7 @@ from typing import Any
 from fedflow._version import __version__
 from fedflow.errors import ComparisonMismatch, ExitCode, FedflowError, StudyError, exit_code
 
-__all__ = ["main", "progress_observer"]
+__all__ = ["main", "progress_observer", "study_file"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     logging.getLogger("asyncssh").setLevel(logging.DEBUG if debug else logging.WARNING)
     try:
+        if isinstance(getattr(args, "study", None), Path):
+            args.study = study_file(args.study)
         return int(_COMMANDS[args.command](args) or 0)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during a run (exit 143)
         return _failed(args, exc, "interrupted", int(getattr(exc, "exit_code", exit_code(exc))))
@@ -112,6 +114,20 @@ def main(argv: list[str] | None = None) -> int:
         return _failed(
             args, exc, f"internal error: {type(exc).__name__}: {exc}{hint}", exit_code(exc)
         )
+
+
+def study_file(path: Path) -> Path:
+    """Return ``path``, or for a folder the study file in it (``study.toml``, else its only
+    ``.toml`` file); raise StudyError for a folder without exactly one."""
+    if not path.is_dir():
+        return path
+    if (path / "study.toml").is_file():
+        return path / "study.toml"
+    found = sorted(path.glob("*.toml"))
+    if len(found) == 1:
+        return found[0]
+    hint = f"it holds {', '.join(f.name for f in found)}: name one" if found else "no .toml in it"
+    raise StudyError(f"{path} is a folder, not a study file ({hint})")
 
 
 def _failed(args: argparse.Namespace, exc: BaseException, line: str, code: int) -> int:
@@ -205,12 +221,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from fedflow.runtime.run import study_warnings
+    from fedflow.study import load_study
     from fedflow.validate import validate_study
 
     console = Console(highlight=False, soft_wrap=True)
     report = validate_study(args.study)
     for line in report.lines:
         console.print(line)
+    for warning in study_warnings(load_study(args.study)):
+        print(f"fedflow: warning: {warning}", file=sys.stderr)
     console.print(
         f"[green]✓[/green] {args.study} is valid"
         + (f" ({report.unchecked} remote site(s) checked at run time)" if report.unchecked else "")

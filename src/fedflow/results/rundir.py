@@ -231,7 +231,9 @@ def write_toml(data: dict[str, Any], *, header: str = "") -> str:
             continue
         if isinstance(value, dict):
             tables.append(f"\n[{_toml_key(key)}]")
-            tables += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+            tables += [
+                f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None
+            ]
         elif is_table_list(value):
             for item in value:
                 tables.append(f"\n[[{_toml_key(key)}]]")
