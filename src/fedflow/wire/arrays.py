@@ -61,16 +61,19 @@ def decode_array(body: memoryview | bytes) -> np.ndarray:
         dtype = np.dtype(dtype_str)
     except (struct.error, UnicodeDecodeError, TypeError, ValueError) as exc:
         raise RemoteProtocolError(f"corrupt array header: {exc}") from exc
-    if dtype.kind not in ALLOWED_KINDS or dtype.hasobject:
+    if dtype.kind not in ALLOWED_KINDS or dtype.hasobject or dtype.itemsize == 0:
         raise RemoteProtocolError(f"refusing array of dtype {dtype_str!r}")
     count = 1
     for size in shape:
         count *= size
-    expected = count * dtype.itemsize
+    expected = count * dtype.itemsize  # exact (Python ints): an absurd shape cannot wrap around
     if len(view) - offset != expected:
         raise RemoteProtocolError(
             f"corrupt array: shape {tuple(shape)} of {dtype_str} needs {expected} bytes, "
             f"frame holds {len(view) - offset}"
         )
     # Copy so the array owns writable memory independent of the frame buffer.
-    return np.frombuffer(view[offset:], dtype=dtype).reshape(shape).copy()
+    try:
+        return np.frombuffer(view[offset:], dtype=dtype).reshape(shape).copy()
+    except ValueError as exc:
+        raise RemoteProtocolError(f"corrupt array: {exc}") from None

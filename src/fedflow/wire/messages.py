@@ -187,3 +187,7 @@ class MessageCodec:
             raise
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise RemoteProtocolError(f"corrupt message: {exc}") from exc
+        except RecursionError:
+            raise RemoteProtocolError("corrupt message: nested too deeply") from None
+        except (ValueError, TypeError, OverflowError, MemoryError) as exc:
+            raise RemoteProtocolError(f"corrupt message: {type(exc).__name__}: {exc}") from None
