@@ -206,7 +206,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         out = Console(highlight=False)
         if not out.is_terminal:
             out = Console(highlight=False, width=120)
-        for table in result_tables(run.result):
+        for table in result_tables(run.result, app=run.app):
             out.print(table)
         for note in run.notes:
             out.print(f"note: {note}", style="yellow")
