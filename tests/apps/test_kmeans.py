@@ -1,4 +1,5 @@
-"""kmeans: merge of cluster sums, the seeded start, min_count withholding, stopping, refusals."""
+"""kmeans: merge of cluster sums, the seeded start, min_count withholding, stopping, refusals,
+and the phases' typed payloads."""
 
 from __future__ import annotations
 
@@ -8,11 +9,19 @@ import pytest
 
 from fedflow.apps import get_app
 from fedflow.apps._merge_learning import merge_cluster_sums
-from fedflow.apps.base import SiteContext, Table
-from fedflow.apps.kmeans import candidate_pool, greedy_initial_centers, nearest
-from fedflow.apps.simulate import simulate
+from fedflow.apps.base import CoordinatorContext, Empty, SiteContext, Table
+from fedflow.apps.kmeans import (
+    Centers,
+    ClusterSums,
+    candidate_pool,
+    greedy_initial_centers,
+    nearest,
+)
 from fedflow.errors import AppError, DataError
-from tests.apps.fidelity import dataset, split, wire_relay
+from fedflow.runtime.simulate import simulate
+from tests.apps.fidelity import dataset, split
+from tests.apps.kmeans_reference import independent_initial_centers
+from tests.apps.wire_spy import run_spied
 
 _IRIS = ["sepal_length_(cm)", "sepal_width_(cm)", "petal_length_(cm)", "petal_width_(cm)"]
 
@@ -52,60 +61,58 @@ def test_the_start_depends_on_the_seed_and_aggregates_only() -> None:
     assert not np.array_equal(a, candidate_pool(np.zeros(2), np.ones(2), 3, seed=2))
 
 
-def test_federated_start_equals_the_pooled_greedy_start() -> None:
+def test_federated_start_equals_the_documented_start() -> None:
     sim = simulate(
         "kmeans", {"columns": _IRIS, "k": 4, "seed": 9}, _sites(7, "unbalanced"), min_count=1
     )
+    assert sim.rounds >= 1 + 4  # moments, then one seeding round per centre
     x = dataset("iris")[_IRIS].to_numpy()
-    expected = greedy_initial_centers(x, 4, 9)
+    expected = independent_initial_centers(x, 4, 9)  # test code, shares nothing with the app
     np.testing.assert_allclose(sim.result["initial_centers"], expected, rtol=1e-12)
     assert len({tuple(c) for c in sim.result["initial_centers"]}) == 4
+    # the app's own twin (production --compare) starts from the same centres
+    np.testing.assert_allclose(greedy_initial_centers(x, 4, 9), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 3, 11])
+def test_independent_start_matches_the_documented_pool(seed: int) -> None:
+    """The reference's start is the pool drawn from default_rng(seed), never another draw."""
+    x = dataset("wine").drop(columns="target").to_numpy(dtype=np.float64)
+    start = independent_initial_centers(x, 3, seed)
+    pool = candidate_pool(x.mean(axis=0), x.std(axis=0), 3, seed)
+    assert all(any(np.allclose(c, p, rtol=1e-14) for p in pool) for c in start)
 
 
 def test_replies_never_reveal_a_small_cluster() -> None:
-    seen: list[dict[str, object]] = []
-
-    def spy(payload: dict[str, object]) -> dict[str, object]:
-        seen.append(payload)
-        return wire_relay(payload)
-
-    sim = simulate(
-        "kmeans",
-        {"columns": _IRIS, "k": 5, "seed": 3},
-        _sites(7, "unbalanced"),
-        min_count=5,
-        relay=spy,
+    spied = run_spied(
+        "kmeans", {"columns": _IRIS, "k": 5, "seed": 3}, _sites(7, "unbalanced"), min_count=5
     )
-    counts = [np.asarray(p["counts"]) for p in seen if "counts" in p]
+    counts = [
+        np.asarray(r["counts"]) for phase in ("lloyd", "assign") for r in spied.replies(phase)
+    ]
     assert counts
     for c in counts:
         assert not np.any((c > 0) & (c < 5))
-    assert sim.result["withheld"] > 0
-    assert any("withheld" in note for note in sim.notes)
-    assert sum(sim.result["cluster_sizes"]) < 150  # the withheld rows are not counted
+    assert spied.result["withheld"] > 0
+    assert any("withheld" in note for note in spied.outcome.notes)
+    assert sum(spied.result["cluster_sizes"]) < 150  # the withheld rows are not counted
 
 
 def test_no_reply_carries_rows() -> None:
-    seen: list[dict[str, object]] = []
-
-    def spy(payload: dict[str, object]) -> dict[str, object]:
-        seen.append(payload)
-        return wire_relay(payload)
-
-    simulate("kmeans", {"columns": _IRIS, "k": 3}, _sites(), relay=spy)
-    replies = seen[1::2]
-    for reply in replies:
-        assert set(reply) <= {
-            "n",
-            "mean",
-            "m2",
-            "potentials",
-            "inertia",
-            "counts",
-            "withheld",
-            "sums",
-        }
-        assert np.size(reply.get("sums", ())) <= 3 * 4  # type: ignore[arg-type]
+    spied = run_spied("kmeans", {"columns": _IRIS, "k": 3}, _sites())
+    allowed = {
+        "moments": {"n", "mean", "m2"},
+        "seed": {"potentials"},
+        "lloyd": {"counts", "sums", "inertia", "withheld"},
+        "assign": {"counts", "inertia", "withheld"},
+    }
+    phases = [e.phase for e in spied.exchanges]
+    assert phases[0] == "moments" and phases.count("seed") == 3 * 3  # 3 sites × k rounds
+    assert "lloyd" in phases
+    for exchange in spied.exchanges:
+        assert set(exchange.reply) == allowed[exchange.phase], exchange.phase
+        assert np.size(exchange.reply.get("sums", ())) <= 3 * 4
+    assert all(np.size(r["potentials"]) == 10 * 3 for r in spied.replies("seed"))  # per candidate
 
 
 def test_same_seed_same_result_and_tol_zero_runs_to_a_fixed_point() -> None:
@@ -154,25 +161,53 @@ def test_a_site_below_min_count_refuses() -> None:
     app = get_app("kmeans")
     params = app.parse_params({"columns": ["a"], "k": 2})
     with pytest.raises(DataError, match="min_count"):
-        app.local(Table({"a": np.arange(3.0)}), params, {"stage": "moments"}, SiteContext("x"))
+        app.local(Table({"a": np.arange(3.0)}), params, "moments", Empty(), SiteContext("x"))
 
 
 def test_an_emptied_cluster_keeps_its_centre_and_is_noted() -> None:
-    from fedflow.apps.base import Continue, CoordinatorContext
+    from fedflow.apps.base import Continue
 
     app = get_app("kmeans")
-    params = app.parse_params({"columns": ["a"], "k": 2, "tol": 0.0})
+    params = app.parse_params({"columns": ["a"], "k": 2, "tol": 0.0, "seed": 1})
     ctx = CoordinatorContext(sites={})
-    app.start(params, ctx)
-    centers = np.array([[0.0], [10.0]])
-    ctx.state.update(pool=centers, taken=[0, 1], centers=centers, initial=centers)
-    ctx.state.update(iterations=0, shift_tol=0.0)
+    step = app.aggregate(
+        "moments",
+        {"x": app.local_moments(Table({"a": np.arange(10.0)}), params, Empty(), SiteContext("x"))},
+        params,
+        ctx,
+    )
+    while isinstance(step, Continue) and step.phase == "seed":
+        pool, chosen = step.request.candidates, step.request.chosen
+        fake = np.arange(len(pool), dtype=np.float64) + 10.0 * len(chosen)
+        step = app.aggregate("seed", {"x": _potentials(fake)}, params, ctx)
+    assert isinstance(step, Continue) and step.phase == "lloyd"
+    centers = np.asarray(step.request.centers)
     ctx.round = 5
-    reply = {"counts": np.array([5, 0]), "sums": np.array([[10.0], [0.0]]), "inertia": 3.0}
-    step = app.aggregate({"x": {**reply, "withheld": 0}}, params, ctx)
-    assert isinstance(step, Continue)
-    assert np.asarray(step.payload["centers"]).tolist() == [[2.0], [10.0]]
-    assert any("cluster 1 lost all its rows" in note for note in ctx.notes)
+    reply = ClusterSums(
+        counts=np.array([5, 0]), sums=np.array([[10.0], [0.0]]), inertia=3.0, withheld=0
+    )
+    step = app.aggregate("lloyd", {"x": reply}, params, ctx)
+    assert isinstance(step, Continue) and step.phase == "lloyd"
+    assert isinstance(step.request, Centers)
+    assert np.asarray(step.request.centers).tolist() == [[2.0], centers[1].tolist()]
+    assert any("cluster 1 lost all its rows in round 5" in note for note in ctx.notes)
+
+
+def _potentials(values: np.ndarray) -> object:
+    from fedflow.apps.kmeans import Potentials
+
+    return Potentials(potentials=values)
+
+
+def test_a_phase_sends_and_receives_its_declared_types() -> None:
+    app = get_app("kmeans")
+    assert list(app.phases) == ["moments", "seed", "lloyd", "assign"]
+    params = app.parse_params({"columns": ["a"], "k": 1})
+    table = Table({"a": np.arange(8.0)})
+    reply = app.local(table, params, "assign", Centers(centers=np.array([[0.0]])), SiteContext("x"))
+    assert set(type(reply).__struct_fields__) == {"counts", "inertia", "withheld"}
+    with pytest.raises(AppError, match="has no phase 'stage'"):
+        app.local(table, params, "stage", Empty(), SiteContext("x"))
 
 
 def test_distances_computed_block_by_block_equal_the_direct_ones() -> None:

@@ -1,4 +1,5 @@
-"""pca: the factored Chan merge, sign normalisation, projections kept at the sites, refusals."""
+"""pca: the factored Chan merge, sign normalisation, projections kept at the sites, refusals,
+and the phases' typed payloads."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import pytest
 
 from fedflow.apps import get_app
 from fedflow.apps._merge_learning import merge_centered_factors, r_factor
-from fedflow.apps.base import SiteContext, Table
+from fedflow.apps.base import Empty, SiteContext, Table
 from fedflow.apps.pca import normalise_signs
-from fedflow.apps.simulate import simulate
 from fedflow.errors import AppError, DataError
-from tests.apps.fidelity import dataset, split, wire_relay
+from fedflow.runtime.simulate import simulate
+from tests.apps.fidelity import dataset, split
+from tests.apps.wire_spy import run_spied
 
 _IRIS = ["sepal_length_(cm)", "sepal_width_(cm)", "petal_length_(cm)", "petal_width_(cm)"]
 
@@ -63,32 +65,37 @@ def test_all_components_explain_everything() -> None:
     assert len(result["components"]) == 4 and result["columns"] == _IRIS
 
 
-def test_projections_stay_at_each_site_and_match_sklearn() -> None:
+@pytest.mark.parametrize("standardize", [False, True])
+def test_projections_stay_at_each_site_and_match_sklearn(standardize: bool) -> None:
     from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
 
     parts, sites = _iris_sites()
-    replies: list[dict[str, object]] = []
-
-    def spy(payload: dict[str, object]) -> dict[str, object]:
-        replies.append(payload)
-        return wire_relay(payload)
-
-    sim = simulate(
-        "pca", {"columns": _IRIS, "n_components": 2, "projections": True}, sites, relay=spy
-    )
-    assert sim.rounds == 2
+    params = {"columns": _IRIS, "n_components": 2, "projections": True}
+    spied = run_spied("pca", {**params, "standardize": standardize}, sites)
+    sim = simulate("pca", {**params, "standardize": standardize}, sites)
+    assert sim.rounds == 2 and [e.phase for e in spied.exchanges[-3:]] == ["project"] * 3
     assert "projections" not in sim.result
-    # the second round's replies (every other relayed payload is a reply) carry nothing
-    assert all(not reply for reply in replies[-2 * len(sites) + 1 :: 2])
+    assert spied.replies("project") == [{}, {}, {}]  # the scores stay at the sites
+    assert set(spied.replies("factor")[0]) == {"n", "mean", "r"}
     pooled = pd.concat(parts, ignore_index=True)[_IRIS].to_numpy()
-    reference = PCA(n_components=2, svd_solver="full").fit(pooled)
+    scaler = StandardScaler(with_std=standardize).fit(pooled)
+    reference = PCA(n_components=2, svd_solver="full").fit(scaler.transform(pooled))
     flips = np.sign(np.sum(normalise_signs(reference.components_) * reference.components_, axis=1))
-    for i, part in enumerate(parts):
-        csv = sim.site_outputs[f"s{i}"]["projections.csv"].decode()
-        scores = pd.read_csv(io.StringIO(csv))
-        assert list(scores.columns) == ["PC1", "PC2"]
-        expected = reference.transform(part[_IRIS].to_numpy()) * flips
-        np.testing.assert_allclose(scores.to_numpy(), expected, rtol=1e-9, atol=1e-12)
+    for outputs in (sim.site_outputs, spied.site_outputs):
+        assert sorted(outputs) == ["s0", "s1", "s2"]
+        for i, part in enumerate(parts):
+            csv = outputs[f"s{i}"]["projections.csv"].decode()
+            scores = pd.read_csv(io.StringIO(csv))
+            assert list(scores.columns) == ["PC1", "PC2"] and len(scores) == len(part)
+            expected = reference.transform(scaler.transform(part[_IRIS].to_numpy())) * flips
+            np.testing.assert_allclose(scores.to_numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_without_projections_one_round_and_no_site_output() -> None:
+    _, sites = _iris_sites()
+    sim = simulate("pca", {"columns": _IRIS}, sites)
+    assert sim.rounds == 1 and sim.site_outputs == {}
 
 
 def test_standardizing_a_constant_column_is_refused() -> None:
@@ -124,7 +131,37 @@ def test_a_site_below_min_count_refuses() -> None:
     params = app.parse_params({"columns": ["a", "b"]})
     table = Table({"a": np.arange(3.0), "b": np.ones(3)})
     with pytest.raises(DataError, match="min_count"):
-        app.local(table, params, {}, SiteContext(site="x", min_count=5))
+        app.local(table, params, "factor", Empty(), SiteContext(site="x", min_count=5))
+
+
+def test_phases_and_their_payload_types() -> None:
+    from fedflow.apps.pca import CentredFactor, Projection
+
+    app = get_app("pca")
+    assert {name: (p.request, p.reply) for name, p in app.phases.items()} == {
+        "factor": (Empty, CentredFactor),
+        "project": (Projection, Empty),
+    }
+    params = app.parse_params({"columns": ["a", "b"]})
+    table = Table({"a": np.arange(6.0), "b": np.arange(6.0) ** 2})
+    reply = app.local(table, params, "factor", Empty(), SiteContext(site="x", min_count=1))
+    assert isinstance(reply, CentredFactor) and reply.n == 6 and reply.r.shape == (2, 2)
+
+
+def test_standardized_scale_is_the_population_deviation() -> None:
+    parts, sites = _iris_sites()
+    result = simulate("pca", {"columns": _IRIS, "standardize": True}, sites).result
+    pooled = pd.concat(parts, ignore_index=True)[_IRIS].to_numpy()
+    np.testing.assert_allclose(result["scale"], pooled.std(axis=0, ddof=0), rtol=1e-12)
+    np.testing.assert_allclose(result["mean"], pooled.mean(axis=0), rtol=1e-12)
+
+
+def test_default_columns_are_every_numeric_column() -> None:
+    frame = dataset("iris").assign(label="x")  # a text column is left out
+    sites = {f"s{i}": Table.from_pandas(p) for i, p in enumerate(split(frame, 3, "iid"))}
+    result = simulate("pca", {}, sites).result
+    assert result["columns"] == [*_IRIS, "target"]
+    assert len(result["mean"]) == 5 and len(result["components"]) == 5
 
 
 def test_sites_with_fewer_rows_than_columns_still_give_the_pooled_components() -> None:

@@ -3,26 +3,31 @@
 Initial centres ("greedy candidate seeding"). k-means++ picks data rows, which a federation must
 not reveal; instead:
 
-1. Round 1: each site returns count, mean and sum of squared deviations per column; the
-   coordinator merges them (Chan) into the pooled mean x̄ and population deviation σ.
+1. Phase ``moments`` (one round): each site returns count, mean and sum of squared deviations per
+   column (``Moments``); the coordinator merges them (Chan) into the pooled mean x̄ and population
+   deviation σ.
 2. A pool of 10·k candidate points is drawn with ``numpy.random.default_rng(seed)`` uniformly in
    the box x̄ ± σ (``candidate_pool``): it depends on the seed and on aggregates only.
-3. Rounds 2 … k+1 (greedy k-means++ on the pool): the coordinator sends the pool and the centres
-   chosen so far; each site returns, per candidate, Σ over its rows of the squared distance to the
-   nearest of (chosen centres ∪ {candidate}). The candidate with the smallest pooled sum (the
-   one that lowers the inertia most) becomes the next centre.
+3. Phase ``seed`` (k rounds; greedy k-means++ on the pool): the coordinator sends the pool and the
+   centres chosen so far (``Candidates``); each site returns, per candidate, Σ over its rows of
+   the squared distance to the nearest of (chosen centres ∪ {candidate}) (``Potentials``). The
+   candidate with the smallest pooled sum (the one that lowers the inertia most) becomes the next
+   centre.
 
 The same procedure runs on the pooled rows in the centralized twin (``greedy_initial_centers``),
 which then hands those centres to scikit-learn ``KMeans(init=centres, n_init=1,
 algorithm="lloyd", tol=tol, max_iter=max_iter)``; the result carries them as
-``initial_centers``.
+``initial_centers``. (The fidelity suite does not trust this twin's start: its reference computes
+the start independently, in the test code.)
 
-Lloyd rounds: the coordinator sends the centres; each site assigns its rows to the nearest centre
-and returns per-cluster counts and sums of rows and its inertia; new centres are pooled sums over
-pooled counts. Stopping follows scikit-learn exactly: an update that changes no assignment
-(the new centres equal the old ones bit for bit) ends the run; otherwise a total squared centre
-shift ≤ ``tol`` × (mean of the pooled column variances) or ``max_iter`` updates end it, after
-one more round that assigns the rows to the final centres for the inertia and cluster sizes.
+Phase ``lloyd``: the coordinator sends the centres (``Centers``); each site assigns its rows to
+the nearest centre and returns per-cluster counts and sums of rows and its inertia
+(``ClusterSums``); new centres are pooled sums over pooled counts. Stopping follows scikit-learn
+exactly: an update that changes no assignment (the new centres equal the old ones bit for bit)
+ends the run; otherwise a total squared centre shift ≤ ``tol`` × (mean of the pooled column
+variances) or ``max_iter`` updates end it, after one round of phase ``assign`` that assigns the
+rows to the final centres for the inertia and cluster sizes (``Assignment``: ``ClusterSums``
+without the sums).
 
 What a site reveals: counts, means and spreads of its columns; per-candidate sums of distances and
 its inertia (aggregates over all its rows); per-cluster counts and sums. ``min_count``: a site
@@ -33,14 +38,16 @@ leave those rows out and the result is no longer the pooled Lloyd iteration: a n
 joins keeps its previous centre (scikit-learn would move it onto a far data row, which a
 federation cannot reveal); a note says so.
 
-Tolerance against the twin: 1e-8 relative on centres, inertia and cluster sizes, iterations
-equal (the assignments are discrete, so with the same start both runs visit the same centres up
-to rounding, ~1e-13 measured on iris and wine).
+Tolerance against the twin (``--compare``): 1e-8 relative (1e-12 absolute) on centres, inertia
+and initial centres; ``iterations`` and ``cluster_sizes`` exactly (the assignments are discrete,
+so with the same start both runs visit the same centres up to rounding, ~1e-13 measured on iris
+and wine). Clusters are compared sorted by centre; ``converged`` and ``withheld`` have no twin.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -54,12 +61,16 @@ from fedflow.apps.base import (
     Continue,
     CoordinatorContext,
     Done,
+    Empty,
     Params,
     Payload,
+    Phase,
     SiteContext,
     Step,
     Table,
     check_min_count,
+    check_unique,
+    numeric_columns,
 )
 from fedflow.errors import AppError
 
@@ -67,8 +78,14 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "Assignment",
+    "Candidates",
+    "Centers",
+    "ClusterSums",
     "KMeans",
     "KMeansParams",
+    "Moments",
+    "Potentials",
     "candidate_pool",
     "candidate_potentials",
     "greedy_initial_centers",
@@ -102,9 +119,50 @@ class KMeansParams(Params, frozen=True):
         if self.columns is not None:
             if not self.columns:
                 raise ValueError("columns is empty")
-            dupes = sorted({c for c in self.columns if self.columns.count(c) > 1})
-            if dupes:
-                raise ValueError(f"columns listed twice: {', '.join(dupes)}")
+            check_unique(self.columns, "columns")
+
+
+# -- phase payloads -----------------------------------------------------------------------------
+class Moments(Payload, frozen=True):
+    """A site's row count and, per column, mean and sum of squared deviations (phase ``moments``)."""
+
+    n: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+
+class Candidates(Payload, frozen=True):
+    """The candidate pool (10·k × d) and the centres chosen so far (taken × d) (phase ``seed``)."""
+
+    candidates: np.ndarray
+    chosen: np.ndarray
+
+
+class Potentials(Payload, frozen=True):
+    """Per candidate, Σ over the site's rows of the squared distance to chosen ∪ {candidate}."""
+
+    potentials: np.ndarray
+
+
+class Centers(Payload, frozen=True):
+    """The current centres, k × d (phases ``lloyd`` and ``assign``)."""
+
+    centers: np.ndarray
+
+
+class Assignment(Payload, frozen=True):
+    """A site's rows assigned to the centres: per-cluster counts (withheld clusters as 0), its
+    inertia, and how many clusters it withheld (phase ``assign``)."""
+
+    counts: np.ndarray
+    inertia: float
+    withheld: int
+
+
+class ClusterSums(Assignment, frozen=True):
+    """An ``Assignment`` with the per-cluster sums of rows, k × d (phase ``lloyd``)."""
+
+    sums: np.ndarray
 
 
 # -- numpy helpers shared by the sites and the twin ---------------------------------------------
@@ -147,6 +205,18 @@ def candidate_potentials(x: np.ndarray, chosen: np.ndarray, candidates: np.ndarr
     return out
 
 
+def _assign(
+    x: np.ndarray, centers: np.ndarray, min_count: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Return (labels, per-cluster counts with small clusters as 0, the small-cluster mask,
+    inertia) of a site's rows ``x``: a cluster of 0 < c < ``min_count`` rows is withheld."""
+    labels, dist = nearest(x, centers)
+    counts = np.bincount(labels, minlength=len(centers)).astype(np.int64)
+    small = (counts > 0) & (counts < min_count)
+    counts[small] = 0
+    return labels, counts, small, float(dist.sum())
+
+
 def _pick(potentials: np.ndarray, taken: list[int]) -> int:
     """Return the index of the smallest potential among candidates not yet taken."""
     masked = np.array(potentials, dtype=np.float64, copy=True)
@@ -163,17 +233,44 @@ def greedy_initial_centers(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     return pool[taken]
 
 
+@dataclass
+class _Run:
+    """The coordinator's state of one run (in ``CoordinatorContext.state["kmeans"]``)."""
+
+    pool: np.ndarray
+    shift_tol: float
+    taken: list[int] = field(default_factory=list)
+    centers: np.ndarray | None = None
+    initial: np.ndarray | None = None
+    iterations: int = 0
+    converged: bool = False
+    withheld: int = 0
+    empty: set[int] = field(default_factory=set)
+
+
+def _ordered(replies: Mapping[str, Any]) -> list[Any]:
+    """The replies in a fixed summation order (by site name)."""
+    return [replies[name] for name in sorted(replies)]
+
+
 class KMeans(App[KMeansParams]):
     """k-means clustering (Lloyd): centres, inertia, iterations, cluster sizes."""
 
     name = "kmeans"
     reference = "scikit-learn KMeans"
     Params = KMeansParams
+    phases = {
+        "moments": Phase(Empty, Moments),
+        "seed": Phase(Candidates, Potentials),
+        "lloyd": Phase(Centers, ClusterSums),
+        "assign": Phase(Centers, Assignment),
+    }
+    tolerances = {"iterations": (0.0, 0.0), "cluster_sizes": (0.0, 0.0)}
 
     def resolve(self, params: KMeansParams, columns: Mapping[str, str]) -> KMeansParams:
         if params.columns is not None:
             return params
-        numeric = [c for c, kind in columns.items() if kind in ("int", "float")]
+        numeric = numeric_columns(columns)
         if not numeric:
             raise AppError("app 'kmeans': the sites' data has no numeric column")
         return msgspec.structs.replace(params, columns=numeric)
@@ -182,120 +279,144 @@ class KMeans(App[KMeansParams]):
         return {c: "numeric" for c in params.columns or []}
 
     # -- site ---------------------------------------------------------------------------------
-    def local(
-        self, data: Table, params: KMeansParams, payload: Payload, ctx: SiteContext
-    ) -> Payload:
+    @staticmethod
+    def _rows(data: Table, params: KMeansParams, ctx: SiteContext) -> np.ndarray:
+        """The site's rows as a matrix, built (and checked against min_count) once per run."""
         x = ctx.state.get("x")
         if x is None:
             x = ctx.state["x"] = data.matrix(params.columns or [])
             check_min_count(len(x), ctx.min_count, "the site's rows")
-        stage = payload.get("stage")
-        if stage == "moments":
-            mean = x.mean(axis=0)
-            return {"n": len(x), "mean": mean, "m2": ((x - mean) ** 2).sum(axis=0)}
-        if stage == "seed":
-            chosen = np.asarray(payload["chosen"], dtype=np.float64).reshape(-1, x.shape[1])
-            candidates = np.asarray(payload["candidates"], dtype=np.float64)
-            return {"potentials": candidate_potentials(x, chosen, candidates)}
-        centers = np.asarray(payload["centers"], dtype=np.float64)
-        labels, dist = nearest(x, centers)
-        counts = np.bincount(labels, minlength=len(centers)).astype(np.int64)
-        small = (counts > 0) & (counts < ctx.min_count)
-        counts[small] = 0
-        out: dict[str, Any] = {
-            "inertia": float(dist.sum()),
-            "counts": counts,
-            "withheld": int(small.sum()),
-        }
-        if stage == "lloyd":
-            sums = np.zeros_like(centers)
-            np.add.at(sums, labels, x)
-            sums[small] = 0.0
-            out["sums"] = sums
-        return out
+        return x  # type: ignore[no-any-return]
+
+    def local_moments(
+        self, data: Table, params: KMeansParams, request: Empty, ctx: SiteContext
+    ) -> Moments:
+        x = self._rows(data, params, ctx)
+        mean = x.mean(axis=0)
+        return Moments(n=len(x), mean=mean, m2=((x - mean) ** 2).sum(axis=0))
+
+    def local_seed(
+        self, data: Table, params: KMeansParams, request: Candidates, ctx: SiteContext
+    ) -> Potentials:
+        x = self._rows(data, params, ctx)
+        chosen = np.asarray(request.chosen, dtype=np.float64).reshape(-1, x.shape[1])
+        candidates = np.asarray(request.candidates, dtype=np.float64)
+        return Potentials(potentials=candidate_potentials(x, chosen, candidates))
+
+    def local_lloyd(
+        self, data: Table, params: KMeansParams, request: Centers, ctx: SiteContext
+    ) -> ClusterSums:
+        x = self._rows(data, params, ctx)
+        centers = np.asarray(request.centers, dtype=np.float64)
+        labels, counts, small, inertia = _assign(x, centers, ctx.min_count)
+        sums = np.zeros_like(centers)
+        np.add.at(sums, labels, x)
+        sums[small] = 0.0
+        return ClusterSums(counts=counts, inertia=inertia, withheld=int(small.sum()), sums=sums)
+
+    def local_assign(
+        self, data: Table, params: KMeansParams, request: Centers, ctx: SiteContext
+    ) -> Assignment:
+        x = self._rows(data, params, ctx)
+        centers = np.asarray(request.centers, dtype=np.float64)
+        _, counts, small, inertia = _assign(x, centers, ctx.min_count)
+        return Assignment(counts=counts, inertia=inertia, withheld=int(small.sum()))
 
     # -- coordinator --------------------------------------------------------------------------
-    def start(self, params: KMeansParams, ctx: CoordinatorContext) -> Step:
-        ctx.state.update(withheld=0, empty=set())
-        return Continue({"stage": "moments"})
-
-    def aggregate(
-        self, replies: Mapping[str, Payload], params: KMeansParams, ctx: CoordinatorContext
+    def aggregate_moments(
+        self, replies: Mapping[str, Moments], params: KMeansParams, ctx: CoordinatorContext
     ) -> Step:
-        ordered = [replies[name] for name in sorted(replies)]  # a fixed summation order
-        state = ctx.state
-        if "pool" not in state:  # after the moments round
-            d = len(params.columns or [])
-            moments = [
-                combine_moments(
-                    [(float(r["n"]), float(r["mean"][j]), float(r["m2"][j])) for r in ordered]
-                )
-                for j in range(d)
-            ]
-            n = moments[0][0]
-            if n < params.k:
-                raise AppError(f"app 'kmeans': k = {params.k} exceeds the {int(n)} rows")
-            mean = np.array([m[1] for m in moments])
-            variance = np.array([m[2] / m[0] for m in moments])
-            state.update(
-                pool=candidate_pool(mean, np.sqrt(variance), params.k, params.seed),
-                taken=[],
-                shift_tol=float(np.mean(variance)) * params.tol,
-            )
-            return self._seed_round(state)
-        if "centers" not in state:  # after a seeding round
-            potentials = np.sum([np.asarray(r["potentials"]) for r in ordered], axis=0)
-            state["taken"].append(_pick(potentials, state["taken"]))
-            if len(state["taken"]) < params.k:
-                return self._seed_round(state)
-            state["centers"] = state["pool"][state["taken"]]
-            state["initial"] = state["centers"]
-            state["iterations"] = 0
-            return Continue({"stage": "lloyd", "centers": state["centers"]})
-        withheld = sum(int(r["withheld"]) for r in ordered)
-        if withheld:
-            state["withheld"] += withheld
-            ctx.notes.append(
-                f"kmeans round {ctx.round}: sites withheld {withheld} cluster contribution(s) "
-                f"of fewer than min_count = {ctx.min_count} rows; the centres leave them out"
-            )
-        counts = np.sum([np.asarray(r["counts"]) for r in ordered], axis=0)
-        inertia = float(sum(float(r["inertia"]) for r in ordered))
-        if "final" in state:  # after the final assignment round
-            if not state["final"]:
-                ctx.notes.append(f"kmeans did not converge in {params.max_iter} iterations")
-            return self._done(params, state, inertia, counts, converged=state["final"])
-        centers = state["centers"]
+        ordered: list[Moments] = _ordered(replies)
+        d = len(params.columns or [])
+        moments = [
+            combine_moments([(float(r.n), float(r.mean[j]), float(r.m2[j])) for r in ordered])
+            for j in range(d)
+        ]
+        n = moments[0][0]
+        if n < params.k:
+            raise AppError(f"app 'kmeans': k = {params.k} exceeds the {int(n)} rows")
+        mean = np.array([m[1] for m in moments])
+        variance = np.array([m[2] / m[0] for m in moments])
+        run = ctx.state["kmeans"] = _Run(
+            pool=candidate_pool(mean, np.sqrt(variance), params.k, params.seed),
+            shift_tol=float(np.mean(variance)) * params.tol,
+        )
+        return self._seed_round(run)
+
+    def aggregate_seed(
+        self, replies: Mapping[str, Potentials], params: KMeansParams, ctx: CoordinatorContext
+    ) -> Step:
+        run: _Run = ctx.state["kmeans"]
+        potentials = np.sum([np.asarray(r.potentials) for r in _ordered(replies)], axis=0)
+        run.taken.append(_pick(potentials, run.taken))
+        if len(run.taken) < params.k:
+            return self._seed_round(run)
+        run.centers = run.initial = run.pool[run.taken]
+        return Continue("lloyd", Centers(centers=run.centers))
+
+    def aggregate_lloyd(
+        self, replies: Mapping[str, ClusterSums], params: KMeansParams, ctx: CoordinatorContext
+    ) -> Step:
+        run: _Run = ctx.state["kmeans"]
+        ordered: list[ClusterSums] = _ordered(replies)
+        counts, inertia = self._tally(ordered, run, ctx)
+        centers = run.centers
+        assert centers is not None
         new, _, empty = merge_cluster_sums(
-            [r["counts"] for r in ordered], [r["sums"] for r in ordered], centers
+            [r.counts for r in ordered], [r.sums for r in ordered], centers
         )
         for j in empty:
-            if j not in state["empty"]:
-                state["empty"].add(j)
+            if j not in run.empty:
+                run.empty.add(j)
                 ctx.notes.append(
                     f"kmeans: cluster {j} lost all its rows in round {ctx.round}; "
                     "its centre stays where it was"
                 )
-        state["iterations"] += 1
-        state["centers"] = new
-        if state["iterations"] > 1 and np.array_equal(new, centers):  # no assignment changed
-            return self._done(params, state, inertia, counts, converged=True)
+        run.iterations += 1
+        run.centers = new
+        if run.iterations > 1 and np.array_equal(new, centers):  # no assignment changed
+            return self._done(params, run, inertia, counts, converged=True)
         shift = float(((new - centers) ** 2).sum())
-        if shift <= state["shift_tol"] or state["iterations"] >= params.max_iter:
-            state["final"] = shift <= state["shift_tol"]
-            return Continue({"stage": "assign", "centers": new})
-        return Continue({"stage": "lloyd", "centers": new})
+        if shift <= run.shift_tol or run.iterations >= params.max_iter:
+            run.converged = shift <= run.shift_tol
+            return Continue("assign", Centers(centers=new))
+        return Continue("lloyd", Centers(centers=new))
+
+    def aggregate_assign(
+        self, replies: Mapping[str, Assignment], params: KMeansParams, ctx: CoordinatorContext
+    ) -> Step:
+        run: _Run = ctx.state["kmeans"]
+        counts, inertia = self._tally(_ordered(replies), run, ctx)
+        if not run.converged:
+            ctx.notes.append(f"kmeans did not converge in {params.max_iter} iterations")
+        return self._done(params, run, inertia, counts, converged=run.converged)
 
     @staticmethod
-    def _seed_round(state: dict[str, Any]) -> Continue:
-        pool = state["pool"]
-        chosen = pool[state["taken"]] if state["taken"] else np.zeros((0, pool.shape[1]))
-        return Continue({"stage": "seed", "candidates": pool, "chosen": chosen})
+    def _tally(
+        ordered: Sequence[Assignment], run: _Run, ctx: CoordinatorContext
+    ) -> tuple[np.ndarray, float]:
+        """Return the pooled counts and inertia of an assignment; note withheld clusters."""
+        withheld = sum(int(r.withheld) for r in ordered)
+        if withheld:
+            run.withheld += withheld
+            ctx.notes.append(
+                f"kmeans round {ctx.round}: sites withheld {withheld} cluster contribution(s) "
+                f"of fewer than min_count = {ctx.min_count} rows; the centres leave them out"
+            )
+        counts = np.sum([np.asarray(r.counts) for r in ordered], axis=0)
+        inertia = float(sum(float(r.inertia) for r in ordered))
+        return counts, inertia
+
+    @staticmethod
+    def _seed_round(run: _Run) -> Continue:
+        pool = run.pool
+        chosen = pool[run.taken] if run.taken else np.zeros((0, pool.shape[1]))
+        return Continue("seed", Candidates(candidates=pool, chosen=chosen))
 
     def _done(
         self,
         params: KMeansParams,
-        state: dict[str, Any],
+        run: _Run,
         inertia: float,
         counts: np.ndarray,
         *,
@@ -303,14 +424,14 @@ class KMeans(App[KMeansParams]):
     ) -> Done:
         return Done(
             {
-                "centers": np.asarray(state["centers"]).tolist(),
+                "centers": np.asarray(run.centers).tolist(),
                 "inertia": inertia,
-                "iterations": int(state["iterations"]),
+                "iterations": int(run.iterations),
                 "converged": bool(converged),
                 "cluster_sizes": [int(c) for c in counts],
-                "initial_centers": np.asarray(state["initial"]).tolist(),
+                "initial_centers": np.asarray(run.initial).tolist(),
                 "columns": list(params.columns or []),
-                "withheld": int(state["withheld"]),
+                "withheld": int(run.withheld),
             }
         )
 
@@ -352,4 +473,5 @@ class KMeans(App[KMeansParams]):
             "inertia": result["inertia"],
             "iterations": result["iterations"],
             "initial_centers": result["initial_centers"],
+            "columns": result["columns"],
         }

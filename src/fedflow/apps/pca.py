@@ -19,13 +19,16 @@ Definitions (those of scikit-learn):
 - Signs: each component is flipped so that its entry of largest absolute value is positive
   (the first such entry on a tie); the centralized twin normalises the same way.
 
-With ``projections = true`` a second round sends the components, mean and scale to the sites;
-each writes its own rows' scores (``PC1``, ``PC2``, … in row order) to ``projections.csv`` in its
-own output folder. The scores never leave the site; the site's reply to that round is empty.
+Phases: ``factor`` (request ``Empty``, reply ``CentredFactor``: count, mean, R) and, with
+``projections = true``, ``project`` (request ``Projection``: the components, mean and scale;
+reply ``Empty``): each site writes its own rows' scores (``PC1``, ``PC2``, … in row order) to
+``projections.csv`` in its own output folder (``SiteContext.outputs``). The scores never leave
+the site.
 
 Each site reveals its row count, its column means and its scatter matrix (in factored form); a
 site holding fewer than ``min_count`` rows refuses. Tolerance against scikit-learn ``PCA``
-(``svd_solver="full"``) on the pooled data: 1e-8 relative (absolute 1e-12 for entries near zero).
+(``svd_solver="full"``) on the pooled data: 1e-8 relative (absolute 1e-12 for entries near zero),
+every result key compared (``scale`` only exists, on both sides, when standardized).
 """
 
 from __future__ import annotations
@@ -44,19 +47,23 @@ from fedflow.apps.base import (
     Continue,
     CoordinatorContext,
     Done,
+    Empty,
     Params,
     Payload,
+    Phase,
     SiteContext,
     Step,
     Table,
     check_min_count,
+    check_unique,
+    numeric_columns,
 )
 from fedflow.errors import AppError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["PCA", "PCAParams", "normalise_signs", "projections_csv"]
+__all__ = ["PCA", "CentredFactor", "PCAParams", "Projection", "normalise_signs", "projections_csv"]
 
 
 class PCAParams(Params, frozen=True):
@@ -73,9 +80,7 @@ class PCAParams(Params, frozen=True):
         if self.columns is not None:
             if not self.columns:
                 raise ValueError("columns is empty")
-            dupes = sorted({c for c in self.columns if self.columns.count(c) > 1})
-            if dupes:
-                raise ValueError(f"columns listed twice: {', '.join(dupes)}")
+            check_unique(self.columns, "columns")
             if self.n_components is not None and self.n_components > len(self.columns):
                 raise ValueError(
                     f"n_components = {self.n_components} exceeds the {len(self.columns)} columns"
@@ -103,17 +108,36 @@ def projections_csv(scores: np.ndarray) -> bytes:
     return buffer.getvalue().encode()
 
 
+class CentredFactor(Payload, frozen=True):
+    """A site's row count, column means and the factor R of its rows centred at those means
+    (phase ``factor``)."""
+
+    n: int
+    mean: np.ndarray
+    r: np.ndarray
+
+
+class Projection(Payload, frozen=True):
+    """What a site needs to score its own rows: components (one per row), mean and scale
+    (phase ``project``; the site replies ``Empty`` and keeps the scores)."""
+
+    components: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+
+
 class PCA(App[PCAParams]):
     """Principal component analysis: components, explained variance (ratio), mean."""
 
     name = "pca"
     reference = "scikit-learn PCA"
     Params = PCAParams
+    phases = {"factor": Phase(Empty, CentredFactor), "project": Phase(Projection, Empty)}
 
     def resolve(self, params: PCAParams, columns: Mapping[str, str]) -> PCAParams:
         if params.columns is not None:
             return params
-        numeric = [c for c, kind in columns.items() if kind in ("int", "float")]
+        numeric = numeric_columns(columns)
         if not numeric:
             raise AppError("app 'pca': the sites' data has no numeric column")
         if params.n_components is not None and params.n_components > len(numeric):
@@ -127,29 +151,32 @@ class PCA(App[PCAParams]):
         return {c: "numeric" for c in params.columns or []}
 
     # -- site ---------------------------------------------------------------------------------
-    def local(self, data: Table, params: PCAParams, payload: Payload, ctx: SiteContext) -> Payload:
+    def local_factor(
+        self, data: Table, params: PCAParams, request: Empty, ctx: SiteContext
+    ) -> CentredFactor:
         x = data.matrix(params.columns or [])
         check_min_count(len(x), ctx.min_count, "the site's rows")
-        if "components" in payload:
-            mean = np.asarray(payload["mean"], dtype=np.float64)
-            scale = np.asarray(payload["scale"], dtype=np.float64)
-            components = np.atleast_2d(np.asarray(payload["components"], dtype=np.float64))
-            scores = ((x - mean) / scale) @ components.T
-            ctx.outputs["projections.csv"] = projections_csv(scores)
-            return {}
         mean = x.mean(axis=0)
-        return {"n": len(x), "mean": mean, "r": r_factor(x - mean)}
+        return CentredFactor(n=len(x), mean=mean, r=r_factor(x - mean))
+
+    def local_project(
+        self, data: Table, params: PCAParams, request: Projection, ctx: SiteContext
+    ) -> Empty:
+        x = data.matrix(params.columns or [])
+        check_min_count(len(x), ctx.min_count, "the site's rows")
+        mean = np.asarray(request.mean, dtype=np.float64)
+        scale = np.asarray(request.scale, dtype=np.float64)
+        components = np.atleast_2d(np.asarray(request.components, dtype=np.float64))
+        scores = ((x - mean) / scale) @ components.T
+        ctx.outputs["projections.csv"] = projections_csv(scores)
+        return Empty()
 
     # -- coordinator --------------------------------------------------------------------------
-    def aggregate(
-        self, replies: Mapping[str, Payload], params: PCAParams, ctx: CoordinatorContext
+    def aggregate_factor(
+        self, replies: Mapping[str, CentredFactor], params: PCAParams, ctx: CoordinatorContext
     ) -> Step:
-        if "result" in ctx.state:  # after the projections round: the sites wrote their scores
-            return Done(ctx.state["result"])
         columns = list(params.columns or [])
-        parts = [
-            (float(r["n"]), np.asarray(r["mean"]), np.asarray(r["r"])) for r in replies.values()
-        ]
+        parts = [(float(r.n), np.asarray(r.mean), np.asarray(r.r)) for r in replies.values()]
         n, mean, r = merge_centered_factors(parts)
         if n < 2:
             raise AppError(f"app 'pca': {int(n)} rows in all; at least 2 are needed")
@@ -182,7 +209,13 @@ class PCA(App[PCAParams]):
         if not params.projections:
             return Done(result)
         ctx.state["result"] = result
-        return Continue({"components": components, "mean": mean, "scale": scale})
+        return Continue("project", Projection(components=components, mean=mean, scale=scale))
+
+    def aggregate_project(
+        self, replies: Mapping[str, Empty], params: PCAParams, ctx: CoordinatorContext
+    ) -> Step:
+        """The sites wrote their scores; the result is the one of phase ``factor``."""
+        return Done(ctx.state["result"])
 
     # -- reference ----------------------------------------------------------------------------
     def centralized(self, pooled: pd.DataFrame, params: PCAParams) -> dict[str, Any]:
