@@ -39,6 +39,10 @@ def validate_study(path: str | Path) -> ValidationReport:
     app = check_study(study)
     report = ValidationReport()
     if app is None:
+        if study.platform == "featurecloud":
+            from fedflow.featurecloud.workflow import preflight
+
+            report.lines.extend(preflight(study))
         report.lines.append(f"platform '{study.platform}': {len(study.clients)} site(s)")
         return report
     local = []

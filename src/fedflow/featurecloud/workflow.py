@@ -44,10 +44,22 @@ from fedflow.featurecloud.controller import DEFAULT_CONTROLLER, ControllerClient
 from fedflow.featurecloud.ops import monitor, raise_for_outcome
 from fedflow.featurecloud.ratelimit import DEFAULT_RATE
 from fedflow.results.rundir import RunDirectory, json_ready
-from fedflow.study.env import Credentials, find_env_file, load_credentials
+from fedflow.study.env import (
+    Credentials,
+    load_credentials,
+    permission_problem,
+    require_env_file,
+)
 from fedflow.study.schema import Client, Study
 
-__all__ = ["LocalSiteOps", "Settings", "SiteOps", "default_data_dir", "run_featurecloud"]
+__all__ = [
+    "LocalSiteOps",
+    "Settings",
+    "SiteOps",
+    "default_data_dir",
+    "preflight",
+    "run_featurecloud",
+]
 
 
 class SiteOps(Protocol):
@@ -239,6 +251,28 @@ def _check(study: Study, credentials: Credentials) -> list[_Site]:
     return sites
 
 
+def preflight(study: Study, env_file: Path | None = None) -> list[str]:
+    """Check a FeatureCloud study as ``fedflow run`` does before its first request (``.env`` in
+    the study's folder or the working folder, a password per user, one coordinator, data files);
+    return one line per site, plus a warning line when ``.env`` is readable by others.
+
+    Raises StudyError for the first problem.
+    """
+    env = env_file or require_env_file([study.folder, Path.cwd()])
+    sites = _check(study, load_credentials(env, warn=False))
+    lines = [
+        f"{site.name}: FeatureCloud user '{site.client.fc_username}'"
+        f"{' (coordinator)' if site.client.coordinator else ''}, "
+        f"{len(site.client.data)} data file(s), controller "
+        f"{site.client.controller or DEFAULT_CONTROLLER}"
+        for site in sites
+    ]
+    problem = permission_problem(env)
+    if problem:
+        lines.append(f"warning: {problem}")
+    return lines
+
+
 def _unpack(archive: Path, target: Path) -> list[Path]:
     """Extract ``archive`` into ``target``; refuse members that would land outside it."""
     out = []
@@ -305,14 +339,12 @@ class _Pipeline:
         return self.rd.phase(f"featurecloud {name}")
 
     def run(self) -> dict[str, Any]:
-        env_file = self.settings.env_file or find_env_file([self.study.folder, Path.cwd()])
-        if env_file is None:
-            raise StudyError(
-                f"no .env with FeatureCloud passwords in {self.study.folder} or {Path.cwd()} "
-                "(one USER=PASSWORD line per fc_username)"
-            )
+        env_file = self.settings.env_file or require_env_file([self.study.folder, Path.cwd()])
         with self.phase("validate"):
-            credentials = load_credentials(env_file)
+            credentials = load_credentials(env_file, warn=False)
+            problem = permission_problem(env_file)
+            if problem:
+                self.say(None, f"warning: {problem}")
             sites = _check(self.study, credentials)
         self.sites = sites
         for site in sites:
@@ -398,7 +430,18 @@ class _Pipeline:
         with self.phase("upload"):
             for site in sites:
                 assert site.controller is not None
-                names = site.controller.contribute(pid, site.client.data)
+                try:
+                    names = site.controller.contribute(pid, site.client.data)
+                except PlatformError as exc:
+                    if "site_info" not in str(exc) and "site info" not in str(exc):
+                        raise
+                    exc.message = (
+                        f"{exc.message} (fedflow wrote this site's site_info.json to "
+                        f"{site.data_dir}: a controller started by hand must use that folder, "
+                        f"e.g. --data-dir {site.data_dir})"
+                    )
+                    exc.args = (exc.message,)
+                    raise
                 summary["sites"][site.name]["uploaded"] = names
                 self.say(site, f"uploaded {len(names)} file(s) and finalized")
         timeout = self.settings.timeout if self.settings.timeout is not None else study.timeout
@@ -418,6 +461,7 @@ class _Pipeline:
         with self.phase("download"):
             for site in sites:
                 self._download(site, pid)
+        summary["result"] = self._app_result(coord)
         raise_for_outcome(pid, outcome, timeout)
         return json_ready(summary)
 
@@ -503,6 +547,18 @@ class _Pipeline:
             f"run {run}: {len(got['logs'])} log(s), {len(got['results'])} result archive(s)",
             "ready",
         )
+
+    def _app_result(self, coord: _Site) -> Any:
+        """Return the app's own result as the coordinator downloaded it: its ``result.json``
+        when the app wrote one (parsed), else the names of its result files; None if none."""
+        files = [self.rd.path / f for f in self.summary["sites"][coord.name]["files"]]
+        for path in files:
+            if path.name == "result.json":
+                try:
+                    return json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    break
+        return {"files": [str(f.relative_to(self.rd.path)) for f in files]} if files else None
 
     def _stop(self, sites: list[_Site]) -> None:
         if not any(s.started for s in sites):

@@ -101,6 +101,8 @@ def result_tables(
     """Return the tables showing ``result``: the app's own layout when ``app`` has one (see
     ``APP_RENDERERS``), else the generic rules of the module docstring."""
     renderer = APP_RENDERERS.get(app or "")
+    if renderer is None and result.get("platform") == "featurecloud":
+        renderer = _featurecloud
     if renderer is not None:
         try:
             return renderer(result)
@@ -407,6 +409,28 @@ def _random_forest(result: Mapping[str, Any]) -> list[Table]:
         )
     shown = {"feature_importances", "trees_per_site", "features", *quality}
     tables.append(_scalars(result, [k for k in result if k not in shown]))
+    return tables
+
+
+def _featurecloud(result: Mapping[str, Any]) -> list[Table]:
+    """A FeatureCloud run: the app's own result first, then one line of the platform's status
+    (the full bookkeeping is in featurecloud.json)."""
+    tables: list[Table] = []
+    outcome = result.get("result")
+    if isinstance(outcome, Mapping) and outcome:
+        heading = Table(box=None, show_header=False, pad_edge=False)
+        heading.add_column("", style="bold")
+        heading.add_row(f"{result.get('tool') or 'app'} result")
+        tables.append(heading)
+        tables.extend(generic_tables(outcome))
+    summary = Table(box=None, show_header=False, pad_edge=False)
+    summary.add_column("")
+    summary.add_row(
+        f"FeatureCloud project {result.get('project_id')}: {result.get('status')} "
+        f"(run {result.get('run')}); every site's files and logs are in the run directory, "
+        "the platform's bookkeeping in featurecloud.json"
+    )
+    tables.append(summary)
     return tables
 
 

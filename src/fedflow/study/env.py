@@ -3,7 +3,8 @@
 The format is the original fedflow's. Blank lines and ``#`` comments are skipped, ``export`` in
 front of a line and quotes around a value are accepted. Passwords are never printed, logged or
 shown in a ``repr``; a parse error names the file and the line number, never the line itself.
-A warning is issued when the file can be read by group or others (``chmod 600 .env`` fixes it).
+A warning is issued when the file can be read by group or others (``chmod 600 .env`` fixes it);
+``fedflow run`` shows it as one line (``permission_problem``), not as a Python warning.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from pathlib import Path
 
 from fedflow.errors import StudyError
 
-__all__ = ["Credentials", "EnvPermissionWarning", "find_env_file", "load_credentials"]
+__all__ = [
+    "Credentials",
+    "EnvPermissionWarning",
+    "find_env_file",
+    "load_credentials",
+    "permission_problem",
+    "require_env_file",
+]
 
 ENV_FILE = ".env"
 
@@ -55,6 +63,35 @@ class Credentials(Mapping[str, str]):
             ) from None
 
 
+def require_env_file(folders: Iterable[Path]) -> Path:
+    """Return the first ``.env`` found in ``folders``; raise StudyError naming each folder once."""
+    unique = list(dict.fromkeys(Path(f).resolve() for f in folders))
+    found = find_env_file(unique)
+    if found is None:
+        where = " or ".join(str(f) for f in unique)
+        raise StudyError(
+            f"no {ENV_FILE} with FeatureCloud passwords in {where} "
+            "(one USER=PASSWORD line per fc_username; then chmod 600 it)"
+        )
+    return found
+
+
+def permission_problem(path: str | Path) -> str | None:
+    """Return why the credentials file at ``path`` is too open (group or others may read it),
+    as one line with the fix, or None when it is private (or not on a POSIX system)."""
+    source = Path(path)
+    try:
+        mode = source.stat().st_mode
+    except OSError:
+        return None
+    if os.name != "posix" or not mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return None
+    return (
+        f"{source} can be read by other users (mode {stat.S_IMODE(mode):o}); "
+        f"run: chmod 600 {source}"
+    )
+
+
 def find_env_file(folders: Iterable[Path]) -> Path | None:
     """Return the first ``.env`` found in ``folders`` (in order), or None."""
     for folder in folders:
@@ -78,7 +115,6 @@ def load_credentials(path: str | Path | None = None, *, warn: bool = True) -> Cr
     """
     source = Path(path) if path is not None else Path.cwd() / ENV_FILE
     try:
-        mode = source.stat().st_mode
         text = source.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise StudyError(
@@ -89,13 +125,9 @@ def load_credentials(path: str | Path | None = None, *, warn: bool = True) -> Cr
         raise StudyError(
             f"{source}: cannot read the credentials file ({type(exc).__name__})"
         ) from None
-    if warn and os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
-        warnings.warn(
-            f"{source} can be read by other users (mode {stat.S_IMODE(mode):o}); "
-            f"run: chmod 600 {source}",
-            EnvPermissionWarning,
-            stacklevel=2,
-        )
+    problem = permission_problem(source) if warn else None
+    if problem:
+        warnings.warn(problem, EnvPermissionWarning, stacklevel=2)
     passwords: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
