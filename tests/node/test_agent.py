@@ -6,9 +6,11 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fedflow._version import __version__
-from fedflow.node.agent import NodeAgent, SitePolicy, serve
+from fedflow.node.agent import NodeAgent, serve
+from fedflow.node.siteconfig import SiteConfig
 from fedflow.wire import (
     PROTOCOL_VERSION,
     Bye,
@@ -71,8 +73,8 @@ def test_out_of_order_and_failures_are_replies_not_crashes(tmp_path: Path) -> No
 
 
 def test_unknown_app_and_policy(tmp_path: Path) -> None:
-    for policy, kind in ((None, "app"), (SitePolicy(frozenset({"stats"})), "policy")):
-        agent = NodeAgent("s", policy)
+    for config, kind in ((None, "app"), (SiteConfig(allowed_apps=frozenset({"stats"})), "policy")):
+        agent = NodeAgent("s", config)
         agent.handle(Hello(protocol=PROTOCOL_VERSION, version=__version__, site="s"))
         agent.handle(Setup(data=[data_file(tmp_path)]))
         app = "no-such-app" if kind == "app" else "linear-regression"
@@ -95,15 +97,16 @@ def test_a_task_for_an_undeclared_phase_or_with_a_wrong_payload_is_refused(
 
 
 def test_site_policy_raises_min_count(tmp_path: Path) -> None:
-    agent = NodeAgent("s", SitePolicy(min_count=50))
+    agent = NodeAgent("s", SiteConfig(min_count=50))
     agent.handle(Hello(protocol=PROTOCOL_VERSION, version=__version__, site="s"))
     agent.handle(Setup(data=[data_file(tmp_path)], min_count=5))
     reply = agent.handle(Prepare(app="stats", params={}, columns={"x": "numeric"}))
     assert isinstance(reply, Failure) and "fewer than min_count = 50" in reply.message
 
 
-def test_app_outputs_are_written_only_to_the_site_folder(tmp_path: Path) -> None:
-    agent = NodeAgent("s")
+@pytest.mark.parametrize("leave", [False, True])
+def test_app_outputs_are_written_only_to_the_site_folder(tmp_path: Path, leave: bool) -> None:
+    agent = NodeAgent("s", SiteConfig(outputs_leave_site=leave))
     agent.handle(Hello(protocol=PROTOCOL_VERSION, version=__version__, site="s"))
     out = tmp_path / "out"
     agent.handle(Setup(data=[data_file(tmp_path)], outputs=str(out)))
@@ -112,7 +115,8 @@ def test_app_outputs_are_written_only_to_the_site_folder(tmp_path: Path) -> None
     assert agent._ctx is not None
     agent._ctx.outputs["../escape.csv"] = b"a,b\n"
     bye = agent.handle(Finish())
-    assert isinstance(bye, Bye) and bye.outputs == ["escape.csv"]
+    # written at the site; listed for the coordinator to fetch only when the site allows it
+    assert isinstance(bye, Bye) and bye.outputs == (["escape.csv"] if leave else [])
     assert (out / "escape.csv").read_bytes() == b"a,b\n"
     assert not (tmp_path / "escape.csv").exists()
 
@@ -154,19 +158,32 @@ def test_serve_exits_on_truncated_frame_and_answers_garbage() -> None:
     assert isinstance(reply, Failure) and reply.kind == "protocol"
 
 
-def test_policy_file_only_tightens(tmp_path: Path) -> None:
+def test_site_configuration_is_strict_and_command_line_options_only_tighten(
+    tmp_path: Path,
+) -> None:
     import pytest
 
-    from fedflow.node.agent import PolicyError, load_policy
+    from fedflow.errors import PolicyError
+    from fedflow.node.agent import tighten
+    from fedflow.node.siteconfig import load_config
 
-    path = tmp_path / "policy.toml"
-    assert load_policy(path, SitePolicy()) == SitePolicy()  # no file: nothing changes
+    path = tmp_path / "site-policy.toml"
+    assert load_config(path) == SiteConfig()  # no file: nothing configured
     path.write_text('allowed_apps = ["stats", "pca"]\nmin_count = 20\n')
-    policy = load_policy(path, SitePolicy(frozenset({"stats", "cox"}), 50))
-    assert policy == SitePolicy(frozenset({"stats"}), 50)
+    config = tighten(load_config(path), allow=["stats", "cox"], min_count=50)
+    assert config.allowed_apps == frozenset({"stats"}) and config.min_count == 50
+    assert tighten(load_config(path), allow=None, min_count=3).min_count == 20
     path.write_text("min_cont = 3\n")
-    with pytest.raises(PolicyError, match="unknown key\\(s\\) min_cont"):
-        load_policy(path, SitePolicy())
+    with pytest.raises(
+        PolicyError, match="unknown key 'min_cont' \\(did you mean 'min_count'\\?\\)"
+    ):
+        load_config(path)
     path.write_text("min_count = 0\n")
     with pytest.raises(PolicyError, match="positive integer"):
-        load_policy(path, SitePolicy())
+        load_config(path)
+    path.write_text('[datasets.cohort]\npath = "c.csv"\ncolums = ["a"]\n')
+    with pytest.raises(PolicyError, match="unknown key 'datasets.cohort.colums'"):
+        load_config(path)
+    path.write_text('approved_code = ["md5:abc"]\n')
+    with pytest.raises(PolicyError, match="approved_code"):
+        load_config(path)

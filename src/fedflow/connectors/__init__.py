@@ -31,7 +31,8 @@ def connector_for(
     sites write at the site and the files are fetched there). Local sites are forked from
     ``forkserver`` when one is given; ``progress(what, done, total)`` hears of file transfers.
     """
-    agent_args = ["--verbose"] if study.debug.verbose else []
+    # the study's own machines: the agent runs owned (paths, plug-ins, min_count down to 1)
+    agent_args = ["--owned", *(["--verbose"] if study.debug.verbose else [])]
     if client.is_local:
         return LocalConnector(
             client.name,

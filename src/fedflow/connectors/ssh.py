@@ -190,7 +190,7 @@ class SSHConnector(StreamConnector):
 
     async def _start_agent(self) -> None:
         assert self._conn is not None and self.info is not None and self.run_dir is not None
-        args = ["--verbose"] if self.study.debug.verbose else []
+        args = ["--owned", *(["--verbose"] if self.study.debug.verbose else [])]
         command = (
             f"umask 077; mkdir -p {shlex.quote(self.output_dir or self.run_dir)} "
             f"{shlex.quote(self.run_dir)} && cd {shlex.quote(self.run_dir)} && exec {shlex.quote(self.info.venv_python)} "

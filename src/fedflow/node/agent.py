@@ -9,6 +9,8 @@ States: new → greeted (Hello) → loaded (Setup) → prepared (Prepare) → ro
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import os
 import platform
@@ -17,17 +19,25 @@ import socket
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgspec
 
 from fedflow._version import __version__
-from fedflow.apps import get_app
+from fedflow.apps import BUILTIN_APPS, get_app
 from fedflow.apps.base import App, SiteContext, Table, decode_payload, encode_payload
 from fedflow.errors import AppError, DataError, PolicyError, ProtocolError, RemoteProtocolError
+from fedflow.node.audit import AuditLog
 from fedflow.node.data import LoadedData, column_kind, prepare_table, read_table
+from fedflow.node.siteconfig import (
+    Dataset,
+    SiteConfig,
+    approved_store,
+    load_config,
+    source_hash,
+)
 from fedflow.wire import (
     HEADER_SIZE,
     PROTOCOL_VERSION,
@@ -50,84 +60,48 @@ from fedflow.wire import (
     parse_header,
 )
 
-__all__ = ["NodeAgent", "SitePolicy", "serve"]
+__all__ = ["NodeAgent", "serve"]
 
 log = logging.getLogger("fedflow.node")
 
 
-@dataclass(frozen=True)
-class SitePolicy:
-    """What a site allows, set by the site itself (``fedflow node --allow-app … --min-count …``).
-
-    ``allowed_apps`` None allows every app; ``min_count`` raises (never lowers) the study's.
-    """
-
-    allowed_apps: frozenset[str] | None = None
-    min_count: int = 1
-
-
-def policy_file() -> Path:
-    """Return the site's own policy file: ``$FEDFLOW_SITE_POLICY``, else
-    ``$XDG_CONFIG_HOME/fedflow/site-policy.toml`` (default ``~/.config/fedflow/site-policy.toml``)."""
-    explicit = os.environ.get("FEDFLOW_SITE_POLICY")
-    if explicit:
-        return Path(explicit).expanduser()
-    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(config) / "fedflow" / "site-policy.toml"
-
-
-def load_policy(path: Path, base: SitePolicy) -> SitePolicy:
-    """Return ``base`` tightened by the policy file at ``path`` (absent file: ``base``).
-
-    The file holds ``allowed_apps = [...]`` and/or ``min_count = N``. Raises PolicyError when it
-    cannot be read or holds anything else, so a site never runs under a policy it did not mean.
-    """
-    import tomllib
-
-    if not path.exists():
-        return base
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise PolicyError(f"{path}: cannot read the site policy ({exc})") from None
-    unknown = sorted(set(data) - {"allowed_apps", "min_count"})
-    if unknown:
-        raise PolicyError(
-            f"{path}: unknown key(s) {', '.join(unknown)} (allowed: allowed_apps, min_count)"
-        )
-    allowed = base.allowed_apps
-    apps = data.get("allowed_apps")
-    if apps is not None:
-        if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
-            raise PolicyError(f"{path}: allowed_apps must be a list of app names")
-        allowed = frozenset(apps) if allowed is None else allowed & frozenset(apps)
-    min_count = data.get("min_count", base.min_count)
-    if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 1:
-        raise PolicyError(f"{path}: min_count must be a positive integer")
-    return SitePolicy(allowed, max(base.min_count, min_count))
-
-
 class NodeAgent:
-    """Answers coordinator messages for one site. Never sends rows, only what apps return."""
+    """Answers coordinator messages for one site. Never sends rows, only what apps return.
+
+    ``owned``: started by the study's own connector on machines its user controls (local
+    simulation, provisioned SSH): the study may name data files and custom apps by import, and
+    lower ``min_count`` to 1. Otherwise the site is **defended**: it serves only the datasets its
+    configuration names, runs only built-in apps it allows and custom code whose sha256 it
+    approved (its own stored copy), never goes below its floor (5 when unset), writes only under
+    its own folder, and logs every request in its hash-chained audit log.
+    """
 
     def __init__(
         self,
         site: str = "site",
-        policy: SitePolicy | None = None,
+        config: SiteConfig | None = None,
         *,
+        owned: bool = True,
         preloaded: LoadedData | None = None,
+        config_error: str | None = None,
     ) -> None:
         self.site = site
+        self.config = config or SiteConfig()
+        self.owned = owned
         self.preloaded = preloaded
         """Data held in memory (in-memory runs and tests): served instead of reading files."""
-        self.policy = policy or SitePolicy()
-        self.policy_error: str | None = None
-        """Why the site's policy file could not be used (every app is then refused)."""
+        self.config_error = config_error
+        """Why the site's configuration could not be used (every request is then refused)."""
+        audit = self.config.audit_path(owned=owned)
+        self.audit = AuditLog(audit) if audit is not None else None
         self.state = "new"
         self._setup: Setup | None = None
         self._loaded: LoadedData | None = None
+        self._dataset: Dataset | None = None
         self._table: Table | None = None
         self._app: App[Any] | None = None
+        self._app_ref = ""
+        self._code_hash: str | None = None
         self._params: Any = None
         self._ctx: SiteContext | None = None
         self._compute_seconds = 0.0
@@ -136,36 +110,45 @@ class NodeAgent:
     def handle(self, message: Message) -> Message:
         """Return the reply to ``message``; failures become ``Failure`` replies, never exceptions."""
         try:
-            if isinstance(message, Hello):
-                return self._hello(message)
-            if isinstance(message, Setup):
-                return self._setup_data(message)
-            if isinstance(message, Prepare):
-                return self._prepare(message)
-            if isinstance(message, Task):
-                return self._task(message)
-            if isinstance(message, Finish):
-                return self._finish(message)
-            raise RemoteProtocolError(f"unexpected {type(message).__name__} message")
+            reply = self._dispatch(message)
         except DataError as exc:
             log.error("data error: %s", exc.message)
-            return Failure(kind="data", message=exc.message, file=exc.file, column=exc.column)
+            reply = Failure(kind="data", message=exc.message, file=exc.file, column=exc.column)
         except AppError as exc:
             log.error("app error: %s", exc.message)
-            return Failure(kind="app", message=exc.message)
+            reply = Failure(kind="app", message=exc.message)
         except PolicyError as exc:
             log.error("refused: %s", exc.message)
-            return Failure(kind="policy", message=exc.message)
+            reply = Failure(kind="policy", message=exc.message)
         except ProtocolError as exc:
             log.error("protocol error: %s", exc.message)
-            return Failure(kind="protocol", message=exc.message)
+            reply = Failure(kind="protocol", message=exc.message)
         except Exception as exc:  # an app bug must not kill the agent silently
             log.error("internal error:\n%s", traceback.format_exc())
-            return Failure(kind="internal", message=f"{type(exc).__name__}: {exc}")
+            reply = Failure(kind="internal", message=f"{type(exc).__name__}: {exc}")
+        self._audit(message, reply)
+        return reply
+
+    def _dispatch(self, message: Message) -> Message:
+        if isinstance(message, Hello):
+            return self._hello(message)
+        if isinstance(message, Setup):
+            return self._setup_data(message)
+        if isinstance(message, Prepare):
+            return self._prepare(message)
+        if isinstance(message, Task):
+            return self._task(message)
+        if isinstance(message, Finish):
+            return self._finish(message)
+        raise RemoteProtocolError(f"unexpected {type(message).__name__} message")
 
     def _expect(self, *states: str) -> None:
         if self.state not in states:
             raise RemoteProtocolError(f"message out of order (agent is in state '{self.state}')")
+
+    def _refuse_if_unconfigured(self) -> None:
+        if self.config_error:
+            raise PolicyError(f"the site's configuration is unusable: {self.config_error}")
 
     # -- steps ---------------------------------------------------------------------------------
     def _hello(self, msg: Hello) -> Welcome:
@@ -188,13 +171,41 @@ class NodeAgent:
             host=socket.gethostname(),
         )
 
-    def _setup_data(self, msg: Setup) -> Ready:
-        self._expect("greeted")
-        started = time.perf_counter()
-        loaded = self.preloaded or read_table(
+    def _open_data(self, msg: Setup) -> LoadedData:
+        """Return the data the request names, after checking the site serves it (no file is
+        opened before that check)."""
+        if self.preloaded is not None:
+            return self.preloaded
+        if msg.dataset is not None:
+            if msg.data:
+                raise PolicyError("name either a dataset or data files, not both")
+            dataset = self.config.datasets.get(msg.dataset)
+            if dataset is None:
+                offered = ", ".join(sorted(self.config.datasets)) or "none"
+                raise PolicyError(f"no dataset '{msg.dataset}' here (datasets offered: {offered})")
+            self._dataset = dataset
+            loaded = read_table(dataset.paths, site=self.site, **dataset.reading())
+            if dataset.columns is not None:
+                return restrict_columns(loaded, dataset.columns, where=f"dataset '{dataset.name}'")
+            return loaded
+        if not self.owned:
+            raise PolicyError(
+                "this site serves only the datasets its configuration names; the study names "
+                'files (give the client dataset = "…")'
+            )
+        return read_table(
             msg.data, site=self.site, sep=msg.sep, header=msg.header, columns=msg.columns
         )
-        self._setup, self._loaded = msg, loaded
+
+    def _setup_data(self, msg: Setup) -> Ready:
+        self._expect("greeted")
+        self._refuse_if_unconfigured()
+        if not 1 <= msg.min_count < 2**63:
+            raise PolicyError(f"min_count {msg.min_count} is outside 1 … 2^63-1")
+        started = time.perf_counter()
+        self._setup = msg
+        loaded = self._open_data(msg)
+        self._loaded = loaded
         table = loaded.table
         log.info(
             "loaded %d rows × %d columns from %d file(s) in %.1f ms",
@@ -217,25 +228,53 @@ class NodeAgent:
             files=[FileInfo(f.name, f.sha256, f.bytes, f.rows) for f in loaded.files],
         )
 
+    def _load_app(self, msg: Prepare) -> App[Any]:
+        """Return the app the request names, if this site runs it. A defended site imports no
+        module because a coordinator named it: custom code runs only from the site's own
+        approved copy whose sha256 equals that of the source the coordinator sent."""
+        allowed = self.config.allowed_apps
+        if msg.app in BUILTIN_APPS:
+            if allowed is not None and msg.app not in allowed:
+                raise PolicyError(
+                    f"this site does not allow app '{msg.app}' "
+                    f"(allowed: {', '.join(sorted(allowed)) or 'none'})"
+                )
+            return get_app(msg.app)
+        if msg.code is not None:
+            self._code_hash = source_hash(msg.code.encode("utf-8"))
+        if self.owned and msg.code is None:
+            return get_app(msg.app)  # the study's user controls this machine and its modules
+        if msg.code is None or self._code_hash not in self.config.approved_code:
+            shown = self._code_hash or "no source sent"
+            raise PolicyError(
+                f"custom app '{msg.app}' ({shown}) is not approved here "
+                "(the site operator approves code with: fedflow site approve FILE)"
+            )
+        assert self.config.path is not None
+        return load_approved_app(
+            approved_store(self.config.path), self._code_hash, msg.app.partition(":")[2]
+        )
+
     def _prepare(self, msg: Prepare) -> Prepared:
         self._expect("loaded")
         assert self._setup is not None and self._loaded is not None
-        if self.policy_error:
-            raise PolicyError(self.policy_error)
-        allowed = self.policy.allowed_apps
-        if allowed is not None and msg.app not in allowed:
-            raise PolicyError(
-                f"this site does not allow app '{msg.app}' (allowed: {', '.join(sorted(allowed))})"
-            )
-        app = get_app(msg.app)
+        self._refuse_if_unconfigured()
+        app = self._load_app(msg)
         params = app.parse_params(msg.params)
-        min_count = max(self._setup.min_count, self.policy.min_count)
+        if self._dataset is not None and self._dataset.columns is not None:
+            outside = sorted(set(msg.columns) - set(self._dataset.columns))
+            if outside:
+                raise PolicyError(
+                    f"dataset '{self._dataset.name}' does not offer column(s) {', '.join(outside)}"
+                )
+        floor = self.config.floor(owned=self.owned)
+        min_count = max(self._setup.min_count, floor)
         table = prepare_table(
             self._loaded, msg.columns, dropna=self._setup.dropna, min_count=min_count
         )
-        self._app, self._params, self._table = app, params, table
+        self._app, self._app_ref, self._params, self._table = app, msg.app, params, table
         self._ctx = SiteContext(site=self.site, seed=self._setup.seed, min_count=min_count)
-        log.info("prepared app '%s' on %d rows", msg.app, table.n_rows)
+        log.info("prepared app '%s' on %d rows (min_count %d)", msg.app, table.n_rows, min_count)
         self.state = "prepared"
         return Prepared(rows=table.n_rows)
 
@@ -266,31 +305,153 @@ class NodeAgent:
         """Files the app asked to write at this site so far (name → content)."""
         return dict(self._ctx.outputs) if self._ctx is not None else {}
 
+    def _output_folder(self) -> Path | None:
+        if not self.owned:  # a defended site writes only under its own folder
+            study = self._setup.study if self._setup and self._setup.study else "study"
+            return self.config.outputs_dir() / safe_name(study)
+        folder = self._setup.outputs if self._setup else None
+        return Path(folder) if folder else None
+
     def _finish(self, msg: Finish) -> Bye:
-        outputs: list[str] = []
+        written: list[str] = []
         if self._ctx is not None and self._ctx.outputs:
-            folder = self._setup.outputs if self._setup else None
-            if folder is None:
+            target = self._output_folder()
+            if target is None:
                 log.warning(
                     "the app produced %d output file(s) but no output folder was given",
                     len(self._ctx.outputs),
                 )
             else:
-                target = Path(folder)
                 target.mkdir(parents=True, exist_ok=True, mode=0o700)
                 for name, content in self._ctx.outputs.items():
                     safe = Path(name).name  # an app may not write outside its folder
                     (target / safe).write_bytes(content)
-                    outputs.append(safe)
-                log.info("wrote %s to %s", ", ".join(outputs), target)
+                    written.append(safe)
+                log.info("wrote %s to %s", ", ".join(written), target)
         self.state = "done"
         usage = resource.getrusage(resource.RUSAGE_SELF)
         log.info("run %s; computing took %.1f ms in all", msg.status, 1000 * self._compute_seconds)
+        leave = self.config.outputs_leave_site
+        if written and not leave:
+            log.info("per-site outputs stay at the site (outputs_leave_site = false)")
         return Bye(
             peak_rss=int(usage.ru_maxrss) * 1024,
             cpu_seconds=usage.ru_utime + usage.ru_stime,
-            outputs=outputs,
+            outputs=written if leave else [],
         )
+
+    # -- audit ---------------------------------------------------------------------------------
+    def _audit(self, message: Message, reply: Message) -> None:
+        if self.audit is None or isinstance(message, Hello):
+            return
+        setup = self._setup
+        record: dict[str, Any] = {
+            "site": self.site,
+            "mode": "owned" if self.owned else "defended",
+            "event": type(message).__name__.lower(),
+            "study": setup.study if setup else None,
+            "study_sha256": setup.study_sha256 if setup else None,
+            "dataset": setup.dataset if setup else None,
+        }
+        if isinstance(message, Setup):
+            record["files"] = list(message.data)
+        if isinstance(message, Prepare):
+            record.update(app=message.app, params=message.params, columns=message.columns)
+            record["code_sha256"] = self._code_hash
+        if isinstance(message, Task):
+            record.update(app=self._app_ref, round=message.round, phase=message.phase)
+        if isinstance(reply, Failure):
+            record.update(outcome="refused" if reply.kind == "policy" else "failed")
+            record["reason"] = reply.message
+        elif isinstance(reply, Reply):
+            encoded = MessageCodec().encode(reply)
+            record.update(
+                outcome="released",
+                released={
+                    "bytes": len(encoded),
+                    "sha256": hashlib.sha256(encoded).hexdigest(),
+                    "shape": _shape(reply.payload),
+                },
+            )
+        elif isinstance(reply, (Ready, Prepared)):
+            record.update(outcome="answered", rows=reply.rows)
+        else:
+            record.update(outcome="answered")
+        try:
+            self.audit.append(record)
+        except OSError as exc:  # never answer without logging: stop serving
+            log.error("cannot write the audit log %s: %s", self.audit.path, exc)
+            raise SystemExit(1) from None
+
+
+def _shape(payload: Any) -> Any:
+    """Return the structure of a released payload: keys, array shapes and dtypes, scalar types."""
+    if isinstance(payload, dict):
+        return {str(k): _shape(v) for k, v in payload.items()}
+    if isinstance(payload, list):
+        return [len(payload)]
+    if hasattr(payload, "shape") and hasattr(payload, "dtype"):
+        return {"shape": list(payload.shape), "dtype": str(payload.dtype)}
+    return type(payload).__name__
+
+
+def safe_name(name: str) -> str:
+    """Return ``name`` reduced to a safe file name (letters, digits, ``._-``)."""
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).strip("._")
+    return cleaned or "study"
+
+
+def restrict_columns(loaded: LoadedData, allowed: Sequence[str], *, where: str) -> LoadedData:
+    """Return ``loaded`` with only the ``allowed`` columns (those it holds, in file order)."""
+    missing = [c for c in allowed if c not in loaded.table]
+    if missing:
+        raise DataError(f"{where}: configured column(s) {', '.join(missing)} not in its files")
+    keep = [c for c in loaded.table.columns if c in set(allowed)]
+    return dataclasses.replace(
+        loaded,
+        table=Table({c: loaded.table[c] for c in keep}),
+        missing={c: m for c, m in loaded.missing.items() if c in set(allowed)},
+    )
+
+
+def load_approved_app(store: Path, code_hash: str, class_name: str) -> App[Any]:
+    """Return an instance of ``class_name`` from the site's own approved copy of the source
+    whose hash is ``code_hash``; the copy's bytes are hashed again before they run."""
+    import importlib.util
+
+    path = store / f"{code_hash.partition(':')[2]}.py"
+    try:
+        source = path.read_bytes()
+    except OSError:
+        raise PolicyError(
+            f"approved code {code_hash} has no stored copy at {path} (approve it again)"
+        ) from None
+    if source_hash(source) != code_hash:
+        raise PolicyError(f"the stored copy {path} no longer has hash {code_hash}")
+    module_name = f"fedflow_approved_{code_hash.partition(':')[2][:16]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise PolicyError(f"cannot load the approved copy {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, App)):
+        raise AppError(f"approved code {code_hash} has no App subclass '{class_name}'")
+    return cls()
+
+
+def tighten(
+    config: SiteConfig, *, allow: Sequence[str] | None, min_count: int | None
+) -> SiteConfig:
+    """Return ``config`` tightened by command-line options (never loosened)."""
+    allowed = config.allowed_apps
+    if allow:
+        allowed = frozenset(allow) if allowed is None else allowed & frozenset(allow)
+    floor = config.min_count
+    if min_count is not None:
+        floor = max(floor or 1, min_count)
+    return dataclasses.replace(config, allowed_apps=allowed, min_count=floor)
 
 
 def _read_exactly(stream: BinaryIO, n: int) -> bytes:
@@ -370,14 +531,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--site", default="site", help="this site's name (for logs)")
     parser.add_argument(
+        "--owned",
+        action="store_true",
+        help="started by the study's own connector on a machine its user controls: the study "
+        "may name files and custom apps and lower min_count to 1 (a bare agent is defended)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="the site configuration (default: $FEDFLOW_SITE_POLICY, "
+        "else $XDG_CONFIG_HOME/fedflow/site-policy.toml)",
+    )
+    parser.add_argument(
         "--allow-app",
         action="append",
         dest="allow",
         metavar="APP",
-        help="allow only these apps (repeatable)",
+        help="allow only these apps (repeatable; tightens the configuration)",
     )
     parser.add_argument(
-        "--min-count", type=int, default=1, help="raise the study's min_count at this site"
+        "--min-count", type=int, default=None, help="raise this site's min_count floor"
     )
     parser.add_argument("--verbose", action="store_true", help="log at DEBUG level")
     args = parser.parse_args(argv)
@@ -390,22 +563,21 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s {args.site} %(levelname)s %(message)s",
     )
     _exit_with_parent()
-    policy = SitePolicy(frozenset(args.allow) if args.allow else None, args.min_count)
     refusal: str | None = None
     try:
-        policy = load_policy(policy_file(), policy)
+        config = load_config(args.config)
     except PolicyError as exc:
         log.error("%s", exc.message)
-        policy = SitePolicy(frozenset(), policy.min_count)  # refuse every app, say why at Prepare
-        refusal = exc.message
-    agent = NodeAgent(args.site, policy)
-    agent.policy_error = refusal
-    if policy.allowed_apps is not None or policy.min_count > 1:
-        log.info(
-            "site policy: apps %s, min_count at least %d",
-            ", ".join(sorted(policy.allowed_apps)) if policy.allowed_apps is not None else "any",
-            policy.min_count,
-        )
+        config, refusal = SiteConfig(), exc.message  # refuse every request, say why
+    config = tighten(config, allow=args.allow, min_count=args.min_count)
+    agent = NodeAgent(args.site, config, owned=args.owned, config_error=refusal)
+    log.info(
+        "%s site: apps %s, min_count at least %d, datasets %s",
+        "owned" if args.owned else "defended",
+        ", ".join(sorted(config.allowed_apps)) if config.allowed_apps is not None else "built-in",
+        config.floor(owned=args.owned),
+        ", ".join(sorted(config.datasets)) or "none",
+    )
     log.info(
         "node agent started (fedflow %s, python %s, pid %d)",
         __version__,

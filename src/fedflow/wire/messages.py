@@ -3,8 +3,8 @@
 Conversation (coordinator → node, node → coordinator), one answer per request::
 
     Hello(protocol, version, site)          → Welcome(protocol, version, site, python, pid, host)
-    Setup(data, dropna, min_count, seed, outputs) → Ready(rows, columns, files)  load data, schema
-    Prepare(app, params, columns)           → Prepared(rows)                     check columns
+    Setup(data | dataset, dropna, min_count, seed, outputs, …) → Ready(rows, columns, files)
+    Prepare(app, params, columns, code)     → Prepared(rows)                     check columns
     Task(round, phase, payload)             → Reply(round, payload, seconds)     one per round
     Finish(status)                          → Bye(peak_rss, cpu_seconds, outputs)
 
@@ -83,7 +83,7 @@ class Welcome(_Msg, tag="welcome", frozen=True):
 
 
 class Setup(_Msg, tag="setup", frozen=True):
-    data: list[str]
+    data: list[str] = []
     dropna: bool = False
     min_count: int = 5
     seed: int | None = None
@@ -95,6 +95,11 @@ class Setup(_Msg, tag="setup", frozen=True):
     """False: the files' first line is data; ``columns`` names the columns."""
     columns: list[str] | None = None
     """Column names of files without a header line."""
+    dataset: str | None = None
+    """A dataset the site's own configuration names (instead of ``data`` paths)."""
+    study: str = ""
+    study_sha256: str | None = None
+    """The study's name and file hash, for the site's audit log."""
 
 
 class Ready(_Msg, tag="ready", frozen=True):
@@ -107,6 +112,9 @@ class Prepare(_Msg, tag="prepare", frozen=True):
     app: str
     params: dict[str, Any]
     columns: dict[str, str]
+    code: str | None = None
+    """The source of a custom app's module (``package.module:Class``), for sites that run only
+    code whose sha256 they approved; the site runs its own approved copy, never this text."""
 
 
 class Prepared(_Msg, tag="prepared", frozen=True):
