@@ -134,6 +134,24 @@ def test_max_iter_stops_and_says_so() -> None:
     assert any("did not converge" in note for note in sim.notes)
 
 
+@pytest.mark.parametrize("max_iter", [1, 2, 3])
+def test_each_lloyd_update_counts_and_the_last_one_is_kept(max_iter: int) -> None:
+    """Lloyd from the reported start, written here: max_iter updates, then one assignment."""
+    params = {"columns": _IRIS, "k": 4, "max_iter": max_iter, "tol": 0.0, "seed": 5}
+    result = simulate("kmeans", params, _sites(7, "unbalanced"), min_count=1).result
+    x = dataset("iris")[_IRIS].to_numpy()
+    centers = np.asarray(result["initial_centers"])
+    for _ in range(max_iter):
+        d2 = ((x[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
+        labels = d2.argmin(axis=1)
+        centers = np.array([x[labels == j].mean(axis=0) for j in range(4)])
+    d2 = ((x[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
+    assert result["iterations"] == max_iter and result["converged"] is False
+    np.testing.assert_allclose(result["centers"], centers, rtol=1e-12)
+    assert result["cluster_sizes"] == np.bincount(d2.argmin(axis=1), minlength=4).tolist()
+    assert result["inertia"] == pytest.approx(float(d2.min(axis=1).sum()), rel=1e-12)
+
+
 def test_more_clusters_than_rows_is_refused() -> None:
     frame = pd.DataFrame({"a": np.arange(6.0), "b": np.arange(6.0) ** 2})
     sites = {"x": Table.from_pandas(frame[:3]), "y": Table.from_pandas(frame[3:])}

@@ -91,6 +91,7 @@ _KMEANS = [
     _kmeans("iris", {"k": 2}),  # default columns (every numeric one, the target included)
     _kmeans("wine", {"columns": _WINE, "k": 3}),
     _kmeans("breast_cancer", {"columns": _BC, "k": 4, "max_iter": 5}),
+    _kmeans("breast_cancer", {"columns": _BC, "k": 3, "tol": 1e-3}),  # stops on the centre shift
 ]
 
 CASES = _GLM + _PCA + _KMEANS
