@@ -61,7 +61,7 @@ def validate_study(path: str | Path) -> ValidationReport:
         study.params,
         {c.name: MemoryConnector(c.name, handler=NodeAgent(c.name).handle) for c in local},
         {c.name: c.data for c in local},
-        reading={c.name: c.reading() for c in local},
+        setup={c.name: c.reading() for c in local},
         timeout=study.timeout,
         min_count=study.min_count,
         seed=study.seed,

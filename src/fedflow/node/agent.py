@@ -242,7 +242,7 @@ class NodeAgent:
             return get_app(msg.app)
         if msg.code is not None:
             self._code_hash = source_hash(msg.code.encode("utf-8"))
-        if self.owned and msg.code is None:
+        if self.owned:
             return get_app(msg.app)  # the study's user controls this machine and its modules
         if msg.code is None or self._code_hash not in self.config.approved_code:
             shown = self._code_hash or "no source sent"

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib
+import importlib.util
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import msgspec
+
 from fedflow._version import __version__
+from fedflow.apps import BUILTIN_APPS
 from fedflow.apps.base import App, SiteInfo
 from fedflow.connectors.base import Connector
 from fedflow.errors import (
@@ -103,7 +108,7 @@ class Coordinator:
         data: Mapping[str, list[str]] | None = None,
         rundir: RunDirectory | None = None,
         *,
-        reading: Mapping[str, Mapping[str, Any]] | None = None,
+        setup: Mapping[str, Mapping[str, Any]] | None = None,
         observer: Observer | None = None,
         timeout: float = 300.0,
         min_count: int = 5,
@@ -126,8 +131,11 @@ class Coordinator:
             name: SiteRecord(name, conn, list((data or {}).get(name, [])))
             for name, conn in connectors.items()
         }
-        self.reading = {name: dict((reading or {}).get(name, {})) for name in self.sites}
-        """Per site, how it reads its files (``sep``, ``header``, ``columns``; see Setup)."""
+        self.setup = {name: dict((setup or {}).get(name, {})) for name in self.sites}
+        """Per site, further ``Setup`` fields: how it reads its files (``sep``, ``header``,
+        ``columns``), the ``dataset`` it is asked for, the ``study`` name and hash."""
+        self.code_sha256: str | None = None
+        """The sha256 of a plug-in app's source sent to the sites (None for built-in apps)."""
         self.rundir = rundir
         self.metrics: dict[str, Any] = (
             rundir.metrics if rundir is not None else {"phases": [], "rounds": [], "sites": {}}
@@ -207,7 +215,7 @@ class Coordinator:
                         min_count=self.min_count,
                         seed=self.seed,
                         outputs=s.connector.output_dir,
-                        **self.reading[n],
+                        **self.setup[n],
                     )
                     for n, s in self.sites.items()
                 },
@@ -223,6 +231,10 @@ class Coordinator:
             if s.ready is not None
         }
         prepare = driver.prepare(infos)
+        if driver.ref not in BUILTIN_APPS:
+            source = plugin_source(driver.ref)
+            self.code_sha256 = "sha256:" + hashlib.sha256(source.encode("utf-8")).hexdigest()
+            prepare = msgspec.structs.replace(prepare, code=source)
         with self._phase("prepare"):
             prepared = await self._exchange({n: prepare for n in self.sites}, Prepared)
             for name, reply in prepared.items():
@@ -368,6 +380,20 @@ class Coordinator:
                 self.observer.site(chosen.site or "?", "failed", chosen.message)
             raise chosen
         return {name: task.result() for name, task in tasks.items()}
+
+
+def plugin_source(ref: str) -> str:
+    """Return the source of the module of a plug-in app ``package.module:Class``, sent to the
+    sites so that a defended site can match it against the code its operator approved."""
+    module = ref.partition(":")[0]
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        raise AppError(f"app '{ref}': cannot find the source of module '{module}'")
+    with open(spec.origin, encoding="utf-8") as handle:
+        return handle.read()
 
 
 def _failure_error(reply: Failure, site: str) -> FedflowError:

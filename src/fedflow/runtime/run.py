@@ -1,8 +1,8 @@
 """One run of a study: make the run directory, drive the platform, record everything.
 
 ``run_study`` is what ``fedflow run`` and ``fedflow.run()`` call. Whatever happens, the run
-directory ends with a manifest whose status is ``completed`` or ``failed`` (with the error), the
-metrics gathered so far, and each site's log.
+directory ends with a manifest whose status is ``completed``, ``failed`` (with the error) or
+``interrupted`` (SIGINT or SIGTERM), the metrics gathered so far, and each site's log.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ async def arun_study(
                 conns,
                 {c.name: c.data for c in study.clients},
                 rd,
-                reading={c.name: c.reading() for c in study.clients},
+                setup={c.name: c.reading() for c in study.clients},
                 observer=observer,
                 timeout=study.timeout,
                 min_count=study.min_count,
@@ -254,6 +254,7 @@ async def arun_study(
                         outcome.done.result,
                         {c.name: c.data for c in study.clients},
                         dropna=study.dropna,
+                        reading={c.name: c.reading() for c in study.clients},
                     )
                 run.comparison = comparison.to_dict()
                 rd.write_json("comparison.json", run.comparison)
