@@ -2,7 +2,8 @@
 
 Every expected error is one line on stderr and a documented exit code (the one table is
 ``fedflow.errors.ExitCode``): 0 success, 2 bad study or input, 3 a site failed, 4 comparison
-mismatch, 5 platform error, 1 internal error, 130 interrupted. ``--debug`` shows the traceback.
+mismatch, 5 platform error, 1 internal error, 130 interrupted (143: SIGTERM). ``--debug`` adds
+the traceback and changes nothing else.
 """
 
 from __future__ import annotations
