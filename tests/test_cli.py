@@ -270,4 +270,5 @@ def test_the_sites_own_policy_file_refuses_apps(tmp_path: Path) -> None:
         "refused by the site's policy: this site does not allow app 'logistic-regression'"
         in proc.stderr
     )
-    assert "site policy: apps stats" in (tmp_path / "run" / "logs" / "berlin.log").read_text()
+    log = (tmp_path / "run" / "logs" / "berlin.log").read_text()
+    assert "owned site: apps stats" in log

@@ -56,6 +56,7 @@ def validate_study(path: str | Path) -> ValidationReport:
         local.append(client)
     if not local:
         return report
+    assert study.app is not None  # check_study returned an app
     coordinator = Coordinator(
         study.app,
         study.params,

@@ -166,6 +166,9 @@ class SSHConnector(StreamConnector):
         begin = time.perf_counter()
         self._conn = await self._connect()
         self.timings["connect"] = time.perf_counter() - begin
+        if self.client.managed:
+            await self._start_managed()
+            return
         self._remote = Remote(self._conn, self.site, self._log)
         script = (
             self.study.resolve(self.study.provision_script) if self.study.provision_script else None
@@ -187,6 +190,18 @@ class SSHConnector(StreamConnector):
         if self.output_dir is None:
             self.output_dir = f"{self.run_dir}/out"
         await self._start_agent()
+
+    async def _start_managed(self) -> None:
+        """A managed site: the operator's forced command runs the agent whatever we ask for;
+        nothing is provisioned, staged or transferred, and the agent stays defended."""
+        assert self._conn is not None
+        try:
+            self._proc = await self._conn.create_process("fedflow node", encoding=None)
+        except (asyncssh.Error, OSError) as exc:
+            raise SiteError(f"cannot start the managed agent: {exc}", site=self.site) from exc
+        self._reader = self._proc.stdout
+        self._writer = self._proc.stdin
+        self._stderr_task = asyncio.create_task(self._pump_stderr(self._proc.stderr))
 
     async def _start_agent(self) -> None:
         assert self._conn is not None and self.info is not None and self.run_dir is not None
@@ -260,8 +275,8 @@ class SSHConnector(StreamConnector):
         With ``skip_data_transfer`` the paths already name files at the site and are returned
         unchanged. Unchanged files already at the site are not sent again.
         """
-        if self.study.skip_data_transfer:
-            return list(files)
+        if self.study.skip_data_transfer or self.client.managed:
+            return list(files)  # a managed site serves its own datasets by name
         remote = self._require()
         assert self.info is not None
         names: list[str] = []
@@ -296,7 +311,7 @@ class SSHConnector(StreamConnector):
 
     async def collect(self, names: Sequence[str], local_dir: Path) -> list[Path]:
         """Fetch the agent's outputs into ``local_dir`` unless ``skip_result_transfer``."""
-        if self.study.skip_result_transfer or not self.output_dir:
+        if self.study.skip_result_transfer or not self.output_dir or self.client.managed:
             return []
         fetched = []
         for name in names:

@@ -211,13 +211,22 @@ async def arun_study(
                     for c in study.clients
                 }
             )
+            assert study.app is not None
             coordinator = Coordinator(
                 study.app,  # the sites load the app by the study's own reference
                 study.params,
                 conns,
                 {c.name: c.data for c in study.clients},
                 rd,
-                setup={c.name: c.reading() for c in study.clients},
+                setup={
+                    c.name: {
+                        **c.reading(),
+                        "dataset": c.dataset,
+                        "study": study.name,
+                        "study_sha256": manifest["study"]["sha256"],
+                    }
+                    for c in study.clients
+                },
                 observer=observer,
                 timeout=study.timeout,
                 min_count=study.min_count,
@@ -283,6 +292,8 @@ async def arun_study(
         if coordinator is not None:
             manifest["sites"] = {n: s.manifest() for n, s in coordinator.sites.items()}
             manifest["rounds"] = coordinator.rounds
+            if coordinator.code_sha256 is not None:
+                manifest["code_sha256"] = coordinator.code_sha256
         manifest["finished"] = utc_now()
         manifest["duration_seconds"] = round(time.perf_counter() - started, 6)
         rd.write_json("manifest.json", manifest)

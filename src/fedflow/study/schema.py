@@ -6,12 +6,15 @@ pydantic's errors into one line naming the file, the key and the closest valid k
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["Client", "Debug", "Study"]
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 
 
 class _Strict(BaseModel):
@@ -54,10 +57,27 @@ class Client(_Strict):
     columns: list[str] | None = None
     """The column names of files without a header (``header = false``)."""
 
+    dataset: str | None = None
+    """A dataset the site's own configuration names (instead of ``data`` paths): what a defended
+    site (a bare ``fedflow node``) serves."""
+    managed: bool = False
+    """Remote sites: the operator runs the agent (a forced command in ``authorized_keys``);
+    fedflow provisions, stages and transfers nothing there and only speaks the protocol."""
+
     @property
     def is_local(self) -> bool:
         """True when the site runs as a subprocess on this machine."""
         return self.hostname is None
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if value and not _SAFE_NAME.fullmatch(value):
+            raise ValueError(
+                f"site name {value!r} may hold only letters, digits, '.', '_' and '-' "
+                "(at most 64, not starting with '.' or '-'): it names files and folders"
+            )
+        return value
 
     @field_validator("data", mode="before")
     @classmethod
@@ -70,6 +90,19 @@ class Client(_Strict):
         if value is not None and len(value) != 1:
             raise ValueError('must be one character, e.g. ";" or "\\t" (a tab)')
         return value
+
+    @model_validator(mode="after")
+    def _dataset_or_data(self) -> Client:
+        if self.dataset is not None and self.data:
+            raise ValueError("give either dataset = \"…\" or data = [...], not both")
+        if self.managed and self.hostname is None:
+            raise ValueError("managed = true is for remote sites: set hostname")
+        if self.managed and self.data:
+            raise ValueError(
+                "a managed site serves its own datasets: replace data = [...] by "
+                'dataset = "<name in the site\'s configuration>"'
+            )
+        return self
 
     @model_validator(mode="after")
     def _names_without_header(self) -> Client:
@@ -112,7 +145,7 @@ class Study(_Strict):
     app: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     seed: int | None = None
-    min_count: int = Field(default=5, ge=1)
+    min_count: int = Field(default=5, ge=1, le=2**63 - 1)
     timeout: float = Field(default=300.0, gt=0)
     """Seconds a site may take to answer one round (starting, loading data and finishing may take
     at least 120 s whatever this says)."""
