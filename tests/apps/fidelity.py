@@ -26,6 +26,10 @@ from fedflow.runtime.simulate import Simulation, simulate
 SPLITS = [(3, "iid"), (3, "unbalanced"), (7, "iid"), (7, "unbalanced")]
 
 
+EXACT = Tolerance(1e-8, 1e-12)
+"""The default: exact algorithms agree with their twin to rounding."""
+
+
 @dataclass(frozen=True)
 class Case:
     """One app on one dataset with given parameters, and how its reference is computed.
@@ -52,9 +56,6 @@ class Case:
         )
         return f"{self.app}-{self.dataset}" + (f"-{extra}" if extra else "")
 
-
-EXACT = Tolerance(1e-8, 1e-12)
-"""The default: exact algorithms agree with their twin to rounding."""
 
 # Which parameter lists "the data's columns" by default, and which roles it leaves out.
 _DEFAULT_COLUMNS: dict[str, tuple[str, tuple[str, ...]]] = {
