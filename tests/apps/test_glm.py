@@ -8,11 +8,14 @@ import pandas as pd
 import pytest
 
 from fedflow.apps import get_app
-from fedflow.apps._merge_learning import r_factor, solve_from_factor, stack_factors
-from fedflow.apps.base import SiteContext, Table
-from fedflow.apps.simulate import simulate
-from fedflow.errors import AppError, DataError
-from tests.apps.fidelity import dataset, split, wire_relay
+from fedflow.apps._merge_learning import r_factor, stack_factors
+from fedflow.apps.base import Empty, SiteContext, Table
+from fedflow.apps.glm import GLM, GLMParams, StartTerms
+from fedflow.apps.linear import ols_from_r
+from fedflow.errors import AppError, DataError, RemoteProtocolError
+from fedflow.runtime.simulate import simulate
+from tests.apps.fidelity import dataset, split
+from tests.apps.wire_spy import run_spied
 
 
 def _sites(frame: pd.DataFrame, n: int = 3, mode: str = "iid") -> dict[str, Table]:
@@ -35,21 +38,22 @@ def test_stacked_factors_carry_the_pooled_cross_products() -> None:
     np.testing.assert_allclose(r.T @ r, pooled.T @ pooled, rtol=1e-12, atol=1e-12)
 
 
-def test_solve_from_factor_is_least_squares() -> None:
+def test_the_shared_solver_is_least_squares() -> None:
+    # glm solves every weighted least-squares step with linear-regression's ols_from_r
     rng = np.random.default_rng(1)
     a = rng.normal(size=(60, 3))
     b = a @ [1.0, -2.0, 0.5] + rng.normal(size=60)
-    coef, unscaled, rss = solve_from_factor(r_factor(np.column_stack([a, b])), 3)
+    coef, unscaled, rss = ols_from_r(r_factor(np.column_stack([a, b])), ["a", "b", "c"])
     expected, res, *_ = np.linalg.lstsq(a, b, rcond=None)
     np.testing.assert_allclose(coef, expected, rtol=1e-12)
     np.testing.assert_allclose(unscaled, np.linalg.inv(a.T @ a), rtol=1e-10)
     assert rss == pytest.approx(float(res[0]), rel=1e-12)
 
 
-def test_solve_from_factor_refuses_collinear_columns() -> None:
+def test_the_shared_solver_refuses_collinear_columns_by_name() -> None:
     a = np.column_stack([np.arange(10.0), 2 * np.arange(10.0), np.ones(10)])
-    with pytest.raises(ValueError, match="rank-deficient"):
-        solve_from_factor(r_factor(np.column_stack([a, np.ones(10)])), 3)
+    with pytest.raises(AppError, match="rank-deficient.*: b"):
+        ols_from_r(r_factor(np.column_stack([a, np.ones(10)])), ["a", "b", "c"])
 
 
 # -- parameters -----------------------------------------------------------------------------------
@@ -98,7 +102,7 @@ def test_binomial_refuses_a_target_other_than_0_1() -> None:
     params = app.parse_params({"target": "y", "features": ["x1"], "family": "binomial"})
     table = Table({"y": np.array([0.0, 1.0, 2.0, 1.0, 0.0, 1.0]), "x1": np.arange(6.0)})
     with pytest.raises(DataError, match="only 0 and 1"):
-        app.local(table, params, {}, SiteContext(site="a", min_count=1))
+        app.local(table, params, "start", Empty(), SiteContext(site="a", min_count=1))
 
 
 def test_a_site_below_min_count_refuses() -> None:
@@ -106,21 +110,53 @@ def test_a_site_below_min_count_refuses() -> None:
     params = app.parse_params({"target": "y", "features": ["x1"], "family": "poisson"})
     table = Table({"y": np.array([0, 1, 2, 1]), "x1": np.arange(4.0)})
     with pytest.raises(DataError, match="min_count"):
-        app.local(table, params, {}, SiteContext(site="a", min_count=5))
+        app.local(table, params, "start", Empty(), SiteContext(site="a", min_count=5))
 
 
 def test_replies_hold_aggregates_only() -> None:
     frame = _poisson_frame(n=300)
-    seen: list[dict[str, object]] = []
-
-    def spy(payload: dict[str, object]) -> dict[str, object]:
-        seen.append(payload)
-        return wire_relay(payload)
-
-    simulate("glm", {"target": "y", "family": "poisson"}, _sites(frame), relay=spy)
-    for payload in seen:
+    spied = run_spied("glm", {"target": "y", "family": "poisson"}, _sites(frame))
+    start, irls = spied.replies("start"), spied.replies("irls")
+    assert len(start) == 3 and len(irls) == 3 * spied.result["iterations"]
+    for payload in start + irls:
         for value in payload.values():
-            assert np.size(value) <= 16  # type: ignore[arg-type]  # a 4x4 factor at most; never a column of 100 rows
+            # a 4x4 factor at most (or the two poisson sums); never a column of 100 rows
+            assert np.size(value) <= 16  # type: ignore[arg-type]
+    assert set(start[0]) == {"factor", "deviance", "loglik", "n", "y_mean", "y_m2", "poisson"}
+    assert set(start[0]["poisson"]) == {"ylogy", "log_factorials"}
+    assert set(irls[0]) == {"factor", "deviance", "loglik"}
+
+
+def test_only_poisson_sites_send_the_poisson_sums() -> None:
+    spied = run_spied("glm", {"target": "y", "family": "gaussian"}, _sites(_poisson_frame()))
+    assert all(reply["poisson"] is None for reply in spied.replies("start"))
+
+
+def test_a_poisson_reply_without_its_sums_is_blamed_on_the_site(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import msgspec
+
+    honest = GLM.local_start
+
+    def forgetful(
+        self: GLM, data: Table, params: GLMParams, request: Empty, ctx: SiteContext
+    ) -> StartTerms:
+        reply = honest(self, data, params, request, ctx)
+        return msgspec.structs.replace(reply, poisson=None) if ctx.site == "s1" else reply
+
+    monkeypatch.setattr(GLM, "local_start", forgetful)
+    with pytest.raises(RemoteProtocolError, match="poisson") as info:
+        simulate("glm", {"target": "y", "family": "poisson"}, _sites(_poisson_frame()))
+    assert info.value.site == "s1"
+
+
+def test_fewer_rows_than_coefficients_is_an_app_error() -> None:
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(rng.normal(size=(10, 12)), columns=[f"x{i}" for i in range(12)])
+    frame["y"] = rng.poisson(2.0, size=10)
+    with pytest.raises(AppError, match="10 observations for 13 coefficients"):
+        simulate("glm", {"target": "y", "family": "poisson"}, _sites(frame, 2))
 
 
 # -- statistics -----------------------------------------------------------------------------------

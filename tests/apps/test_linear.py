@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedflow.apps.base import Table
-from fedflow.apps.simulate import simulate
+from fedflow.runtime.simulate import simulate
 from tests.apps.fidelity import dataset, split
 
 # NIST StRD, Longley (https://www.itl.nist.gov/div898/strd/lls/data/Longley.shtml), certified values

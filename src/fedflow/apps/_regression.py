@@ -1,4 +1,5 @@
-"""Shared pieces of the regression apps: parameters, feature defaults, coefficient tables."""
+"""Shared pieces of the regression apps: parameters, feature defaults, the coefficients payload,
+coefficient tables."""
 
 from __future__ import annotations
 
@@ -8,17 +9,17 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from fedflow.apps.base import ColumnKind, Params
+from fedflow.apps.base import ColumnKind, Params, Payload, check_unique, named, numeric_columns
 from fedflow.errors import AppError
 
 __all__ = [
+    "Coefficients",
     "RegressionParams",
-    "pooled_design",
-    "statsmodels_table",
     "coefficient_names",
-    "named",
+    "pooled_design",
     "regression_columns",
     "resolve_features",
+    "statsmodels_table",
     "wald_table",
 ]
 
@@ -34,11 +35,16 @@ class RegressionParams(Params, frozen=True):
         if self.features is not None:
             if self.target in self.features:
                 raise ValueError(f"the target '{self.target}' is also listed in features")
-            dupes = sorted({f for f in self.features if self.features.count(f) > 1})
-            if dupes:
-                raise ValueError(f"features listed twice: {', '.join(dupes)}")
+            check_unique(self.features, "features")
             if not self.features and not self.intercept:
                 raise ValueError("no features and no intercept: nothing to fit")
+
+
+class Coefficients(Payload, frozen=True):
+    """The coefficients β (intercept first when fitted), sent to every site to evaluate the
+    model at (logistic regression's ``newton`` phase, glm's ``irls`` phase)."""
+
+    beta: np.ndarray
 
 
 def resolve_features(params: RegressionParams, columns: Mapping[str, str], app: str) -> Any:
@@ -47,7 +53,7 @@ def resolve_features(params: RegressionParams, columns: Mapping[str, str], app: 
         raise AppError(f"app '{app}': target column '{params.target}' is not in the sites' data")
     if params.features is not None:
         return params
-    features = [c for c, kind in columns.items() if kind in ("int", "float") and c != params.target]
+    features = numeric_columns(columns, exclude=[params.target])
     if not features:
         raise AppError(f"app '{app}': the data has no numeric column besides '{params.target}'")
     return msgspec.structs.replace(params, features=features)
@@ -64,11 +70,6 @@ def regression_columns(params: RegressionParams, target_kind: ColumnKind) -> dic
 def coefficient_names(params: RegressionParams) -> list[str]:
     """Return the coefficient names: ``intercept`` first when fitted, then the features."""
     return (["intercept"] if params.intercept else []) + list(params.features or [])
-
-
-def named(names: Sequence[str], values: np.ndarray) -> dict[str, float]:
-    """Return ``{name: float(value)}`` in order."""
-    return {n: float(v) for n, v in zip(names, values, strict=True)}
 
 
 def wald_table(

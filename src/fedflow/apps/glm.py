@@ -3,21 +3,23 @@
 Iteratively reweighted least squares, as statsmodels ``GLM.fit()`` runs it, with the weighted
 least-squares step solved from triangular factors (tall-skinny QR) instead of normal equations:
 
-- Round 1: each site starts from statsmodels' starting means (μ₀ = (y + ȳₛ)/2, binomial
-  (y + ½)/2; ȳₛ the site's own mean, 1 where a site's counts are all zero: any start converges
-  to the same fit) and returns the factor R of [√W·X | √W·z] (RᵀR carries exactly XᵀWX, XᵀWz
-  and zᵀWz), the deviance at μ₀, and count, mean and sum of squared deviations of the target
-  (for the null deviance).
-- Round k ≥ 2: the coordinator sends β; each site returns the factor at β, the deviance and the
-  log-likelihood at β. The coordinator stacks the factors, factors them again, and solves for the
-  next β by back-substitution.
+- Phase ``start`` (request ``Empty``, reply ``StartTerms``), once: each site starts from
+  statsmodels' starting means (μ₀ = (y + ȳₛ)/2, binomial (y + ½)/2; ȳₛ the site's own mean, 1
+  where a site's counts are all zero: any start converges to the same fit) and returns the factor
+  R of [√W·X | √W·z] (RᵀR carries exactly XᵀWX, XᵀWz and zᵀWz), the deviance at μ₀, and count,
+  mean and sum of squared deviations of the target (for the null deviance; poisson adds Σ y·log y
+  and Σ log y!).
+- Phase ``irls`` (request ``Coefficients``, reply ``IRLSTerms``), repeated: the coordinator sends
+  β; each site returns the factor at β, the deviance and the log-likelihood at β. The coordinator
+  stacks the factors, factors them again, and solves for the next β by back-substitution
+  (``ols_from_r``, the solver of linear-regression).
 - It stops when the deviance changes by at most ``tol`` × (|deviance| + 0.1) between two rounds
   (R's ``glm`` rule), or after ``max_iter`` updates with ``converged = false``. As statsmodels
   does, it reports β from the last weighted least-squares solve, with the covariance of that solve
   (weights at the β the sites last evaluated) and the deviance and log-likelihood at that β (one
   Newton step earlier, far below the tolerance: the deviance is exact to second order).
 
-Gaussian (identity link) needs one round: the first least-squares solve is the fit.
+Gaussian (identity link) needs phase ``start`` only: the first least-squares solve is the fit.
 
 Statistics follow statsmodels: z statistics with normal p-values for every family (statsmodels'
 GLM default); ``scale`` is Pearson χ²/(n − p) for gaussian and 1 otherwise; the gaussian
@@ -40,8 +42,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from fedflow.apps._merge import combine_moments
-from fedflow.apps._merge_learning import r_factor, solve_from_factor, stack_factors
+from fedflow.apps._merge_learning import r_factor, stack_factors
 from fedflow.apps._regression import (
+    Coefficients,
     RegressionParams,
     coefficient_names,
     pooled_design,
@@ -56,18 +59,21 @@ from fedflow.apps.base import (
     Continue,
     CoordinatorContext,
     Done,
+    Empty,
     Payload,
+    Phase,
     SiteContext,
     Step,
     Table,
     check_min_count,
 )
-from fedflow.errors import AppError, DataError
+from fedflow.apps.linear import ols_from_r
+from fedflow.errors import AppError, DataError, RemoteProtocolError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["GLM", "GLMParams", "family_terms"]
+__all__ = ["GLM", "GLMParams", "IRLSTerms", "PoissonSums", "StartTerms", "family_terms"]
 
 Family = Literal["gaussian", "binomial", "poisson"]
 
@@ -150,12 +156,59 @@ def _factor(x: np.ndarray, w: np.ndarray, z: np.ndarray) -> np.ndarray:
     return r_factor(np.column_stack([x * root[:, None], z * root]))
 
 
+def _poisson_sums(site: str, reply: StartTerms) -> PoissonSums:
+    """Return a site's poisson sums; a poisson reply without them is the site's protocol fault."""
+    if reply.poisson is None:
+        raise RemoteProtocolError(
+            "its reply to phase 'start' of app 'glm' (poisson) lacks the field `poisson`",
+            site=site,
+        )
+    return reply.poisson
+
+
+class PoissonSums(Payload, frozen=True):
+    """A site's Σ y·log y and Σ log y! (poisson only: the null deviance and the log-likelihood
+    constant)."""
+
+    ylogy: float
+    log_factorials: float
+
+
+class StartTerms(Payload, frozen=True):
+    """A site's reply to phase ``start``: the factor R of [√W·X | √W·z] and the deviance and
+    log-likelihood at the starting means; count, mean and squared deviations of the target;
+    ``poisson`` sums for family ``poisson`` (None otherwise)."""
+
+    factor: np.ndarray
+    deviance: float
+    loglik: float
+    n: int
+    y_mean: float
+    y_m2: float
+    poisson: PoissonSums | None = None
+
+
+class IRLSTerms(Payload, frozen=True):
+    """A site's reply to phase ``irls``: the factor R of [√W·X | √W·z], the deviance and the
+    log-likelihood at the β sent."""
+
+    factor: np.ndarray
+    deviance: float
+    loglik: float
+
+
 class GLM(App[GLMParams]):
     """Generalised linear model: coefficients, std errors, z and p values, deviance, AIC."""
 
     name = "glm"
     reference = "statsmodels GLM"
     Params = GLMParams
+    phases = {"start": Phase(Empty, StartTerms), "irls": Phase(Coefficients, IRLSTerms)}
+    # --compare: every compared value within 1e-8 relative (1e-12 absolute) of statsmodels run to
+    # full convergence; counts exactly. The fidelity cases measure 3.0e-9 at most (a small p-value).
+    tolerance = 1e-8
+    absolute_tolerance = 1e-12
+    tolerances = {"n_obs": (0.0, 0.0), "df_resid": (0.0, 0.0)}
 
     def resolve(self, params: GLMParams, columns: Mapping[str, str]) -> GLMParams:
         return resolve_features(params, columns, self.name)  # type: ignore[no-any-return]
@@ -163,87 +216,113 @@ class GLM(App[GLMParams]):
     def columns(self, params: GLMParams) -> dict[str, ColumnKind]:
         return regression_columns(params, "binary" if params.family == "binomial" else "numeric")
 
-    def start(self, params: GLMParams, ctx: CoordinatorContext) -> Step:
-        ctx.state["deviance"] = None
-        return Continue({})
-
     # -- site ---------------------------------------------------------------------------------
-    def local(self, data: Table, params: GLMParams, payload: Payload, ctx: SiteContext) -> Payload:
-        x = ctx.state.get("x")
-        if x is None:  # built and checked once per run, reused every round
+    def _design(
+        self, data: Table, params: GLMParams, ctx: SiteContext
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return (X, y): built and checked once per run, then reused every round."""
+        if "x" not in ctx.state:
             y = np.asarray(data[params.target], dtype=np.float64)
             _check_target(y, params.family, params.target)
             check_min_count(len(y), ctx.min_count, "the site's rows")
-            x = ctx.state["x"] = data.matrix(params.features or [], intercept=params.intercept)
+            ctx.state["x"] = data.matrix(params.features or [], intercept=params.intercept)
             ctx.state["y"] = y
-        y = ctx.state["y"]
-        out: dict[str, Any] = {"n": len(y)}
-        if "beta" in payload:
-            eta = x @ np.asarray(payload["beta"], dtype=np.float64)
-            w, z, deviance, loglik = family_terms(params.family, y, eta)
-        else:
-            mean = float(y.mean())
-            if params.family == "binomial":
-                mu0 = (y + 0.5) / 2.0
-            else:  # a site whose counts are all zero starts from μ₀ = (y + 1)/2 instead
-                mu0 = (y + (mean if mean > 0 or params.family == "gaussian" else 1.0)) / 2.0
-            w, z, deviance, loglik = family_terms(params.family, y, None, mu0)
-            out.update(y_mean=mean, y_m2=float(((y - mean) ** 2).sum()))
-            if params.family == "poisson":
-                positive = y[y > 0]
-                out["ylogy"] = float(np.sum(positive * np.log(positive)))
-                out["log_factorials"] = float(sum(math.lgamma(v + 1.0) for v in y.tolist()))
-        out.update(factor=_factor(x, w, z), deviance=deviance, loglik=loglik)
-        return out
+        return ctx.state["x"], ctx.state["y"]
+
+    def local_start(
+        self, data: Table, params: GLMParams, request: Empty, ctx: SiteContext
+    ) -> StartTerms:
+        x, y = self._design(data, params, ctx)
+        mean = float(y.mean())
+        if params.family == "binomial":
+            mu0 = (y + 0.5) / 2.0
+        else:  # a site whose counts are all zero starts from μ₀ = (y + 1)/2 instead
+            mu0 = (y + (mean if mean > 0 or params.family == "gaussian" else 1.0)) / 2.0
+        w, z, deviance, loglik = family_terms(params.family, y, None, mu0)
+        poisson = None
+        if params.family == "poisson":
+            positive = y[y > 0]
+            poisson = PoissonSums(
+                ylogy=float(np.sum(positive * np.log(positive))),
+                log_factorials=float(sum(math.lgamma(v + 1.0) for v in y.tolist())),
+            )
+        return StartTerms(
+            factor=_factor(x, w, z),
+            deviance=deviance,
+            loglik=loglik,
+            n=len(y),
+            y_mean=mean,
+            y_m2=float(((y - mean) ** 2).sum()),
+            poisson=poisson,
+        )
+
+    def local_irls(
+        self, data: Table, params: GLMParams, request: Coefficients, ctx: SiteContext
+    ) -> IRLSTerms:
+        x, y = self._design(data, params, ctx)
+        eta = x @ np.asarray(request.beta, dtype=np.float64)
+        w, z, deviance, loglik = family_terms(params.family, y, eta)
+        return IRLSTerms(factor=_factor(x, w, z), deviance=deviance, loglik=loglik)
 
     # -- coordinator --------------------------------------------------------------------------
-    def aggregate(
-        self, replies: Mapping[str, Payload], params: GLMParams, ctx: CoordinatorContext
+    def aggregate_start(
+        self, replies: Mapping[str, StartTerms], params: GLMParams, ctx: CoordinatorContext
     ) -> Step:
-        names = coefficient_names(params)
-        p = len(names)
-        r = stack_factors([reply["factor"] for reply in replies.values()])
-        deviance = float(sum(float(reply["deviance"]) for reply in replies.values()))
-        loglik = float(sum(float(reply["loglik"]) for reply in replies.values()))
-        try:
-            beta_next, unscaled, rss = solve_from_factor(r, p)
-        except ValueError:
-            raise AppError(
-                f"glm ({params.family}): the design is rank-deficient (collinear or constant "
-                f"features among {', '.join(names)})"
-            ) from None
-        if ctx.round == 1:
-            first = list(replies.values())
-            n, y_mean, y_m2 = combine_moments(
-                [(float(q["n"]), float(q["y_mean"]), float(q["y_m2"])) for q in first]
-            )
-            ctx.state.update(n=n, y_mean=y_mean, y_m2=y_m2)
-            if params.family == "poisson":
-                ctx.state["ylogy"] = sum(float(q["ylogy"]) for q in first)
-                ctx.state["log_factorials"] = sum(float(q["log_factorials"]) for q in first)
-            if n <= p:
-                raise AppError(f"glm: {int(n)} observations for {p} coefficients")
-            if params.family == "binomial" and not 0.0 < y_mean < 1.0:
-                raise AppError(f"glm (binomial): the target '{params.target}' holds one class only")
-            if params.family == "poisson" and not y_mean > 0:
-                raise AppError(f"glm (poisson): the target '{params.target}' is zero everywhere")
-            if params.family == "gaussian":  # identity link: the first solve is the fit
-                return self._done(params, ctx, beta_next, unscaled, rss, rss, iterations=1)
-            ctx.state.update(beta=beta_next, deviance=deviance)
-            return Continue({"beta": beta_next})
+        p = len(coefficient_names(params))
+        n, y_mean, y_m2 = combine_moments(
+            [(float(q.n), q.y_mean, q.y_m2) for q in replies.values()]
+        )
+        ctx.state.update(n=n, y_mean=y_mean, y_m2=y_m2, iterations=0)
+        if params.family == "poisson":
+            sums = [_poisson_sums(site, q) for site, q in replies.items()]
+            ctx.state["ylogy"] = sum(s.ylogy for s in sums)
+            ctx.state["log_factorials"] = sum(s.log_factorials for s in sums)
+        if n <= p:
+            raise AppError(f"glm: {int(n)} observations for {p} coefficients")
+        beta, unscaled, rss, deviance, _ = self._solve(replies, params)
+        if params.family == "binomial" and not 0.0 < y_mean < 1.0:
+            raise AppError(f"glm (binomial): the target '{params.target}' holds one class only")
+        if params.family == "poisson" and not y_mean > 0:
+            raise AppError(f"glm (poisson): the target '{params.target}' is zero everywhere")
+        if params.family == "gaussian":  # identity link: the first solve is the fit
+            return self._done(params, ctx, beta, unscaled, rss, rss, iterations=1)
+        ctx.state["deviance"] = deviance
+        return Continue("irls", Coefficients(beta=beta))
+
+    def aggregate_irls(
+        self, replies: Mapping[str, IRLSTerms], params: GLMParams, ctx: CoordinatorContext
+    ) -> Step:
+        beta, unscaled, _, deviance, loglik = self._solve(replies, params)
         previous = ctx.state["deviance"]
-        iterations = ctx.round - 1
+        iterations = ctx.state["iterations"] = ctx.state["iterations"] + 1
         converged = abs(deviance - previous) <= params.tol * (abs(deviance) + 0.1)
         if not converged and iterations < params.max_iter:
-            ctx.state.update(beta=beta_next, deviance=deviance)
-            return Continue({"beta": beta_next})
+            ctx.state["deviance"] = deviance
+            return Continue("irls", Coefficients(beta=beta))
         if not converged:
             ctx.notes.append(f"glm did not converge in {params.max_iter} iterations")
         # As statsmodels reports it: β from the last weighted least-squares solve, its covariance
         # from that solve's weights (at the β the sites evaluated), deviance at the evaluated β.
         return self._done(
-            params, ctx, beta_next, unscaled, deviance, loglik, iterations, converged=converged
+            params, ctx, beta, unscaled, deviance, loglik, iterations, converged=converged
         )
+
+    @staticmethod
+    def _solve(
+        replies: Mapping[str, StartTerms | IRLSTerms], params: GLMParams
+    ) -> tuple[np.ndarray, np.ndarray, float, float, float]:
+        """Return (next β, its unscaled covariance, weighted RSS, deviance, log-likelihood):
+        the weighted least-squares step from the stacked factors, and the summed fit terms."""
+        names = coefficient_names(params)
+        r = stack_factors([reply.factor for reply in replies.values()])
+        try:
+            beta, unscaled, rss = ols_from_r(r, names)
+        except AppError as exc:  # ols_from_r names linear-regression; keep its detail
+            detail = exc.message.partition(": ")[2]
+            raise AppError(f"glm ({params.family}): {detail}") from None
+        deviance = float(sum(reply.deviance for reply in replies.values()))
+        loglik = float(sum(reply.loglik for reply in replies.values()))
+        return beta, unscaled, rss, deviance, loglik
 
     def _done(
         self,
@@ -332,4 +411,4 @@ class GLM(App[GLMParams]):
             "n_obs",
             "df_resid",
         )
-        return {k: result[k] for k in keys if k in result}
+        return {key: result[key] for key in keys}

@@ -1,9 +1,10 @@
 """``logistic-regression``: exact Newton–Raphson on the sites' gradients and Hessians.
 
-Round k: the coordinator sends β; each site returns Xᵀ(y − p), XᵀWX and its log-likelihood at β;
-the coordinator sums them and takes the Newton step β + H⁻¹g. It stops when the largest step is
-below ``tol`` × (1 + max|β|), or after ``max_iter`` rounds (then ``converged`` is false and a note
-says so). Standard errors are √diag(H⁻¹) at the final iterate, as statsmodels reports them.
+One phase, ``newton``, repeated: the coordinator sends β (``Coefficients``, zeros at first); each
+site returns Xᵀ(y − p), XᵀWX, its log-likelihood at β and its row count (``NewtonTerms``); the
+coordinator sums them and takes the Newton step β + H⁻¹g. It stops when the largest step is below
+``tol`` × (1 + max|β|), or after ``max_iter`` steps (then ``converged`` is false and a note says
+so). Standard errors are √diag(H⁻¹) at the final iterate, as statsmodels reports them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedflow.apps._regression import (
+    Coefficients,
     RegressionParams,
     coefficient_names,
     pooled_design,
@@ -29,6 +31,7 @@ from fedflow.apps.base import (
     CoordinatorContext,
     Done,
     Payload,
+    Phase,
     SiteContext,
     Step,
     Table,
@@ -38,7 +41,7 @@ from fedflow.errors import AppError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["LogisticParams", "LogisticRegression"]
+__all__ = ["LogisticParams", "LogisticRegression", "NewtonTerms"]
 
 
 class LogisticParams(RegressionParams, frozen=True):
@@ -67,12 +70,27 @@ def _local_terms(
     return gradient, hessian, loglik
 
 
+class NewtonTerms(Payload, frozen=True):
+    """A site's gradient Xᵀ(y − p), Hessian XᵀWX, log-likelihood at β and row count."""
+
+    gradient: np.ndarray
+    hessian: np.ndarray
+    loglik: float
+    n: int
+
+
 class LogisticRegression(App[LogisticParams]):
     """Binary logistic regression: coefficients, standard errors, z and p values, iterations."""
 
     name = "logistic-regression"
     Params = LogisticParams
     reference = "statsmodels Logit"
+    phases = {"newton": Phase(Coefficients, NewtonTerms)}
+    # --compare: every compared value within 1e-8 relative (1e-12 absolute) of statsmodels run
+    # to tol = 1e-14; counts exactly. The fidelity cases measure 1.3e-11 at most.
+    tolerance = 1e-8
+    absolute_tolerance = 1e-12
+    tolerances = {"n_obs": (0.0, 0.0)}
 
     def resolve(self, params: LogisticParams, columns: Mapping[str, str]) -> LogisticParams:
         return resolve_features(params, columns, self.name)  # type: ignore[no-any-return]
@@ -82,27 +100,30 @@ class LogisticRegression(App[LogisticParams]):
 
     def start(self, params: LogisticParams, ctx: CoordinatorContext) -> Step:
         k = len(coefficient_names(params))
-        ctx.state["beta"] = np.zeros(k)
-        return Continue({"beta": ctx.state["beta"]})
+        ctx.state.update(beta=np.zeros(k), iterations=0)
+        return Continue("newton", Coefficients(beta=ctx.state["beta"]))
 
-    def local(
-        self, data: Table, params: LogisticParams, payload: Payload, ctx: SiteContext
-    ) -> Payload:
+    # -- site ---------------------------------------------------------------------------------
+    def local_newton(
+        self, data: Table, params: LogisticParams, request: Coefficients, ctx: SiteContext
+    ) -> NewtonTerms:
         x = ctx.state.get("x")
         if x is None:  # the design matrix is built once per run, then reused every round
             x = ctx.state["x"] = data.matrix(params.features or [], intercept=params.intercept)
             ctx.state["y"] = np.asarray(data[params.target], dtype=np.float64)
-        gradient, hessian, loglik = _local_terms(x, ctx.state["y"], np.asarray(payload["beta"]))
-        return {"gradient": gradient, "hessian": hessian, "loglik": loglik, "n": len(x)}
+        beta = np.asarray(request.beta, dtype=np.float64)
+        gradient, hessian, loglik = _local_terms(x, ctx.state["y"], beta)
+        return NewtonTerms(gradient=gradient, hessian=hessian, loglik=loglik, n=len(x))
 
-    def aggregate(
-        self, replies: Mapping[str, Payload], params: LogisticParams, ctx: CoordinatorContext
+    # -- coordinator --------------------------------------------------------------------------
+    def aggregate_newton(
+        self, replies: Mapping[str, NewtonTerms], params: LogisticParams, ctx: CoordinatorContext
     ) -> Step:
         names = coefficient_names(params)
-        gradient = sum(np.asarray(r["gradient"]) for r in replies.values())
-        hessian = sum(np.asarray(r["hessian"]) for r in replies.values())
-        loglik = float(sum(float(r["loglik"]) for r in replies.values()))
-        n = int(sum(int(r["n"]) for r in replies.values()))
+        gradient = sum(np.asarray(r.gradient) for r in replies.values())
+        hessian = sum(np.asarray(r.hessian) for r in replies.values())
+        loglik = float(sum(r.loglik for r in replies.values()))
+        n = int(sum(r.n for r in replies.values()))
         beta = ctx.state["beta"]
         try:
             step = np.linalg.solve(hessian, gradient)
@@ -112,11 +133,11 @@ class LogisticRegression(App[LogisticParams]):
                 "that separates the classes perfectly)"
             ) from None
         beta = beta + step
-        ctx.state["beta"] = beta
-        iterations = ctx.round
+        iterations = ctx.state["iterations"] + 1
+        ctx.state.update(beta=beta, iterations=iterations)
         converged = bool(np.max(np.abs(step)) <= params.tol * (1.0 + np.max(np.abs(beta))))
         if not converged and iterations < params.max_iter:
-            return Continue({"beta": beta})
+            return Continue("newton", Coefficients(beta=beta))
         if not converged:
             ctx.notes.append(
                 f"logistic-regression did not converge in {params.max_iter} iterations"
@@ -155,4 +176,4 @@ class LogisticRegression(App[LogisticParams]):
 
     def comparable(self, result: Mapping[str, Any]) -> dict[str, Any]:
         keys = ("coefficients", "std_errors", "z_values", "p_values", "loglik", "n_obs")
-        return {k: result[k] for k in keys if k in result}
+        return {key: result[key] for key in keys}
