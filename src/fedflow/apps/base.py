@@ -81,6 +81,10 @@ P = TypeVar("P", bound=Params)
 _Params = Params  # the base class, for annotations inside App (where ``Params`` is the app's own)
 
 
+BATCH_ROWS = 1 << 16
+"""Rows per batch when an app streams a site's data (64 Ki rows: 512 KiB per float column)."""
+
+
 class Table:
     """A site's data: named, equally long numpy columns (numbers as int64/float64, text as object).
 
@@ -133,6 +137,18 @@ class Table:
         if not cols:
             return np.empty((self._n, 0))
         return np.column_stack(cols)
+
+    def batches(self, names: Sequence[str] | None = None, rows: int = BATCH_ROWS) -> Iterator[Table]:
+        """Yield the table (or only ``names``) in consecutive slices of at most ``rows`` rows.
+
+        Apps whose site step is a reduction iterate over batches, so their memory does not grow
+        with the site's rows; slices of an in-memory table are views, not copies.
+        """
+        if rows < 1:
+            raise ValueError("rows must be at least 1")
+        chosen = list(self._columns) if names is None else list(names)
+        for start in range(0, self._n, rows):
+            yield Table({n: self._columns[n][start : start + rows] for n in chosen})
 
     def select(self, rows: np.ndarray) -> Table:
         """Return the table restricted to ``rows`` (a boolean mask or an index array)."""
