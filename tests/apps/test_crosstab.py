@@ -1,4 +1,5 @@
-"""crosstab: labels, merging tables with different levels, chi-square against scipy, min_count."""
+"""crosstab: labels, merging tables with different levels, chi-square against scipy, min_count,
+and the one typed phase (``count``)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import pytest
 from scipy.stats import chi2_contingency
 
 from fedflow.apps import get_app
-from fedflow.apps.base import SiteContext, Table
-from fedflow.apps.crosstab import Crosstab, category_labels, chi_square, label_of
-from fedflow.apps.simulate import simulate
+from fedflow.apps._labels import category_labels, value_label
+from fedflow.apps.base import Empty, SiteContext, Table, encode_payload
+from fedflow.apps.crosstab import CountTable, Crosstab, chi_square
 from fedflow.errors import AppError, DataError
-from tests.apps.fidelity import wire_relay
+from fedflow.runtime.simulate import simulate
+from tests.apps.wire_spy import run_spied
 
 
 def _sites(frames: list[pd.DataFrame]) -> dict[str, Table]:
@@ -30,8 +32,27 @@ def test_category_labels_of_every_kind() -> None:
     ]
     assert category_labels(np.array(["a", "bb"], dtype=object)).tolist() == ["a", "bb"]
     assert category_labels(np.array([True, False])).tolist() == ["1", "0"]
-    assert label_of(2) == "2" and label_of(2.0) == "2" and label_of("2.0") == "2.0"
+    assert value_label(2) == "2" and value_label(2.0) == "2" and value_label("2.0") == "2.0"
     assert category_labels(np.array([np.nan])).tolist() == ["nan"]
+    # integers beyond 2⁵³ keep every digit, whether labelled in a column or one at a time
+    big = np.array([2**53, 2**53 + 1], dtype=np.int64)
+    assert category_labels(big).tolist() == ["9007199254740992", "9007199254740993"]
+    assert [value_label(v) for v in big] == category_labels(big).tolist()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array([3, 10, -1, 0, 2**62], dtype=np.int64),
+        np.array([True, False]),
+        np.array([1.0, 2.5, -0.0, 1e20, 0.1, 1e16, 2.0**53, -7.0, np.nan, np.inf, 5e-324]),
+        np.array(["a", "1", "1.0"], dtype=object),
+    ],
+)
+def test_one_label_rule_for_columns_and_single_values(values: np.ndarray) -> None:
+    """A site labels its column vectorised, a parameter or a pooled twin one value at a time."""
+    assert category_labels(values).tolist() == [value_label(v) for v in values]
+    assert category_labels(values).tolist() == [value_label(v) for v in values.tolist()]
 
 
 def test_chi_square_matches_scipy_without_yates() -> None:
@@ -50,7 +71,7 @@ def test_chi_square_matches_scipy_without_yates() -> None:
 def test_sites_with_different_levels_merge_into_one_sorted_table() -> None:
     a = pd.DataFrame({"r": [1] * 6 + [2] * 5, "c": ["x"] * 11})
     b = pd.DataFrame({"r": [10] * 5 + [1] * 5, "c": ["y"] * 5 + ["x"] * 5})
-    sim = simulate("crosstab", {"row": "r", "column": "c"}, _sites([a, b]), relay=wire_relay)
+    sim = simulate("crosstab", {"row": "r", "column": "c"}, _sites([a, b]))
     assert sim.rounds == 1
     assert sim.result["table"] == {
         "1": {"x": 11, "y": 0},
@@ -94,17 +115,35 @@ def test_a_site_with_fewer_than_min_count_rows_never_answers() -> None:
     params = app.parse_params({"row": "r", "column": "c"})
     table = Table({"r": np.zeros(3, dtype=np.int64), "c": np.zeros(3, dtype=np.int64)})
     with pytest.raises(DataError, match="covers 3 records, fewer than min_count = 5"):
-        app.local(table, params, {}, SiteContext(site="s", min_count=5))
+        app.local(table, params, "count", Empty(), SiteContext(site="s", min_count=5))
 
 
 def test_site_reply_holds_counts_and_labels_only() -> None:
     app = get_app("crosstab")
     params = app.parse_params({"row": "r", "column": "c"})
     table = Table({"r": np.array([1, 1, 2, 2, 2] * 2), "c": np.array(["u"] * 10, dtype=object)})
-    reply = app.local(table, params, {}, SiteContext(site="s", min_count=1))
-    assert set(reply) == {"rows", "columns", "counts"}
-    assert reply["rows"].dtype.kind == "U" and reply["counts"].tolist() == [[4], [6]]
-    wire_relay(reply)  # travels through the real codec
+    reply = app.local(table, params, "count", Empty(), SiteContext(site="s", min_count=1))
+    assert isinstance(reply, CountTable)
+    assert set(encode_payload(reply)) == {"rows", "columns", "counts"}
+    assert reply.rows.dtype.kind == "U" and reply.counts.tolist() == [[4], [6]]
+
+
+def test_the_wire_carries_one_count_table_per_site_with_every_level() -> None:
+    a = pd.DataFrame({"r": [1] * 6 + [2] * 5 + [3] * 5, "c": ["x"] * 11 + ["y"] * 5})
+    b = pd.DataFrame({"r": [10] * 5 + [1] * 5, "c": ["y"] * 5 + ["x"] * 5})
+    spied = run_spied("crosstab", {"row": "r", "column": "c"}, _sites([a, b]))
+    assert [e.phase for e in spied.exchanges] == ["count", "count"]
+    replies = spied.replies("count")
+    assert all(set(r) == {"rows", "columns", "counts"} for r in replies)
+    assert [list(r["rows"]) for r in replies] == [["1", "2", "3"], ["1", "10"]]
+    # every level any site holds reaches the result, each with its full row
+    assert list(spied.result["table"]) == ["1", "10", "2", "3"]
+    assert all(list(row) == ["x", "y"] for row in spied.result["table"].values())
+    assert (
+        spied.result["n"]
+        == len(a) + len(b)
+        == sum(sum(row.values()) for row in spied.result["table"].values())
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""stats: parameters, histograms, exact quantiles, matrices, min_count refusals, edge cases."""
+"""stats: parameters, histograms, exact quantiles, matrices, min_count refusals, edge cases, and
+the phases' typed payloads (what crosses the wire)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,19 @@ import pandas as pd
 import pytest
 
 from fedflow.apps import get_app
-from fedflow.apps.base import SiteContext, Table
-from fedflow.apps.simulate import simulate
-from fedflow.apps.stats import CANDIDATES_PER_ROUND, Stats
-from fedflow.errors import AppError, DataError
-from tests.apps.fidelity import wire_relay
+from fedflow.apps._merge import SMALL_ABOVE, SMALL_BELOW, float_keys
+from fedflow.apps.base import CoordinatorContext, SiteContext, SiteInfo, Table, encode_payload
+from fedflow.apps.stats import (
+    CANDIDATES_PER_ROUND,
+    ColumnSummary,
+    Cuts,
+    Refine,
+    Stats,
+    Summary,
+)
+from fedflow.errors import AppError, DataError, RemoteProtocolError
+from fedflow.runtime.simulate import simulate
+from tests.apps.wire_spy import run_spied
 
 
 def _sites(frame: pd.DataFrame, sizes: list[int]) -> dict[str, Table]:
@@ -37,7 +46,7 @@ def _frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
 
 
 def _run(frame: pd.DataFrame, params: dict[str, Any], sizes: list[int], min_count: int = 5):
-    return simulate("stats", params, _sites(frame, sizes), min_count=min_count, relay=wire_relay)
+    return simulate("stats", params, _sites(frame, sizes), min_count=min_count)
 
 
 # --- defaults stay as they were ---------------------------------------------------------------
@@ -196,25 +205,70 @@ def test_quantile_sites_send_only_counts() -> None:
     params = app.resolve(app.parse_params({"columns": ["x"], "quantiles": [0.5]}), {"x": "float"})
     table = Table.from_pandas(frame)
     ctx = SiteContext(site="s", min_count=5)
-    summary = app.local(table, params, {"phase": "summary"}, ctx)
-    assert set(summary["x"]) == {"n", "mean", "m2"}  # no min, no max, no values
+    summary = app.local(table, params, "summary", Cuts(), ctx)
+    assert encode_payload(summary) == {
+        "columns": {
+            "x": {"n": 120, "mean": summary.columns["x"].mean, "m2": summary.columns["x"].m2}
+        }
+    }  # no min, no max, no values, no cut counts when no candidates were sent
     candidates = np.array([0, 2**63, 2**64 - 1], dtype=np.uint64)
-    reply = app.local(table, params, {"phase": "refine", "candidates": {"x": candidates}}, ctx)
-    assert set(reply["x"]) == {"at_or_below", "min_count"}
+    reply = app.local(table, params, "refine", Refine(candidates={"x": candidates}), ctx)
+    assert set(encode_payload(reply)) == {"cuts"}
+    assert set(encode_payload(reply)["cuts"]["x"]) == {"at_or_below", "min_count"}
     # keys of -NaN…, +0.0, +NaN: counts 0 and 120 leave no record on one side, so are withheld
-    from fedflow.apps._merge import SMALL_ABOVE, SMALL_BELOW, float_keys
-
-    assert reply["x"]["at_or_below"].tolist() == [SMALL_BELOW, SMALL_BELOW, SMALL_ABOVE]
+    assert reply.cuts["x"].at_or_below.tolist() == [SMALL_BELOW, SMALL_BELOW, SMALL_ABOVE]
     # a cut leaving 1..min_count-1 records on a side is withheld (coded negative)
     middle = float_keys(np.sort(frame.x.to_numpy())[59:60])
-    reply = app.local(table, params, {"phase": "refine", "candidates": {"x": middle}}, ctx)
-    assert reply["x"]["at_or_below"].tolist() == [60]
+    reply = app.local(table, params, "refine", Refine(candidates={"x": middle}), ctx)
+    assert reply.cuts["x"].at_or_below.tolist() == [60]
     just_above_min = np.array([float(np.sort(frame.x)[1])])
+    request = Refine(candidates={"x": float_keys(just_above_min)})
+    reply = app.local(table, params, "refine", request, ctx)
+    assert reply.cuts["x"].at_or_below.tolist() == [SMALL_BELOW]
 
-    reply = app.local(
-        table, params, {"phase": "refine", "candidates": {"x": float_keys(just_above_min)}}, ctx
-    )
-    assert reply["x"]["at_or_below"].tolist() == [SMALL_BELOW]
+
+def test_the_wire_carries_aggregates_only_phase_by_phase() -> None:
+    frame = _frame(300)
+    params = {
+        "quantiles": [0.5],
+        "bins": 3,
+        "share_extremes": True,
+        "statistics": ["count", "mean", "min", "max", "covariance"],
+    }
+    spied = run_spied("stats", params, _sites(frame, [100, 100, 100]), min_count=1)
+    phases = [e.phase for e in spied.exchanges]
+    assert phases[:3] == ["summary"] * 3 and set(phases[3:]) == {"refine"}
+    assert len(phases) <= 3 * math.ceil(64 / math.log2(CANDIDATES_PER_ROUND + 1))
+    for reply in spied.replies("summary"):
+        assert set(reply) == {"columns", "comoments", "cuts"}
+        assert set(reply["columns"]) == {"x", "y", "z"}
+        for column in reply["columns"].values():
+            assert set(column) == {"n", "mean", "m2", "min", "max"}
+        assert set(reply["comoments"]) == {"n", "mean", "c"}
+        assert np.shape(reply["comoments"]["c"]) == (3, 3)
+    refines = spied.replies("refine")
+    assert [set(r) for r in refines[:3]] == [{"histograms", "cuts"}] * 3  # bins ride along once
+    assert all(set(r) == {"cuts"} for r in refines[3:])
+    for reply in [*spied.replies("summary"), *refines]:
+        for cut in reply["cuts"].values():
+            assert set(cut) == {"at_or_below", "min_count"}
+            assert np.asarray(cut["at_or_below"]).dtype.kind == "i"  # counts, never values
+            # the median of 300 records needs two order statistics: 255 candidates each
+            assert np.size(cut["at_or_below"]) <= 2 * CANDIDATES_PER_ROUND
+
+
+def test_a_reply_missing_an_asked_column_is_blamed_on_its_site() -> None:
+    app = Stats()
+    params = app.resolve(app.parse_params({}), {"x": "float", "y": "float"})
+    sites = {s: SiteInfo(s, 10, {"x": "float", "y": "float"}) for s in ("a", "b")}
+    ctx = CoordinatorContext(sites=sites)
+    app.start(params, ctx)
+    full = {c: ColumnSummary(n=10, mean=1.0, m2=2.0) for c in ("x", "y")}
+    short = {"x": ColumnSummary(n=10, mean=1.0, m2=2.0)}
+    replies = {"a": Summary(columns=full), "b": Summary(columns=short)}
+    with pytest.raises(RemoteProtocolError, match=r"summaries of columns \['x'\]") as info:
+        app.aggregate("summary", replies, params, ctx)
+    assert info.value.site == "b"
 
 
 # --- matrices -----------------------------------------------------------------------------------
@@ -245,12 +299,13 @@ def test_a_site_with_fewer_than_min_count_rows_never_answers() -> None:
     params = app.resolve(app.parse_params({"quantiles": [0.5]}), {"x": "float"})
     table = Table({"x": np.arange(4.0)})
     with pytest.raises(DataError, match="covers 4 records, fewer than min_count = 5"):
-        app.local(table, params, {"phase": "summary"}, SiteContext(site="s", min_count=5))
+        app.local(table, params, "summary", Cuts(), SiteContext(site="s", min_count=5))
     with pytest.raises(DataError, match="covers 4 records"):
         app.local(
             table,
             params,
-            {"phase": "refine", "candidates": {"x": np.array([1], dtype=np.uint64)}},
+            "refine",
+            Refine(candidates={"x": np.array([1], dtype=np.uint64)}),
             SiteContext(site="s", min_count=5),
         )
 
@@ -259,7 +314,9 @@ def test_missing_values_are_refused() -> None:
     app = get_app("stats")
     params = app.resolve(app.parse_params({}), {"x": "float"})
     with pytest.raises(DataError, match="column 'x' has missing values"):
-        app.local(Table({"x": np.array([1.0, np.nan] * 5)}), params, {}, SiteContext(site="s"))
+        app.local(
+            Table({"x": np.array([1.0, np.nan] * 5)}), params, "summary", Cuts(), SiteContext("s")
+        )
 
 
 def test_results_are_plain_json_types() -> None:

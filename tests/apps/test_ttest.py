@@ -1,4 +1,5 @@
-"""t-test: Welch maths against scipy, default and given groups, labels as strings, min_count."""
+"""t-test: Welch maths against scipy, default and given groups, labels as strings, min_count,
+and the phases' typed payloads (``levels``, ``moments``)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import pytest
 from scipy.stats import ttest_ind
 
 from fedflow.apps import get_app
-from fedflow.apps.base import SiteContext, Table
-from fedflow.apps.simulate import simulate
-from fedflow.apps.ttest import TTest, welch_test
+from fedflow.apps.base import Empty, SiteContext, Table, encode_payload
+from fedflow.apps.ttest import Groups, Levels, TTest, welch_test
 from fedflow.errors import AppError, DataError
-from tests.apps.fidelity import wire_relay
+from fedflow.runtime.simulate import simulate
+from tests.apps.wire_spy import run_spied
 
 
 def _sites(frame: pd.DataFrame, n: int) -> dict[str, Table]:
@@ -46,9 +47,7 @@ def test_welch_test_matches_scipy() -> None:
 
 def test_default_groups_are_the_two_levels_in_string_order() -> None:
     frame = _frame()
-    sim = simulate(
-        "t-test", {"column": "value", "group": "arm"}, _sites(frame, 3), relay=wire_relay
-    )
+    sim = simulate("t-test", {"column": "value", "group": "arm"}, _sites(frame, 3))
     assert sim.rounds == 2
     assert list(sim.result["groups"]) == ["control", "treated"]
     a = frame.value[frame.arm == "control"]
@@ -65,7 +64,7 @@ def test_default_groups_are_the_two_levels_in_string_order() -> None:
 def test_given_groups_set_the_order_and_compare_as_strings() -> None:
     frame = _frame()
     params = {"column": "value", "group": "site_code", "groups": [2, "0"]}
-    sim = simulate("t-test", params, _sites(frame, 2), relay=wire_relay)
+    sim = simulate("t-test", params, _sites(frame, 2))
     assert sim.rounds == 1
     assert list(sim.result["groups"]) == ["2", "0"]
     ref = ttest_ind(
@@ -115,13 +114,44 @@ def test_level_round_reveals_labels_only() -> None:
     app = get_app("t-test")
     params = app.parse_params({"column": "value", "group": "arm"})
     table = Table.from_pandas(_frame(n=40))
-    reply = app.local(table, params, {"phase": "levels"}, SiteContext(site="s"))
-    assert set(reply) == {"levels"}
-    assert reply["levels"].tolist() == ["control", "treated"]
+    reply = app.local(table, params, "levels", Empty(), SiteContext(site="s"))
+    assert reply == Levels(levels=["control", "treated"])
+    assert encode_payload(reply) == {"levels": ["control", "treated"]}
     with pytest.raises(DataError, match="covers 3 records"):
-        app.local(
-            Table.from_pandas(_frame(n=3)), params, {"phase": "levels"}, SiteContext(site="s")
-        )
+        app.local(Table.from_pandas(_frame(n=3)), params, "levels", Empty(), SiteContext("s"))
+
+
+def test_moments_come_back_in_the_order_asked() -> None:
+    app = get_app("t-test")
+    params = app.parse_params({"column": "value", "group": "arm"})
+    frame = _frame(n=40)
+    table = Table.from_pandas(frame)
+    ask = app.local(
+        table, params, "moments", Groups(groups=("treated", "control")), SiteContext("s")
+    )
+    treated = frame.value[frame.arm == "treated"]
+    assert ask.a.n == len(treated) and ask.a.mean == pytest.approx(treated.mean(), rel=1e-14)
+    swapped = app.local(
+        table, params, "moments", Groups(groups=("control", "treated")), SiteContext("s")
+    )
+    assert (swapped.a, swapped.b) == (ask.b, ask.a)
+
+
+def test_the_wire_carries_labels_then_moments_per_group() -> None:
+    frame = _frame()
+    spied = run_spied("t-test", {"column": "value", "group": "arm"}, _sites(frame, 3))
+    assert [e.phase for e in spied.exchanges] == ["levels"] * 3 + ["moments"] * 3
+    assert all(set(r) == {"levels"} for r in spied.replies("levels"))
+    moments = [e for e in spied.exchanges if e.phase == "moments"]
+    assert all(e.task == {"groups": ["control", "treated"]} for e in moments)
+    for e in moments:
+        assert set(e.reply) == {"a", "b"}
+        assert all(set(e.reply[g]) == {"n", "mean", "m2"} for g in ("a", "b"))
+    # the result names the groups in the order asked, and a is the first of them
+    assert list(spied.result["groups"]) == ["control", "treated"]
+    control = frame.value[frame.arm == "control"]
+    assert spied.result["groups"]["control"]["count"] == len(control)
+    assert sum(e.reply["a"]["n"] for e in moments) == len(control)
 
 
 @pytest.mark.parametrize(

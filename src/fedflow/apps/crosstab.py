@@ -6,16 +6,21 @@ the union of the levels (sorted as strings), sums the tables, and computes Pears
 statistic without Yates' correction, its degrees of freedom (r − 1)(c − 1) and p value, as
 ``scipy.stats.chi2_contingency(table, correction=False)`` does on the pooled ``pandas.crosstab``.
 
-Any column kind works: numbers are category labels. Labels are strings: integers (and floats
-with an integral value below 2⁵³) as their integer digits (``3``, never ``3.0``), other floats in
-their shortest round-trip form (``0.5``), text as it is. Levels sort as strings, so ``10`` comes
-before ``2``.
+One phase, ``count``: the request is ``Empty``; each site replies a ``CountTable`` (its row
+levels, its column levels, and the counts, levels × levels).
+
+Any column kind works: numbers are category labels (``fedflow.apps._labels``, shared with t-test
+and kaplan-meier): integers (and floats with an integral value below 2⁵³) as their integer digits
+(``3``, never ``3.0``), other floats in their shortest round-trip form (``0.5``), text as it is.
+Levels sort as strings, so ``10`` comes before ``2``.
 
 What a site reveals: its level labels and its count in every cell. The min_count rule covers
 every cell: a cell count must be 0 or at least ``min_count``, otherwise the site refuses (the
 message names the cell; merge rare levels before the study). Margins are sums of cells, so they
-are covered too. A site with fewer than ``min_count`` records never answers. The result is exact
-(integers); the statistic matches the twin to 1e-8.
+are covered too. A site with fewer than ``min_count`` records never answers.
+
+Tolerance against the twin (``--compare``): the table, ``n`` and ``dof`` exactly (integers);
+``chi2`` and ``p_value`` to 1e-8 relative (1e-12 absolute).
 """
 
 from __future__ import annotations
@@ -25,15 +30,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedflow.apps._labels import value_label
+from fedflow.apps._labels import category_labels, value_label
 from fedflow.apps._merge import merge_count_tables
 from fedflow.apps.base import (
     App,
     ColumnKind,
     CoordinatorContext,
     Done,
+    Empty,
     Params,
     Payload,
+    Phase,
     SiteContext,
     Table,
     check_min_count,
@@ -43,7 +50,7 @@ from fedflow.errors import AppError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Crosstab", "CrosstabParams", "category_labels", "chi_square", "label_of"]
+__all__ = ["CountTable", "Crosstab", "CrosstabParams", "chi_square"]
 
 
 class CrosstabParams(Params, frozen=True):
@@ -57,28 +64,13 @@ class CrosstabParams(Params, frozen=True):
             raise ValueError(f"row and column are both '{self.row}'")
 
 
-def category_labels(values: np.ndarray) -> np.ndarray:
-    """Return the category label of every value as a fixed-width text array (see module doc)."""
-    values = np.asarray(values)
-    kind = values.dtype.kind
-    if kind in "biu":
-        return values.astype(np.int64).astype(str)
-    if kind == "f":
-        labels = values.astype(str)
-        integral = np.isfinite(values) & (np.floor(values) == values) & (np.abs(values) < 2.0**53)
-        if integral.any():
-            whole = values[integral].astype(np.int64).astype(str)
-            labels = labels.astype(f"<U{max(labels.dtype.itemsize, whole.dtype.itemsize) // 4}")
-            labels[integral] = whole
-        return labels
-    return values.astype(str)
+class CountTable(Payload, frozen=True):
+    """A site's count table (phase ``count``): its row and column level labels (text arrays,
+    sorted) and its counts, rows × columns (int64; every non-zero cell ≥ min_count)."""
 
-
-def label_of(value: str | int | float) -> str:
-    """Return the category label of one parameter value (as ``category_labels`` labels data)."""
-    if isinstance(value, str):
-        return value
-    return str(category_labels(np.array([value]))[0])
+    rows: np.ndarray
+    columns: np.ndarray
+    counts: np.ndarray
 
 
 def chi_square(table: np.ndarray) -> tuple[float, int, float]:
@@ -107,13 +99,15 @@ class Crosstab(App[CrosstabParams]):
     name = "crosstab"
     reference = "scipy chi2_contingency"
     Params = CrosstabParams
+    phases = {"count": Phase(Empty, CountTable)}
+    tolerances = {"table": (0.0, 0.0), "n": (0.0, 0.0), "dof": (0.0, 0.0)}
 
     def columns(self, params: CrosstabParams) -> dict[str, ColumnKind]:
         return {params.row: "any", params.column: "any"}
 
-    def local(
-        self, data: Table, params: CrosstabParams, payload: Payload, ctx: SiteContext
-    ) -> Payload:
+    def local_count(
+        self, data: Table, params: CrosstabParams, request: Empty, ctx: SiteContext
+    ) -> CountTable:
         check_min_count(data.n_rows, ctx.min_count, "the table")
         rows = category_labels(data[params.row])
         cols = category_labels(data[params.column])
@@ -127,14 +121,14 @@ class Crosstab(App[CrosstabParams]):
                 ctx.min_count,
                 f"cell {params.row} = '{row_levels[i]}', {params.column} = '{col_levels[j]}'",
             )
-        return {"rows": row_levels, "columns": col_levels, "counts": counts}
+        return CountTable(rows=row_levels, columns=col_levels, counts=counts)
 
-    def aggregate(
-        self, replies: Mapping[str, Payload], params: CrosstabParams, ctx: CoordinatorContext
+    def aggregate_count(
+        self, replies: Mapping[str, CountTable], params: CrosstabParams, ctx: CoordinatorContext
     ) -> Done:
         rows, cols, table = merge_count_tables(
             [
-                ([str(r) for r in p["rows"]], [str(c) for c in p["columns"]], p["counts"])
+                ([str(r) for r in p.rows.tolist()], [str(c) for c in p.columns.tolist()], p.counts)
                 for p in replies.values()
             ]
         )

@@ -1,10 +1,12 @@
 """``t-test``: Welch's two-sample t-test of a numeric column between two groups.
 
-Round 1 (only when ``groups`` is not given): each site sends the labels of the groups it holds
-(no counts); if the pooled data holds exactly two, they are compared in their string order,
-otherwise the app stops with an error listing the levels. Then each site sends, for each of the
-two groups, its count, mean and sum of squared deviations from its mean; the coordinator merges
-them exactly (Chan's formula) and computes
+Phase ``levels`` (only when ``groups`` is not given; request ``Empty``, reply ``Levels``): each
+site sends the labels of the groups it holds (no counts); if the pooled data holds exactly two,
+they are compared in their string order, otherwise the app stops with an error listing the
+levels. Phase ``moments`` (request ``Groups``: the two labels, in the order compared; reply
+``GroupMoments``): each site sends, for each of the two groups, its count, mean and sum of
+squared deviations from its mean; the coordinator merges them exactly (Chan's formula) and
+computes
 
     t = (mean_a − mean_b) / √(s²_a/n_a + s²_b/n_b)
     dof = (s²_a/n_a + s²_b/n_b)² / ((s²_a/n_a)²/(n_a − 1) + (s²_b/n_b)²/(n_b − 1))
@@ -12,12 +14,15 @@ them exactly (Chan's formula) and computes
 
 as ``scipy.stats.ttest_ind(a, b, equal_var=False)`` does on the pooled data (to 1e-8).
 ``mean_difference`` is mean_a − mean_b. Group labels compare as strings (see
-``fedflow.apps.crosstab.category_labels``: the number 1 and the text "1" are the same group).
+``fedflow.apps._labels``, shared with crosstab: the number 1 and the text "1" are the same group).
 
 What a site reveals: the labels of its groups (round 1, only without ``groups``) and the count,
 mean and spread of the column in each of the two groups. min_count covers each group: a site
 whose group holds between 1 and ``min_count`` − 1 records refuses; a site without records of a
 group sends zeros for it. A site with fewer than ``min_count`` records never answers.
+
+Tolerance against the twin (``--compare``): 1e-8 relative (1e-12 absolute) on every value; the
+group counts are integers and agree exactly.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedflow.apps._labels import value_label
+from fedflow.apps._labels import category_labels, value_label
 from fedflow.apps._merge import combine_moments
 from fedflow.apps.base import (
     App,
@@ -36,20 +41,21 @@ from fedflow.apps.base import (
     Continue,
     CoordinatorContext,
     Done,
+    Empty,
     Params,
     Payload,
+    Phase,
     SiteContext,
     Step,
     Table,
     check_min_count,
 )
-from fedflow.apps.crosstab import category_labels, label_of
 from fedflow.errors import AppError, DataError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["TTest", "TTestParams", "welch_test"]
+__all__ = ["GroupMoments", "Groups", "Levels", "Moments", "TTest", "TTestParams", "welch_test"]
 
 
 class TTestParams(Params, frozen=True):
@@ -63,7 +69,7 @@ class TTestParams(Params, frozen=True):
         if self.column == self.group:
             raise ValueError(f"column and group are both '{self.column}'")
         if self.groups is not None:
-            labels = [label_of(g) for g in self.groups]
+            labels = [value_label(g) for g in self.groups]
             if len(labels) != 2:
                 raise ValueError(f"groups must name two groups, not {len(labels)}")
             if labels[0] == labels[1]:
@@ -72,7 +78,7 @@ class TTestParams(Params, frozen=True):
     @property
     def labels(self) -> list[str] | None:
         """The two group labels as strings (None until known)."""
-        return None if self.groups is None else [label_of(g) for g in self.groups]
+        return None if self.groups is None else [value_label(g) for g in self.groups]
 
 
 def welch_test(
@@ -96,12 +102,42 @@ def welch_test(
     return t, dof, float(2.0 * sps.t.sf(abs(t), dof))
 
 
+# -- phase payloads -----------------------------------------------------------------------------
+class Levels(Payload, frozen=True):
+    """The group labels a site holds, sorted (phase ``levels``; no counts)."""
+
+    levels: list[str]
+
+
+class Groups(Payload, frozen=True):
+    """The two group labels to compare, in the order compared (phase ``moments``)."""
+
+    groups: tuple[str, str]
+
+
+class Moments(Payload, frozen=True):
+    """A site's count, mean and sum of squared deviations of the column in one group (zeros
+    when the site holds no record of it)."""
+
+    n: int
+    mean: float
+    m2: float
+
+
+class GroupMoments(Payload, frozen=True):
+    """A site's ``Moments`` of the two groups, in the order of the request (phase ``moments``)."""
+
+    a: Moments
+    b: Moments
+
+
 class TTest(App[TTestParams]):
     """Welch's two-sample t-test: t, dof, p value, mean difference and per-group summaries."""
 
     name = "t-test"
     reference = "scipy ttest_ind"
     Params = TTestParams
+    phases = {"levels": Phase(Empty, Levels), "moments": Phase(Groups, GroupMoments)}
 
     def resolve(self, params: TTestParams, columns: Mapping[str, str]) -> TTestParams:
         kind = columns.get(params.column)
@@ -113,66 +149,53 @@ class TTest(App[TTestParams]):
         return {params.column: "numeric", params.group: "any"}
 
     # -- site -------------------------------------------------------------------------------------
-    def local(
-        self, data: Table, params: TTestParams, payload: Payload, ctx: SiteContext
-    ) -> Payload:
+    def local_levels(
+        self, data: Table, params: TTestParams, request: Empty, ctx: SiteContext
+    ) -> Levels:
+        check_min_count(data.n_rows, ctx.min_count, "the table")
+        return Levels(levels=np.unique(category_labels(data[params.group])).tolist())
+
+    def local_moments(
+        self, data: Table, params: TTestParams, request: Groups, ctx: SiteContext
+    ) -> GroupMoments:
         check_min_count(data.n_rows, ctx.min_count, "the table")
         labels = category_labels(data[params.group])
-        if payload.get("phase") == "levels":
-            return {"levels": np.unique(labels)}
         x = np.asarray(data[params.column], dtype=np.float64)
         if np.isnan(x).any():
             raise DataError(f"column '{params.column}' has missing values", column=params.column)
-        out: dict[str, Any] = {}
-        for i, label in enumerate(payload.get("groups") or params.labels or []):
-            values = x[labels == label]
-            if len(values) == 0:
-                out[f"group_{i}"] = {"n": 0, "mean": 0.0, "m2": 0.0}
-                continue
-            check_min_count(len(values), ctx.min_count, f"group {params.group} = '{label}'")
-            mean = float(values.mean())
-            out[f"group_{i}"] = {
-                "n": len(values),
-                "mean": mean,
-                "m2": float(((values - mean) ** 2).sum()),
-            }
-        return out
+        a, b = (_moments(x[labels == g], params.group, g, ctx.min_count) for g in request.groups)
+        return GroupMoments(a=a, b=b)
 
     # -- coordinator --------------------------------------------------------------------------
     def start(self, params: TTestParams, ctx: CoordinatorContext) -> Step:
         if params.labels is None:
-            return Continue({"phase": "levels"})
-        ctx.state["groups"] = params.labels
-        return Continue({"phase": "moments", "groups": params.labels})
+            return Continue("levels", Empty())
+        return _moments_round(params.labels, ctx)
 
-    def aggregate(
-        self, replies: Mapping[str, Payload], params: TTestParams, ctx: CoordinatorContext
+    def aggregate_levels(
+        self, replies: Mapping[str, Levels], params: TTestParams, ctx: CoordinatorContext
     ) -> Step:
-        if "groups" not in ctx.state:
-            levels = sorted({str(v) for r in replies.values() for v in r["levels"]})
-            if len(levels) != 2:
-                shown = ", ".join(f"'{v}'" for v in levels[:20])
-                more = f" and {len(levels) - 20} more" if len(levels) > 20 else ""
-                raise AppError(
-                    f"app 't-test': column '{params.group}' has {len(levels)} "
-                    f"level{'' if len(levels) == 1 else 's'} "
-                    f"({shown}{more}); choose two with params.groups"
-                )
-            ctx.state["groups"] = levels
-            return Continue({"phase": "moments", "groups": levels})
-        groups: list[str] = ctx.state["groups"]
-        summaries = []
-        for i, label in enumerate(groups):
-            n, mean, m2 = combine_moments(
-                [
-                    (
-                        float(r[f"group_{i}"]["n"]),
-                        float(r[f"group_{i}"]["mean"]),
-                        float(r[f"group_{i}"]["m2"]),
-                    )
-                    for r in replies.values()
-                ]
+        levels = sorted({v for r in replies.values() for v in r.levels})
+        if len(levels) != 2:
+            shown = ", ".join(f"'{v}'" for v in levels[:20])
+            more = f" and {len(levels) - 20} more" if len(levels) > 20 else ""
+            raise AppError(
+                f"app 't-test': column '{params.group}' has {len(levels)} "
+                f"level{'' if len(levels) == 1 else 's'} "
+                f"({shown}{more}); choose two with params.groups"
             )
+        return _moments_round(levels, ctx)
+
+    def aggregate_moments(
+        self, replies: Mapping[str, GroupMoments], params: TTestParams, ctx: CoordinatorContext
+    ) -> Done:
+        groups: list[str] = ctx.state["groups"]
+        ordered = list(replies.values())
+        summaries = []
+        for label, parts in zip(
+            groups, ([r.a for r in ordered], [r.b for r in ordered]), strict=True
+        ):
+            n, mean, m2 = combine_moments([(float(m.n), m.mean, m.m2) for m in parts])
             if n == 0:
                 raise AppError(
                     f"app 't-test': no site holds records with {params.group} = '{label}'"
@@ -200,6 +223,22 @@ class TTest(App[TTestParams]):
         return _result(
             list(groups), summaries, float(test.statistic), float(test.df), float(test.pvalue)
         )
+
+
+def _moments_round(groups: list[str], ctx: CoordinatorContext) -> Continue:
+    """Ask the sites for the moments of ``groups`` (kept in the state for the aggregation)."""
+    a, b = groups
+    ctx.state["groups"] = [a, b]
+    return Continue("moments", Groups(groups=(a, b)))
+
+
+def _moments(values: np.ndarray, group: str, label: str, min_count: int) -> Moments:
+    """Return the moments of one group's values at a site (zeros for none; refuse a small one)."""
+    if len(values) == 0:
+        return Moments(n=0, mean=0.0, m2=0.0)
+    check_min_count(len(values), min_count, f"group {group} = '{label}'")
+    mean = float(values.mean())
+    return Moments(n=len(values), mean=mean, m2=float(((values - mean) ** 2).sum()))
 
 
 def _result(
