@@ -10,9 +10,11 @@ import pytest
 
 from fedflow.apps import get_app
 from fedflow.apps._trees import Forest, Tree, bootstrap_weights, grow_tree
-from fedflow.apps.base import CoordinatorContext, SiteContext, SiteInfo, Table
+from fedflow.apps.base import Continue, CoordinatorContext, Empty, SiteContext, SiteInfo, Table
 from fedflow.apps.forest import (
     AUC_BINS,
+    Grown,
+    GrowRequest,
     RandomForest,
     allocate_trees,
     auc_from_blocks,
@@ -21,9 +23,9 @@ from fedflow.apps.forest import (
     resolve_max_features,
     score_blocks,
 )
-from fedflow.apps.simulate import simulate
 from fedflow.errors import AppError, DataError
-from tests.apps.fidelity import dataset, split, wire_relay
+from fedflow.runtime.simulate import simulate
+from tests.apps.fidelity import dataset, split
 
 
 def _sites(name: str, n_sites: int = 3, mode: str = "iid") -> dict[str, Table]:
@@ -174,9 +176,8 @@ def test_auc_is_nan_with_one_class() -> None:
 # --- the app -----------------------------------------------------------------------------------
 def test_result_keys_and_saved_forest() -> None:
     sim = simulate(
-        "random-forest", {"target": "target", "n_estimators": 12}, _sites("breast_cancer"),
-        seed=4, relay=wire_relay,
-    )  # fmt: skip
+        "random-forest", {"target": "target", "n_estimators": 12}, _sites("breast_cancer"), seed=4
+    )
     r = sim.result
     assert r["task"] == "classification" and r["classes"] == [0, 1]
     assert r["n_trees"] == 12 and sum(r["trees_per_site"].values()) == 12
@@ -266,9 +267,7 @@ def test_text_labels() -> None:
     frame["species"] = np.array(["setosa", "versicolor", "virginica"])[frame.pop("target")]
     parts = split(frame, 3, "iid")
     sites = {f"s{i}": Table.from_pandas(p) for i, p in enumerate(parts)}
-    sim = simulate(
-        "random-forest", {"target": "species", "n_estimators": 6}, sites, relay=wire_relay
-    )
+    sim = simulate("random-forest", {"target": "species", "n_estimators": 6}, sites)
     assert sim.result["classes"] == ["setosa", "versicolor", "virginica"]
     assert sim.result["accuracy"] > 0.9
     with pytest.raises(AppError, match="is text; regression needs numbers"):
@@ -327,34 +326,35 @@ def test_site_refuses_below_min_count() -> None:
     params = app.parse_params({"target": "y", "features": ["x"], "task": "classification"})
     table = Table({"x": np.arange(3.0), "y": np.array([0, 1, 1])})
     with pytest.raises(DataError, match="fewer than min_count"):
-        app.local(table, params, {"step": "labels"}, SiteContext(site="a", min_count=5))
+        app.local(table, params, "labels", Empty(), SiteContext(site="a", min_count=5))
 
 
 def test_site_refuses_missing_feature_values() -> None:
     app = get_app("random-forest")
     params = app.parse_params({"target": "y", "features": ["x"], "task": "regression"})
     table = Table({"x": np.array([1.0, np.nan, 2, 3, 4, 5]), "y": np.arange(6.0)})
-    payload = {"step": "grow", "seed": 0, "n_trees": 1}
+    request = GrowRequest(seed=0, n_trees=1)
     with pytest.raises(DataError, match="column 'x' holds missing"):
-        app.local(table, params, payload, SiteContext(site="a", min_count=1))
+        app.local(table, params, "grow", request, SiteContext(site="a", min_count=1))
 
 
 def test_malformed_trees_from_a_site_are_refused() -> None:
     app = get_app("random-forest")
     params = app.parse_params({"target": "y", "features": ["x"], "task": "regression"})
     ctx = CoordinatorContext(sites={"a": SiteInfo("a", 10, {"x": "float", "y": "float"})})
-    app.start(params, ctx)
-    reply = {
-        "node_counts": np.array([2]),
-        "feature": np.array([0, -1]),
-        "threshold": np.array([0.0, 0.0]),
-        "left": np.array([1, -1]),
-        "right": np.array([5, -1]),  # out of range
-        "value": np.zeros((2, 1)),
-        "importances": np.zeros((1, 1)),
-    }
+    step = app.start(params, ctx)
+    assert isinstance(step, Continue) and step.phase == "grow"  # regression: no label phase
+    reply = Grown(
+        node_counts=np.array([2]),
+        feature=np.array([0, -1]),
+        threshold=np.array([0.0, 0.0]),
+        left=np.array([1, -1]),
+        right=np.array([5, -1]),  # out of range
+        value=np.zeros((2, 1)),
+        importances=np.zeros((1, 1)),
+    )
     with pytest.raises(AppError, match="site 'a' sent malformed trees"):
-        app.aggregate({"a": reply}, params, ctx)
+        app.aggregate("grow", {"a": reply}, params, ctx)
 
 
 def test_decode_forest_refuses_bad_files() -> None:
@@ -371,15 +371,57 @@ def test_decode_forest_refuses_bad_files() -> None:
         decode_forest(json.dumps(doc).encode())
 
 
-def test_centralized_twin_reports_the_compared_metrics() -> None:
+def test_centralized_twin_resolves_its_own_defaults_and_uses_sklearn_oob() -> None:
+    from sklearn.ensemble import RandomForestRegressor
+
     app = get_app("random-forest")
-    params = app.resolve(
-        app.parse_params({"target": "target", "n_estimators": 10}),
-        {c: "float" for c in dataset("diabetes").columns},
-    )
-    central = app.centralized(dataset("diabetes"), params)
-    assert set(app.comparable(central)) == {"oob_r2"}
+    frame = dataset("diabetes")
+    # unresolved parameters, as the fidelity suite passes them: the twin picks task and features
+    central = app.centralized(frame, app.parse_params({"target": "target", "n_estimators": 25}))
+    assert central["task"] == "regression" and "target" not in central["features"]
+    assert set(app.comparable(central)) == {"task", "features", "n_trees", "n_obs", "oob_r2"}
     assert 0.2 < central["oob_r2"] < central["r2"] < 1.0
+    x = frame[central["features"]].to_numpy()
+    sk = RandomForestRegressor(25, max_depth=8, min_samples_leaf=5, oob_score=True, random_state=0)
+    assert central["oob_r2"] == sk.fit(x, frame["target"]).oob_score_  # its own OOB estimate
+    binary = app.centralized(
+        dataset("breast_cancer"), app.parse_params({"target": "target", "n_estimators": 25})
+    )
+    assert binary["task"] == "classification" and binary["classes"] == [0, 1]
+    assert set(app.comparable(binary)) == {
+        "task", "features", "n_trees", "n_obs", "classes", "oob_accuracy", "oob_auc",
+    }  # fmt: skip
+    assert 0.85 < binary["oob_auc"] <= 1.0
+    with pytest.raises(AppError, match="needs bootstrap = true"):
+        app.centralized(frame, app.parse_params({"target": "target", "bootstrap": False}))
+
+
+def test_comparison_fails_when_an_oob_metric_is_missing_or_none() -> None:
+    from fedflow.results.compare import compare_results
+    from fedflow.results.pool import app_tolerances
+
+    app = get_app("random-forest")
+    sim = simulate(
+        "random-forest", {"target": "target", "n_estimators": 25}, _sites("breast_cancer"), seed=0
+    )
+    assert isinstance(sim.result["oob_auc"], float)
+    central = app.centralized(
+        pd.concat([t.to_pandas() for t in _sites("breast_cancer").values()], ignore_index=True),
+        sim.params,
+    )
+    rules = app_tolerances(app)
+    good = compare_results(app.comparable(sim.result), app.comparable(central), tolerances=rules)
+    assert good.status == "match"
+    by_path = {i.path: i for i in good.items}
+    assert (by_path["oob_auc"].rtol, by_path["oob_auc"].atol) == (0.0, 0.1)  # the real rule
+    assert (by_path["n_obs"].rtol, by_path["n_obs"].atol) == (1e-8, 1e-12)
+    assert by_path["n_obs"].federated == 569
+    blank = {**sim.result, "oob_auc": None}
+    bad = compare_results(app.comparable(blank), app.comparable(central), tolerances=rules)
+    assert [i.path for i in bad.mismatches] == ["oob_auc"]
+    missing = {k: v for k, v in sim.result.items() if k != "oob_auc"}
+    with pytest.raises(KeyError, match="oob_auc"):
+        app.comparable(missing)
 
 
 def test_forest_predicts_in_blocks_and_masks_trees() -> None:
@@ -412,3 +454,210 @@ def test_forest_predicts_in_blocks_and_masks_trees() -> None:
     np.testing.assert_allclose(full, mean)
     assert np.isnan(part[0, 0]) and count[0] == 0
     np.testing.assert_allclose(part[1:, 0], 5.0)
+
+
+# --- exact per-tree checks against scikit-learn, through the app ----------------------------
+def _float32_table(name: str) -> tuple[pd.DataFrame, list[str]]:
+    """The dataset with features rounded to float32 (scikit-learn compares in float32, so both
+    then see the same values and the same midpoints)."""
+    frame = dataset(name).copy()
+    features = [c for c in frame.columns if c != "target"]
+    frame[features] = frame[features].to_numpy().astype(np.float32).astype(np.float64)
+    return frame, features
+
+
+def _assert_same_tree(
+    mine: dict, fit, x: np.ndarray, y: np.ndarray, task: str, leaf: int, depth: float
+) -> int:
+    """Walk a saved tree and scikit-learn's tree (``fit(rows, depth_left)``) together, node by
+    node (both preorder), with the training rows each node holds: the same split feature and
+    threshold, the same leaves, the same values (class shares or means).
+
+    Where the two choose different features, scikit-learn's choice is a tie it breaks by its
+    random feature order (with another ``random_state`` it would choose otherwise): both splits
+    must then decrease the impurity equally (each measured by a scikit-learn stump on that
+    column). If they also part the rows differently, each side of fedflow's split is compared
+    with a scikit-learn tree grown afresh on that side's rows. Returns the number of ties.
+    """
+    ties = 0
+    labels = np.unique(y)
+
+    def visit(a: int, est, b: int, rows: np.ndarray, depth_left: float, where: str) -> None:
+        nonlocal ties
+        t = est.tree_
+        value = t.value[b].ravel()
+        if task == "classification":  # shares over all classes (a regrown tree knows fewer)
+            value = np.zeros(len(labels))
+            value[np.searchsorted(labels, est.classes_)] = t.value[b].ravel()
+            value = value / value.sum()
+        np.testing.assert_allclose(mine["value"][a], value, rtol=1e-12, err_msg=where)
+        leaf_a, leaf_b = mine["left"][a] == -1, t.children_left[b] == -1
+        assert leaf_a == leaf_b, f"{where}: leaf {leaf_a} vs scikit-learn's {leaf_b}"
+        if leaf_a:
+            return
+        fa, ta = mine["feature"][a], mine["threshold"][a]
+        fb, tb = int(t.feature[b]), float(t.threshold[b])
+        left = x[rows, fa] <= ta
+        children = [(mine["left"][a], est, t.children_left[b], rows[left], "L"),
+                    (mine["right"][a], est, t.children_right[b], rows[~left], "R")]  # fmt: skip
+        if (fa, ta) != (fb, tb):
+            assert fa != fb, f"{where}: threshold {ta!r} vs {tb!r} on feature {fa}"
+            gain_a = _best_decrease(x[rows, fa], y[rows], task, leaf)
+            gain_b = _best_decrease(x[rows, fb], y[rows], task, leaf)
+            assert gain_a == pytest.approx(gain_b, rel=1e-9), f"{where}: {fa} is no tie of {fb}"
+            ties += 1
+            if not np.array_equal(left, x[rows, fb] <= tb):  # regrow scikit-learn on each side
+                children = [(c, fit(r, depth_left - 1), 0, r, side)
+                            for c, _, _, r, side in children]  # fmt: skip
+        for child, tree, node, part, side in children:
+            visit(child, tree, node, part, depth_left - 1, where + side)
+
+    every = np.arange(len(x))
+    visit(0, fit(every, depth), 0, every, depth, "root ")
+    return ties
+
+
+@pytest.mark.parametrize(
+    "name,depth,leaf",
+    [("diabetes", 6, 5), ("diabetes", None, 8), ("breast_cancer", 5, 5), ("wine", 4, 6)],
+)
+def test_single_site_trees_without_bootstrap_equal_sklearn_node_by_node(
+    name: str, depth: int | None, leaf: int
+) -> None:
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+    frame, features = _float32_table(name)
+    params = {
+        "target": "target", "n_estimators": 3, "bootstrap": False, "max_features": "all",
+        "max_depth": 64 if depth is None else depth, "min_samples_leaf": leaf,
+    }  # fmt: skip
+    sim = simulate("random-forest", params, {"only": Table.from_pandas(frame)}, seed=5)
+    trees = _trees_of(sim)["trees"]
+    assert len(trees) == 3
+    task = sim.result["task"]
+    kind = DecisionTreeRegressor if task == "regression" else DecisionTreeClassifier
+    x, y = frame[features].to_numpy(), frame["target"].to_numpy()
+    ties = nodes = 0
+    for seed, tree in enumerate(trees):
+
+        def fit(rows: np.ndarray, depth_left: float, seed: int = seed):
+            limit = None if np.isinf(depth_left) else int(depth_left)
+            if limit == 0:  # a leaf: no split can keep all rows on both sides
+                return kind(max_depth=1, min_samples_leaf=len(rows)).fit(x[rows], y[rows])
+            ref = kind(max_depth=limit, min_samples_leaf=leaf, random_state=seed)
+            return ref.fit(x[rows], y[rows])
+
+        ties += _assert_same_tree(tree, fit, x, y, task, leaf, depth or np.inf)
+        nodes += len(tree["feature"])
+    splits = (nodes - len(trees)) // 2
+    # classification trees tie often in small, nearly pure nodes (breast_cancer: 12 of 40
+    # splits); every tie was checked to be one, and most splits are not ties
+    assert ties <= splits // 2, (ties, splits)
+    # one site, every row in every tree: nothing is out of bag, and the result says so
+    assert "oob_accuracy" not in sim.result and "oob_r2" not in sim.result
+    assert any("out-of-bag metrics left out" in note for note in sim.notes)
+
+
+def _best_decrease(x: np.ndarray, y: np.ndarray, task: str, leaf: int) -> float:
+    """The largest impurity decrease (times the rows) a single split of the column ``x`` allows,
+    found by scikit-learn (a stump on that column alone); -inf when no split is valid."""
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+    kind = DecisionTreeRegressor if task == "regression" else DecisionTreeClassifier
+    t = kind(max_depth=1, min_samples_leaf=leaf).fit(x[:, None], y).tree_
+    if t.node_count == 1:
+        return -np.inf
+    n = t.weighted_n_node_samples
+    return float(n[0] * t.impurity[0] - n[1] * t.impurity[1] - n[2] * t.impurity[2])
+
+
+def _split_ranks(tree: dict, x: np.ndarray, y: np.ndarray, task: str, leaf: int):
+    """For every split: (rank of its feature among the node's non-constant features by best
+    decrease — 0 for the best —, number of non-constant features). Rows are routed by the saved
+    thresholds, independently of fedflow's code."""
+    ranks = []
+    stack = [(0, np.arange(len(x)))]
+    while stack:
+        node, rows = stack.pop()
+        if tree["left"][node] == -1:
+            continue
+        xs, ys = x[rows], y[rows]
+        varying = [j for j in range(x.shape[1]) if xs[:, j].max() > xs[:, j].min()]
+        scores = {j: _best_decrease(xs[:, j], ys, task, leaf) for j in varying}
+        chosen = tree["feature"][node]
+        best = scores[chosen]
+        assert np.isfinite(best), "a split on a feature that allows none"
+        ranks.append((sum(s > best + 1e-9 * abs(best) for s in scores.values()), len(varying)))
+        go_left = xs[:, chosen] <= tree["threshold"][node]
+        stack.append((tree["left"][node], rows[go_left]))
+        stack.append((tree["right"][node], rows[~go_left]))
+    return ranks
+
+
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("diabetes", {"max_features": 2}),
+        ("breast_cancer", {}),  # the default for classification: sqrt(30) -> 5
+        ("wine", {"max_features": 0.25}),  # 13 features -> 3
+    ],
+)
+def test_each_split_uses_the_best_feature_of_a_k_subset(name: str, params: dict) -> None:
+    frame, features = _float32_table(name)
+    p = {"target": "target", "n_estimators": 3, "bootstrap": False, "max_depth": 2, **params}
+    sites = {"only": Table.from_pandas(frame)}
+    runs = [simulate("random-forest", p, sites, seed=seed) for seed in (0, 1, 2)]
+    k = runs[0].result["max_features"]
+    assert k < len(features)
+    task = runs[0].result["task"]
+    x, y = frame[features].to_numpy(), frame["target"].to_numpy()
+    ranks = []
+    for sim in runs:
+        for tree in _trees_of(sim)["trees"]:
+            ranks += _split_ranks(tree, x, y, task, p.get("min_samples_leaf", 5))
+    # the best of k features drawn from n can be beaten by at most n - k of them ...
+    assert all(rank <= n_varying - k for rank, n_varying in ranks)
+    # ... and with k < n, some splits are not the best over all features
+    assert sum(rank > 0 for rank, _ in ranks) >= len(ranks) // 4, ranks
+    # different seeds (and trees) draw different subsets: the roots differ
+    roots = {tree["feature"][0] for sim in runs for tree in _trees_of(sim)["trees"]}
+    assert len(roots) >= 3, roots
+
+
+def test_the_study_seed_seeds_the_forest() -> None:
+    sites = _sites("wine", 3)
+    params = {"target": "target", "n_estimators": 6}
+    one = simulate("random-forest", params, sites, seed=1)
+    three = simulate("random-forest", params, sites, seed=3)
+    zero = simulate("random-forest", params, sites, seed=0)
+    assert one.result["seed"] == 1 and three.result["seed"] == 3
+    assert _trees_of(one)["trees"] != _trees_of(three)["trees"]
+    assert _trees_of(one)["trees"] != _trees_of(zero)["trees"]
+    assert _trees_of(one) == _trees_of(simulate("random-forest", params, sites, seed=1))
+
+
+def test_without_bootstrap_other_sites_trees_are_out_of_bag() -> None:
+    sites = _sites("breast_cancer", 3)
+    sim = simulate(
+        "random-forest", {"target": "target", "n_estimators": 9, "bootstrap": False}, sites
+    )
+    r = sim.result
+    assert r["oob_n_obs"] == r["n_obs"] == 569 and 0.85 < r["oob_accuracy"] <= r["accuracy"]
+    again = simulate("random-forest", {"target": "target", "n_estimators": 9}, sites)
+    assert _trees_of(sim)["trees"] != _trees_of(again)["trees"]
+
+
+def test_phases_and_payload_types() -> None:
+    from fedflow.apps.forest import Labels, ScoreRequest, Scores
+
+    assert {n: (p.request, p.reply) for n, p in RandomForest.phases.items()} == {
+        "labels": (Empty, Labels),
+        "grow": (GrowRequest, Grown),
+        "score": (ScoreRequest, Scores),
+    }
+    sim = simulate("random-forest", {"target": "target", "n_estimators": 3}, _sites("iris"), seed=0)
+    assert sim.rounds == 3  # labels, grow, score
+    regression = simulate(
+        "random-forest", {"target": "target", "n_estimators": 3}, _sites("diabetes"), seed=0
+    )
+    assert regression.rounds == 2  # no label phase

@@ -1,35 +1,42 @@
 """``random-forest``: every site grows trees on its own rows; the forest is the union of them all.
 
-Rounds (the approach of FeatureCloud's random-forest app, with federated metrics added):
+Phases (the approach of FeatureCloud's random-forest app, with federated metrics added):
 
-1. *labels* (classification only): each site sends the set of target labels it holds (not their
-   counts); the coordinator sorts their union into the global class order, so every tree outputs
-   probability vectors over the same classes.
-2. *grow*: each site grows its share of ``n_estimators`` (shares proportional to the sites' row
-   counts, at least one tree per site) with the numpy CART of ``_trees`` on bootstrap samples of
-   its rows, and sends the trees as arrays (feature indices, thresholds, children, node values).
-3. *score*: the coordinator sends the whole forest back; each site scores its own rows with it and
-   returns aggregates only: correct-prediction counts, or the sum of squared errors and the target's
-   count, mean and sum of squared deviations; for a binary target, score histograms (below). It
-   also scores each row with the trees that did not see it (the other sites' trees and its own trees
-   whose bootstrap sample left the row out): the forest's out-of-bag (OOB) metrics.
+1. ``labels`` (classification only; ``Empty`` → ``Labels``): each site sends the set of target
+   labels it holds (not their counts); the coordinator sorts their union into the global class
+   order, so every tree outputs probability vectors over the same classes.
+2. ``grow`` (``GrowRequest`` → ``Grown``): each site grows its share of ``n_estimators`` (shares
+   proportional to the sites' row counts, at least one tree per site) with the numpy CART of
+   ``_trees`` on bootstrap samples of its rows (or on all of them, ``bootstrap = false``), and
+   sends the trees as arrays (feature indices, thresholds, children, node values, importances).
+3. ``score`` (``ScoreRequest`` → ``Scores``): the coordinator sends the whole forest back; each site
+   scores its own rows with it and returns aggregates only: correct-prediction counts, or the sum
+   of squared errors and the target's count, mean and sum of squared deviations; for a binary
+   target, score histograms (below). It also scores each row with the trees that did not see it
+   (the other sites' trees and its own trees whose bootstrap sample left the row out): the
+   forest's out-of-bag (OOB) metrics.
 
 What a site reveals, and the privacy rule for trees: a leaf never describes fewer than
 ``max(min_samples_leaf, min_count)`` distinct rows of the site (a node is split only when both
 children keep that many), so every leaf value — class proportions or a mean — is an aggregate over
 at least ``min_count`` records. It does **not** hide the thresholds: each one is the midpoint
 between two adjacent observed values of a feature, so the trees disclose (approximately) some
-feature values present at the site, and the label round discloses which labels a site holds. The
+feature values present at the site, and the label phase discloses which labels a site holds. The
 score histograms for the AUC are merged at the site into blocks of at least ``min_count`` rows.
 
-Tolerance against the twin (scikit-learn ``RandomForestClassifier`` / ``RandomForestRegressor`` on
-the pooled rows with the same settings): the federated forest is a different forest — each tree
-sees one site's rows, drawn from another random stream — so only its quality is compared, out of
-bag: ``oob_accuracy``, ``oob_auc`` (binary) and ``oob_r2`` agree within 0.1 absolute
-(``absolute_tolerance``; no relative part). Measured with 30 trees on breast_cancer, wine, iris and
-diabetes split into 3 and 7 sites, IID and unbalanced, seeds 0–9: worst difference 0.080 (wine and
-iris accuracy), 0.066 (diabetes R²), 0.010 (breast_cancer AUC). Training metrics are reported but
-not compared: the pooled forest fits every row with every tree, the federated one with its site's.
+Tolerance against the twin (scikit-learn ``RandomForestClassifier`` / ``RandomForestRegressor``
+with ``oob_score = True`` on the pooled rows with the same settings, its own out-of-bag estimates):
+the federated forest is a different forest — each tree sees one site's rows, drawn from another
+random stream — so only its quality is compared, out of bag: ``oob_accuracy``, ``oob_auc``
+(binary) and ``oob_r2`` agree within 0.1 absolute (``tolerances``; no relative part), and what
+must be identical is compared exactly: ``task``, ``features``, ``classes``, ``n_trees``, ``n_obs``.
+Measured with 30 trees on breast_cancer, wine, iris and diabetes split into 3 and 7 sites, IID and
+unbalanced, seeds 0–9: worst difference 0.080 (wine and iris accuracy), 0.066 (diabetes R²), 0.010
+(breast_cancer AUC). Training metrics are reported but not compared: the pooled forest fits every
+row with every tree, the federated one with its site's.
+
+A finished run saves the forest as ``forest.json``; ``RandomForest.load_model`` reads it back for
+``fedflow predict`` (``fedflow.results.predict``).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -52,12 +60,17 @@ from fedflow.apps.base import (
     Continue,
     CoordinatorContext,
     Done,
+    Empty,
     Params,
     Payload,
+    Phase,
     SiteContext,
     Step,
     Table,
     check_min_count,
+    check_unique,
+    named,
+    numeric_columns,
 )
 from fedflow.errors import AppError, DataError
 
@@ -67,9 +80,19 @@ if TYPE_CHECKING:
 __all__ = [
     "AUC_BINS",
     "FOREST_FORMAT",
+    "MODEL_FILE",
+    "AucBlocks",
+    "ClassFit",
     "ForestModel",
     "ForestParams",
+    "GrowRequest",
+    "Grown",
+    "Labels",
     "RandomForest",
+    "RegressionFit",
+    "ScoreRequest",
+    "Scores",
+    "TreeArrays",
     "allocate_trees",
     "auc_from_blocks",
     "decode_forest",
@@ -81,6 +104,8 @@ __all__ = [
 
 FOREST_FORMAT = "fedflow-forest"
 FOREST_VERSION = 1
+MODEL_FILE = "forest.json"
+"""The run-directory file holding the saved forest."""
 AUC_BINS = 1000
 """Resolution of the score grid the AUC is computed on (bins of width 1/1000)."""
 
@@ -97,6 +122,7 @@ class ForestParams(Params, frozen=True):
     max_depth: int | None = 8
     min_samples_leaf: int = 5
     max_features: int | float | str | None = None
+    bootstrap: bool = True
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -105,9 +131,7 @@ class ForestParams(Params, frozen=True):
                 raise ValueError("features is empty")
             if self.target in self.features:
                 raise ValueError(f"the target '{self.target}' is also listed in features")
-            dupes = sorted({f for f in self.features if self.features.count(f) > 1})
-            if dupes:
-                raise ValueError(f"features listed twice: {', '.join(dupes)}")
+            check_unique(self.features, "features")
         if self.n_estimators < 1:
             raise ValueError("n_estimators must be at least 1")
         if self.max_depth is not None and self.max_depth < 1:
@@ -123,6 +147,84 @@ class ForestParams(Params, frozen=True):
             raise ValueError("max_features must be at least 1")
         if isinstance(m, float) and not 0.0 < m <= 1.0:
             raise ValueError("max_features as a fraction must lie in (0, 1]")
+
+
+# --- phase payloads ------------------------------------------------------------------------------
+class Labels(Payload, frozen=True):
+    """``labels`` reply: the distinct target labels a site holds (int64 codes or text), no counts."""
+
+    labels: np.ndarray
+
+
+class GrowRequest(Payload, frozen=True):
+    """``grow`` request: the forest's seed, this site's number of trees, the global class order."""
+
+    seed: int
+    n_trees: int
+    classes: np.ndarray | None = None
+    """The sorted labels of all sites (classification); None for regression."""
+
+
+class TreeArrays(Payload, frozen=True):
+    """Trees as concatenated arrays (``_trees`` describes each array); ``node_counts`` says how
+    many nodes each tree holds, in order."""
+
+    node_counts: np.ndarray
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    value: np.ndarray
+
+
+class Grown(TreeArrays, frozen=True):
+    """``grow`` reply: a site's trees and each tree's normalised feature importances
+    (trees × features)."""
+
+    importances: np.ndarray
+
+
+class ScoreRequest(Payload, frozen=True):
+    """``score`` request: the whole forest and where this site's own trees lie in it
+    (``own = [start, stop)``), so the site can leave out the trees that saw a row."""
+
+    forest: TreeArrays
+    own: list[int]
+
+
+class AucBlocks(Payload, frozen=True):
+    """A site's score histogram for the AUC, in blocks of ≥ ``min_count`` rows (``score_blocks``)."""
+
+    edges: np.ndarray
+    negative: np.ndarray
+    positive: np.ndarray
+
+
+class ClassFit(Payload, frozen=True, tag="classification"):
+    """A site's aggregates of class predictions: correct ones, and (binary) the score histogram."""
+
+    correct: int
+    auc_blocks: AucBlocks | None = None
+
+
+class RegressionFit(Payload, frozen=True, tag="regression"):
+    """A site's aggregates of predicted values: the sum of squared errors, and the target's mean
+    and sum of squared deviations (merged with Chan's formula for R²)."""
+
+    sse: float
+    y_mean: float
+    y_m2: float
+
+
+class Scores(Payload, frozen=True):
+    """``score`` reply: the site's rows scored by the whole forest (``fit`` over ``n`` rows) and out
+    of bag (``oob`` over ``oob_n`` rows; None, with ``oob_n = 0``, when fewer than ``min_count``
+    rows have a tree that did not see them)."""
+
+    n: int
+    fit: ClassFit | RegressionFit
+    oob_n: int
+    oob: ClassFit | RegressionFit | None = None
 
 
 # --- pure helpers (each unit-tested) ------------------------------------------------------------
@@ -239,7 +341,7 @@ def _site_rng(seed: int, site: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, key])
 
 
-def _pack(trees: Sequence[Tree]) -> dict[str, np.ndarray]:
+def _arrays(trees: Sequence[Tree]) -> dict[str, np.ndarray]:
     return {
         "node_counts": np.array([t.n_nodes for t in trees], dtype=np.int64),
         "feature": np.concatenate([t.feature for t in trees]),
@@ -247,22 +349,35 @@ def _pack(trees: Sequence[Tree]) -> dict[str, np.ndarray]:
         "left": np.concatenate([t.left for t in trees]),
         "right": np.concatenate([t.right for t in trees]),
         "value": np.vstack([t.value for t in trees]),
-        "importances": np.vstack([t.importances for t in trees]),
     }
 
 
-def _unpack(packed: Mapping[str, Any], n_features: int) -> list[Tree]:
+def _pack(trees: Sequence[Tree]) -> Grown:
+    """Return a site's trees as its ``grow`` reply."""
+    return Grown(**_arrays(trees), importances=np.vstack([t.importances for t in trees]))
+
+
+def _unpack(
+    packed: TreeArrays, n_features: int, importances: np.ndarray | None = None
+) -> list[Tree]:
     """Return the trees of a packed payload; raise ValueError when malformed."""
-    counts = np.asarray(packed["node_counts"], dtype=np.int64)
+    counts = np.asarray(packed.node_counts, dtype=np.int64)
     if counts.ndim != 1 or (counts < 1).any():
         raise ValueError("node_counts must list positive node counts")
     ends = np.cumsum(counts)
     total = int(ends[-1]) if len(ends) else 0
-    arrays = {k: np.asarray(packed[k]) for k in ("feature", "threshold", "left", "right", "value")}
+    arrays = {
+        "feature": packed.feature,
+        "threshold": packed.threshold,
+        "left": packed.left,
+        "right": packed.right,
+        "value": packed.value,
+    }
     for k, a in arrays.items():
         if len(a) != total:
             raise ValueError(f"'{k}' holds {len(a)} nodes, node_counts add up to {total}")
-    importances = np.asarray(packed.get("importances", np.zeros((len(counts), n_features))))
+    if importances is None:
+        importances = np.zeros((len(counts), n_features))
     if importances.shape != (len(counts), n_features):
         raise ValueError(f"'importances' has shape {importances.shape}")
     trees = []
@@ -342,6 +457,24 @@ class ForestModel:
         mean, _ = self.forest.predict(x)
         return mean if self.task == "classification" else mean[:, 0]
 
+    def predict_columns(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Return the named prediction columns for the rows of ``x`` (``fedflow predict``):
+        ``prediction`` (the class with the highest mean probability, as an integer when every
+        class is one, or the mean value) and, for classification, ``probability_<class>``."""
+        output = self.predict(x)
+        if self.task != "classification":
+            return {"prediction": output}
+        classes = list(self.classes or [])
+        labels = np.array(classes, dtype=object)[output.argmax(axis=1)]
+        columns: dict[str, np.ndarray] = {
+            "prediction": labels.astype(np.int64)
+            if all(isinstance(c, int) for c in classes)
+            else labels
+        }
+        for j, label in enumerate(classes):
+            columns[f"probability_{label}"] = output[:, j]
+        return columns
+
 
 def encode_forest(model: ForestModel, trees: Sequence[Tree]) -> bytes:
     """Return the ``forest.json`` bytes of a model (format in docs/apps/random-forest.md)."""
@@ -412,14 +545,23 @@ def decode_forest(content: bytes, source: str = "forest.json") -> ForestModel:
 
 
 # --- the app -----------------------------------------------------------------------------------
+OOB_RULE = (0.0, 0.1)
+"""The rule ``--compare`` applies to the out-of-bag metrics: (rtol, atol) = within 0.1 absolute."""
+
+
 class RandomForest(App[ForestParams]):
     """A random forest grown site by site; tolerance against scikit-learn in the module docstring."""
 
     name = "random-forest"
     reference = "scikit-learn RandomForest"
     Params = ForestParams
-    tolerance = 0.0
-    absolute_tolerance = 0.1
+    phases = {
+        "labels": Phase(Empty, Labels),
+        "grow": Phase(GrowRequest, Grown),
+        "score": Phase(ScoreRequest, Scores),
+    }
+    # the exact keys (task, features, classes, n_trees, n_obs) use the default rule
+    tolerances = {"oob_accuracy": OOB_RULE, "oob_auc": OOB_RULE, "oob_r2": OOB_RULE}
 
     def resolve(self, params: ForestParams, columns: Mapping[str, str]) -> ForestParams:
         target_kind = columns.get(params.target)
@@ -434,9 +576,7 @@ class RandomForest(App[ForestParams]):
             )
         features = params.features
         if features is None:
-            features = [
-                c for c, k in columns.items() if k in ("int", "float") and c != params.target
-            ]
+            features = numeric_columns(columns, exclude=[params.target])
             if not features:
                 raise AppError(
                     f"app '{self.name}': the data has no numeric column besides '{params.target}'"
@@ -466,41 +606,40 @@ class RandomForest(App[ForestParams]):
         ctx.state.update(seed=int(seed), shares=shares, classes=None)
         if params.task == "regression":
             return self._grow(ctx)
-        ctx.state["step"] = "labels"
-        return Continue({"step": "labels"})
+        return Continue("labels", Empty())
+
+    def aggregate_labels(
+        self, replies: Mapping[str, Labels], params: ForestParams, ctx: CoordinatorContext
+    ) -> Continue:
+        classes = merge_labels([r.labels for r in replies.values()])
+        if len(classes) < 2:
+            raise AppError(
+                f"app '{self.name}': the target '{params.target}' has a single class "
+                f"({classes[0] if classes else 'none'}) across all sites"
+            )
+        if len(classes) > 20 and isinstance(classes[0], int):
+            ctx.notes.append(
+                f"random-forest: the target '{params.target}' has {len(classes)} integer "
+                "classes; set task = 'regression' if it is a quantity, not a label"
+            )
+        ctx.state["classes"] = classes
+        return self._grow(ctx)
 
     def _grow(self, ctx: CoordinatorContext) -> Continue:
-        ctx.state["step"] = "grow"
-        common: Payload = {"step": "grow", "seed": ctx.state["seed"]}
-        if ctx.state["classes"] is not None:
-            common["classes"] = np.asarray(ctx.state["classes"])
-        shares = ctx.state["shares"]
-        return Continue(common, per_site={s: {**common, "n_trees": k} for s, k in shares.items()})
+        seed: int = ctx.state["seed"]
+        classes = ctx.state["classes"]
+        common = GrowRequest(
+            seed=seed, n_trees=0, classes=None if classes is None else np.asarray(classes)
+        )
+        shares: dict[str, int] = ctx.state["shares"]
+        return Continue(
+            "grow",
+            common,
+            per_site={s: msgspec.structs.replace(common, n_trees=k) for s, k in shares.items()},
+        )
 
-    def aggregate(
-        self, replies: Mapping[str, Payload], params: ForestParams, ctx: CoordinatorContext
-    ) -> Step:
-        step = ctx.state["step"]
-        if step == "labels":
-            classes = merge_labels([np.asarray(r["labels"]) for r in replies.values()])
-            if len(classes) < 2:
-                raise AppError(
-                    f"app '{self.name}': the target '{params.target}' has a single class "
-                    f"({classes[0] if classes else 'none'}) across all sites"
-                )
-            if len(classes) > 20 and isinstance(classes[0], int):
-                ctx.notes.append(
-                    f"random-forest: the target '{params.target}' has {len(classes)} integer "
-                    "classes; set task = 'regression' if it is a quantity, not a label"
-                )
-            ctx.state["classes"] = classes
-            return self._grow(ctx)
-        if step == "grow":
-            return self._score(replies, params, ctx)
-        return self._finish(replies, params, ctx)
-
-    def _score(
-        self, replies: Mapping[str, Payload], params: ForestParams, ctx: CoordinatorContext
+    def aggregate_grow(
+        self, replies: Mapping[str, Grown], params: ForestParams, ctx: CoordinatorContext
     ) -> Continue:
         features = params.features or []
         n_outputs = len(ctx.state["classes"]) if params.task == "classification" else 1
@@ -509,24 +648,27 @@ class RandomForest(App[ForestParams]):
         ranges: dict[str, list[int]] = {}
         for site, reply in replies.items():
             try:
-                site_trees = _unpack(reply, len(features))
+                site_trees = _unpack(reply, len(features), np.asarray(reply.importances))
                 Forest(site_trees, len(features))
                 if any(t.value.shape[1] != n_outputs for t in site_trees):
                     raise ValueError(f"trees must have {n_outputs} outputs")
-            except (KeyError, ValueError) as exc:
+            except ValueError as exc:
                 raise AppError(
                     f"app '{self.name}': site '{site}' sent malformed trees: {exc}"
                 ) from None
             ranges[site] = [len(trees), len(trees) + len(site_trees)]
             trees.extend(site_trees)
             owners.extend([site] * len(site_trees))
-        ctx.state.update(step="score", trees=trees, owners=owners)
-        packed: Payload = {"step": "score", **_pack(trees)}
-        del packed["importances"]
-        return Continue(packed, per_site={s: {**packed, "own": r} for s, r in ranges.items()})
+        ctx.state.update(trees=trees, owners=owners)
+        forest = TreeArrays(**_arrays(trees))
+        return Continue(
+            "score",
+            ScoreRequest(forest=forest, own=[0, 0]),
+            per_site={s: ScoreRequest(forest=forest, own=r) for s, r in ranges.items()},
+        )
 
-    def _finish(
-        self, replies: Mapping[str, Payload], params: ForestParams, ctx: CoordinatorContext
+    def aggregate_score(
+        self, replies: Mapping[str, Scores], params: ForestParams, ctx: CoordinatorContext
     ) -> Done:
         trees: list[Tree] = ctx.state["trees"]
         owners: list[str] = ctx.state["owners"]
@@ -542,7 +684,7 @@ class RandomForest(App[ForestParams]):
         result.update(
             n_trees=len(trees),
             trees_per_site={s: owners.count(s) for s in ctx.state["shares"]},
-            n_obs=int(sum(int(r["n"]) for r in replies.values())),
+            n_obs=int(sum(r.n for r in replies.values())),
             max_depth=params.max_depth,
             min_samples_leaf=max(params.min_samples_leaf, ctx.min_count),
             max_features=params.max_features,
@@ -553,9 +695,7 @@ class RandomForest(App[ForestParams]):
         importances = np.mean(grown, axis=0) if grown else np.zeros(len(features))
         if importances.sum() > 0:
             importances = importances / importances.sum()
-        result["feature_importances"] = {
-            f: float(v) for f, v in zip(features, importances, strict=True)
-        }
+        result["feature_importances"] = named(features, importances)
         model = ForestModel(
             params.task or "classification",
             params.target,
@@ -564,29 +704,25 @@ class RandomForest(App[ForestParams]):
             Forest(trees, len(features)),
             owners,
         )
-        return Done(result, artifacts={"forest.json": encode_forest(model, trees)})
+        return Done(result, artifacts={MODEL_FILE: encode_forest(model, trees)})
 
     # -- site -----------------------------------------------------------------------------------
-    def local(
-        self, data: Table, params: ForestParams, payload: Payload, ctx: SiteContext
-    ) -> Payload:
-        step = payload.get("step")
+    def local_labels(
+        self, data: Table, params: ForestParams, request: Empty, ctx: SiteContext
+    ) -> Labels:
         check_min_count(data.n_rows, ctx.min_count, "the site's data")
-        if step == "labels":
-            return {"labels": np.unique(_site_labels(data[params.target], params.target))}
-        if step == "grow":
-            return self._local_grow(data, params, payload, ctx)
-        if step == "score":
-            return self._local_score(params, payload, ctx)
-        raise AppError(f"app '{self.name}': unknown step {step!r}")
+        return Labels(labels=np.unique(_site_labels(data[params.target], params.target)))
 
-    def _local_grow(
-        self, data: Table, params: ForestParams, payload: Payload, ctx: SiteContext
-    ) -> Payload:
+    def local_grow(
+        self, data: Table, params: ForestParams, request: GrowRequest, ctx: SiteContext
+    ) -> Grown:
+        check_min_count(data.n_rows, ctx.min_count, "the site's data")
         features = list(params.features or [])
         x = _feature_matrix(data, features)
         if params.task == "classification":
-            classes = np.asarray(payload["classes"])
+            if request.classes is None:
+                raise AppError(f"app '{self.name}': the coordinator sent no class order")
+            classes = np.asarray(request.classes)
             labels = _site_labels(data[params.target], params.target)
             if classes.dtype.kind == "U":
                 labels = labels.astype(str)
@@ -611,12 +747,17 @@ class RandomForest(App[ForestParams]):
         max_features = resolve_max_features(
             params.max_features, len(features), params.task or "classification"
         )
-        rng = _site_rng(int(payload["seed"]), ctx.site)
-        n_trees = int(payload["n_trees"])
+        rng = _site_rng(request.seed, ctx.site)
+        n_trees = request.n_trees
+        if n_trees < 1:
+            raise AppError(f"app '{self.name}': the coordinator asked for {n_trees} trees")
         inbag = np.zeros((len(x), n_trees), dtype=bool)
         trees = []
         for j in range(n_trees):
-            weight = bootstrap_weights(len(x), rng, min_leaf)
+            if params.bootstrap:
+                weight = bootstrap_weights(len(x), rng, min_leaf)
+            else:
+                weight = np.ones(len(x))
             inbag[:, j] = weight > 0
             trees.append(
                 grow_tree(
@@ -633,16 +774,23 @@ class RandomForest(App[ForestParams]):
         ctx.state.update(x=x, y=y, inbag=inbag)
         return _pack(trees)
 
-    def _local_score(self, params: ForestParams, payload: Payload, ctx: SiteContext) -> Payload:
+    def local_score(
+        self, data: Table, params: ForestParams, request: ScoreRequest, ctx: SiteContext
+    ) -> Scores:
+        check_min_count(data.n_rows, ctx.min_count, "the site's data")
+        if "inbag" not in ctx.state:
+            raise AppError(f"app '{self.name}': asked to score before growing trees")
         x, y, inbag = ctx.state["x"], ctx.state["y"], ctx.state["inbag"]
         n_features = x.shape[1]
         try:
-            forest = Forest(_unpack(payload, n_features), n_features)
-        except (KeyError, ValueError) as exc:
+            forest = Forest(_unpack(request.forest, n_features), n_features)
+        except ValueError as exc:
             raise AppError(
                 f"app '{self.name}': the coordinator sent a malformed forest: {exc}"
             ) from None
-        start, stop = (int(v) for v in payload["own"])
+        if len(request.own) != 2:
+            raise AppError(f"app '{self.name}': 'own' must be [start, stop], not {request.own}")
+        start, stop = request.own
         if stop - start != inbag.shape[1] or not 0 <= start <= stop <= forest.n_trees:
             raise AppError(
                 f"app '{self.name}': the coordinator placed this site's {inbag.shape[1]} trees "
@@ -652,126 +800,163 @@ class RandomForest(App[ForestParams]):
         mask[:, start:stop] = ~inbag
         full, oob, count = forest.predict_with_mask(x, mask)
         has_oob = count > 0
-        out: Payload = {"n": len(x)}
-        out.update(_site_metrics(full, y, params.task, ctx.min_count, prefix=""))
+        task = params.task or "classification"
+        fit = _site_fit(full, y, task, ctx.min_count)
         if has_oob.sum() >= ctx.min_count:
-            out["oob_n"] = int(has_oob.sum())
-            out.update(
-                _site_metrics(oob[has_oob], y[has_oob], params.task, ctx.min_count, prefix="oob_")
-            )
-        else:
-            out["oob_n"] = 0
-        return out
+            oob_fit = _site_fit(oob[has_oob], y[has_oob], task, ctx.min_count)
+            return Scores(n=len(x), fit=fit, oob_n=int(has_oob.sum()), oob=oob_fit)
+        return Scores(n=len(x), fit=fit, oob_n=0)
+
+    # -- prediction -----------------------------------------------------------------------------
+    @classmethod
+    def load_model(cls, artifacts: Mapping[str, bytes], where: str = "") -> ForestModel:
+        """Return the forest a run saved (``artifacts``: the run directory's files by name;
+        ``where``: the directory, for messages). Raises KeyError (or what ``artifacts`` raises)
+        when there is no ``forest.json``, DataError when it is corrupt."""
+        content = artifacts[MODEL_FILE]
+        return decode_forest(
+            content, source=os.path.join(where, MODEL_FILE) if where else MODEL_FILE
+        )
 
     # -- reference ------------------------------------------------------------------------------
     def centralized(self, pooled: pd.DataFrame, params: ForestParams) -> dict[str, Any]:
+        """scikit-learn's forest on the pooled rows, scored by its own out-of-bag estimates.
+
+        Resolves its own defaults from the frame (``task``: regression for a float target;
+        ``features``: every numeric column but the target; ``max_features``: scikit-learn's
+        default for the estimator). Raises AppError for ``bootstrap = false`` (scikit-learn has
+        no out-of-bag estimate without bootstrap samples).
+        """
+        import pandas as pd
         from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
         from sklearn.metrics import accuracy_score, mean_squared_error, r2_score, roc_auc_score
 
+        if not params.bootstrap:
+            raise AppError(
+                f"app '{self.name}': the scikit-learn reference needs bootstrap = true "
+                "(out-of-bag estimates exist only for bootstrap samples)"
+            )
+        target = pooled[params.target]
+        task = params.task or (
+            "regression" if pd.api.types.is_float_dtype(target) else "classification"
+        )
         features = list(params.features or [])
+        if not features:
+            features = [
+                str(c)
+                for c in pooled.columns
+                if c != params.target and pd.api.types.is_numeric_dtype(pooled[c])
+            ]
         x = pooled[features].to_numpy(dtype=np.float64)
-        settings = {
+        settings: dict[str, Any] = {
             "n_estimators": params.n_estimators,
             "max_depth": params.max_depth,
             "min_samples_leaf": params.min_samples_leaf,
-            "max_features": params.max_features,
             "bootstrap": True,
+            "oob_score": True,
             "random_state": params.seed if params.seed is not None else 0,
         }
-        result: dict[str, Any] = {"n_trees": params.n_estimators, "n_obs": len(pooled)}
-        if params.task == "classification":
-            labels = pooled[params.target].to_numpy()
-            model = RandomForestClassifier(**settings).fit(x, labels)
-            proba = model.predict_proba(x)
-            oob, has = _sklearn_oob(model, x, proba.shape[1], lambda est, xx: est.predict_proba(xx))
-            classes = model.classes_
+        if params.max_features is not None:  # else scikit-learn's own default for the estimator
+            settings["max_features"] = None if params.max_features == "all" else params.max_features
+        result: dict[str, Any] = {"task": task, "features": features}
+        if task == "classification":
+            labels = target.to_numpy()
+            classifier = RandomForestClassifier(**settings).fit(x, labels)
+            classes = classifier.classes_
+            proba = classifier.predict_proba(x)
+            oob_proba = classifier.oob_decision_function_
             result["classes"] = [c.item() if hasattr(c, "item") else c for c in classes]
+            result["n_trees"] = len(classifier.estimators_)
+            result["n_obs"] = len(pooled)
             result["accuracy"] = float(accuracy_score(labels, classes[proba.argmax(axis=1)]))
-            result["oob_accuracy"] = float(
-                accuracy_score(labels[has], classes[oob[has].argmax(axis=1)])
-            )
+            result["oob_accuracy"] = float(classifier.oob_score_)
             if len(classes) == 2:
                 positive = labels == classes[1]
                 result["auc"] = float(roc_auc_score(positive, proba[:, 1]))
-                result["oob_auc"] = float(roc_auc_score(positive[has], oob[has, 1]))
+                result["oob_auc"] = float(roc_auc_score(positive, oob_proba[:, 1]))
         else:
-            y = pooled[params.target].to_numpy(dtype=np.float64)
-            model = RandomForestRegressor(**settings).fit(x, y)
-            pred = model.predict(x)
-            oob, has = _sklearn_oob(model, x, 1, lambda est, xx: est.predict(xx)[:, None])
+            y = target.to_numpy(dtype=np.float64)
+            regressor = RandomForestRegressor(**settings).fit(x, y)
+            pred = regressor.predict(x)
+            oob_pred = regressor.oob_prediction_
+            result["n_trees"] = len(regressor.estimators_)
+            result["n_obs"] = len(pooled)
             result["r2"] = float(r2_score(y, pred))
             result["rmse"] = float(math.sqrt(mean_squared_error(y, pred)))
-            result["oob_r2"] = float(r2_score(y[has], oob[has, 0]))
-            result["oob_rmse"] = float(math.sqrt(mean_squared_error(y[has], oob[has, 0])))
-        result["oob_n_obs"] = int(has.sum())
+            result["oob_r2"] = float(regressor.oob_score_)
+            result["oob_rmse"] = float(math.sqrt(mean_squared_error(y, oob_pred)))
         return result
 
     def comparable(self, result: Mapping[str, Any]) -> dict[str, Any]:
-        keys = ("oob_accuracy", "oob_auc", "oob_r2")
-        return {k: result[k] for k in keys if result.get(k) is not None}
+        """What must be identical (task, features, classes, n_trees, n_obs) and the out-of-bag
+        quality: ``oob_accuracy`` and, for two classes, ``oob_auc``; ``oob_r2`` for regression.
+        Selected by key: a result missing one fails."""
+        keys = ["task", "features", "n_trees", "n_obs"]
+        if result["task"] == "classification":
+            keys += ["classes", "oob_accuracy"]
+            if len(result["classes"]) == 2:
+                keys.append("oob_auc")
+        else:
+            keys.append("oob_r2")
+        return {k: result[k] for k in keys}
 
 
-def _site_metrics(
-    pred: np.ndarray, y: np.ndarray, task: str | None, min_count: int, prefix: str
-) -> Payload:
+def _site_fit(
+    pred: np.ndarray, y: np.ndarray, task: str, min_count: int
+) -> ClassFit | RegressionFit:
     """Return a site's aggregates of predictions ``pred`` against ``y`` (codes or values)."""
     if task == "classification":
-        out: Payload = {f"{prefix}correct": int(np.sum(pred.argmax(axis=1) == y))}
+        blocks = None
         if pred.shape[1] == 2:
-            out[f"{prefix}auc_blocks"] = score_blocks(pred[:, 1], y == 1, min_count)
-        return out
+            blocks = AucBlocks(**score_blocks(pred[:, 1], y == 1, min_count))
+        return ClassFit(correct=int(np.sum(pred.argmax(axis=1) == y)), auc_blocks=blocks)
     y_mean = float(y.mean())
-    return {
-        f"{prefix}sse": float(np.sum((y - pred[:, 0]) ** 2)),
-        f"{prefix}y_mean": y_mean,
-        f"{prefix}y_m2": float(np.sum((y - y_mean) ** 2)),
-    }
+    return RegressionFit(
+        sse=float(np.sum((y - pred[:, 0]) ** 2)),
+        y_mean=y_mean,
+        y_m2=float(np.sum((y - y_mean) ** 2)),
+    )
 
 
-def _metrics(replies: Mapping[str, Payload], task: str, ctx: CoordinatorContext) -> dict[str, Any]:
+def _metrics(replies: Mapping[str, Scores], task: str, ctx: CoordinatorContext) -> dict[str, Any]:
     """Return training and out-of-bag metrics from the sites' scoring aggregates."""
     out: dict[str, Any] = {}
-    with_oob = all(int(r.get("oob_n", 0)) > 0 for r in replies.values())
+    with_oob = all(r.oob_n > 0 and r.oob is not None for r in replies.values())
     if not with_oob:
         ctx.notes.append(
             "random-forest: out-of-bag metrics left out: a site has fewer than min_count rows "
             "that some tree did not see"
         )
-    for prefix in ("", "oob_") if with_oob else ("",):
-        count_key = "n" if prefix == "" else "oob_n"
-        n = float(sum(int(r[count_key]) for r in replies.values()))
+    parts: list[tuple[str, list[tuple[str, int, ClassFit | RegressionFit | None]]]] = [
+        ("", [(s, r.n, r.fit) for s, r in replies.items()])
+    ]
+    if with_oob:
+        parts.append(("oob_", [(s, r.oob_n, r.oob) for s, r in replies.items()]))
+    for prefix, fits in parts:
+        n = float(sum(count for _, count, _ in fits))
         if task == "classification":
-            correct = sum(int(r[f"{prefix}correct"]) for r in replies.values())
-            out[f"{prefix}accuracy"] = correct / n
-            blocks = [r.get(f"{prefix}auc_blocks") for r in replies.values()]
+            classed = [_expect(site, fit, ClassFit) for site, _, fit in fits]
+            out[f"{prefix}accuracy"] = sum(f.correct for f in classed) / n
+            blocks = [f.auc_blocks for f in classed]
             if all(b is not None for b in blocks):
-                auc = auc_from_blocks(blocks)  # type: ignore[arg-type]
+                auc = auc_from_blocks([msgspec.structs.asdict(b) for b in blocks if b is not None])
                 out[f"{prefix}auc"] = None if math.isnan(auc) else auc
         else:
-            sse = sum(float(r[f"{prefix}sse"]) for r in replies.values())
-            _, _, sst = combine_moments(
-                [
-                    (float(r[count_key]), float(r[f"{prefix}y_mean"]), float(r[f"{prefix}y_m2"]))
-                    for r in replies.values()
-                ]
-            )
+            fitted = [(count, _expect(site, fit, RegressionFit)) for site, count, fit in fits]
+            sse = sum(f.sse for _, f in fitted)
+            _, _, sst = combine_moments([(float(c), f.y_mean, f.y_m2) for c, f in fitted])
             out[f"{prefix}r2"] = 1.0 - sse / sst if sst > 0 else None
             out[f"{prefix}rmse"] = math.sqrt(sse / n)
     if with_oob:
-        out["oob_n_obs"] = int(sum(int(r["oob_n"]) for r in replies.values()))
+        out["oob_n_obs"] = int(sum(r.oob_n for r in replies.values()))
     return out
 
 
-def _sklearn_oob(model: Any, x: np.ndarray, k: int, predict: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Return scikit-learn's out-of-bag mean prediction per row and which rows have one."""
-    total = np.zeros((len(x), k))
-    count = np.zeros(len(x))
-    for est, rows in zip(model.estimators_, model.estimators_samples_, strict=True):
-        out = np.ones(len(x), dtype=bool)
-        out[rows] = False
-        total[out] += predict(est, x[out])
-        count[out] += 1
-    has = count > 0
-    mean = np.zeros_like(total)
-    mean[has] = total[has] / count[has, None]
-    return mean, has
+def _expect(site: str, fit: Any, kind: type[Any]) -> Any:
+    """Return ``fit`` when it is of ``kind`` (the task's aggregates); AppError naming the site."""
+    if not isinstance(fit, kind):
+        raise AppError(
+            f"random-forest: site '{site}' sent {type(fit).__name__} aggregates, "
+            f"not {kind.__name__}"
+        )
+    return fit
