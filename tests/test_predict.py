@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from fedflow.apps.base import Table
-from fedflow.apps.simulate import simulate
 from fedflow.errors import AppError, DataError
-from fedflow.results.predict import format_csv, load_model, predict
+from fedflow.results.predict import Model, format_csv, load_model, predict
+from fedflow.runtime.simulate import simulate
 from tests.apps.fidelity import dataset, split
 from tests.helpers import write_study
 
@@ -119,7 +119,14 @@ def test_run_directories_without_a_forest_are_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"result.json does not exist"):
         load_model(run_dir)
     (run_dir / "result.json").write_text(json.dumps({"app": "stats", "result": {}}))
-    with pytest.raises(AppError, match="the run used app 'stats'"):
+    with pytest.raises(AppError, match="the run used app 'stats', which saves no model") as info:
+        load_model(run_dir)
+    assert "apps that do: random-forest" in str(info.value)
+    (run_dir / "result.json").write_text(json.dumps({"app": "no-such-app", "result": {}}))
+    with pytest.raises(AppError, match="unknown app 'no-such-app'"):
+        load_model(run_dir)
+    (run_dir / "result.json").write_text(json.dumps({"result": {}}))
+    with pytest.raises(DataError, match="names no app"):
         load_model(run_dir)
     (run_dir / "result.json").write_text(json.dumps({"app": "random-forest", "result": {}}))
     with pytest.raises(DataError, match=r"forest.json does not exist"):
@@ -165,3 +172,21 @@ def test_end_to_end_run_then_cli_predict(tmp_path: Path, capsys) -> None:
     code = main(["predict", str(tmp_path / "run"), str(tmp_path / "nothere.csv")])
     assert code == 2
     assert "nothere.csv" in capsys.readouterr().err
+
+
+def test_the_app_loads_its_own_model_from_the_run_files(tmp_path: Path) -> None:
+    from fedflow.apps.forest import RandomForest
+
+    run_dir, (sim, parts) = _run_dir(tmp_path, "iris", {"target": "target", "n_estimators": 6})
+    model = load_model(run_dir)  # resolved by the app name in result.json
+    assert isinstance(model, Model)
+    direct = RandomForest.load_model({"forest.json": sim.done.artifacts["forest.json"]})
+    x = pd.concat(parts)[list(model.features)].to_numpy(dtype=float)
+    columns = model.predict_columns(x)
+    assert list(columns) == ["prediction", "probability_0", "probability_1", "probability_2"]
+    for name, values in direct.predict_columns(x).items():
+        np.testing.assert_array_equal(values, columns[name])
+    with pytest.raises(KeyError):
+        RandomForest.load_model({})
+    with pytest.raises(DataError, match=r"elsewhere/forest.json: not a fedflow forest file"):
+        RandomForest.load_model({"forest.json": b"[]"}, "elsewhere")
