@@ -1,4 +1,4 @@
-"""The ``fedflow`` command: run, validate, template, apps, node, predict, trust.
+"""The ``fedflow`` command: run, validate, template, apps, node, predict, trust, site.
 
 Every expected error is one line on stderr and a documented exit code (the one table is
 ``fedflow.errors.ExitCode``): 0 success, 2 bad study or input, 3 a site failed, 4 comparison
@@ -74,6 +74,36 @@ def _parser() -> argparse.ArgumentParser:
     )
     trust.add_argument("study", type=Path)
     trust.add_argument("--debug", action="store_true")
+
+    site = sub.add_parser(
+        "site",
+        help="the site operator's commands: check the configuration, approve code, read the log",
+        description="Commands for a site operator (the site configuration of a defended agent).",
+    )
+    site.set_defaults(site_help=site.print_help)
+    site_sub = site.add_subparsers(dest="site_command", metavar="SUBCOMMAND")
+    config_help = (
+        "the site configuration (default: $FEDFLOW_SITE_POLICY, "
+        "else $XDG_CONFIG_HOME/fedflow/site-policy.toml)"
+    )
+    check = site_sub.add_parser(
+        "check", help="validate the configuration and print what the site offers"
+    )
+    check.add_argument("--config", type=Path, help=config_help)
+    check.add_argument("--debug", action="store_true")
+    approve = site_sub.add_parser(
+        "approve", help="show custom app code and record its sha256 as approved"
+    )
+    approve.add_argument("file", type=Path, help="the app's Python source file")
+    approve.add_argument("--config", type=Path, help=config_help)
+    approve.add_argument(
+        "--yes", action="store_true", help="approve without asking (you have read the code)"
+    )
+    approve.add_argument("--debug", action="store_true")
+    log_cmd = site_sub.add_parser("log", help="print the audit log, or verify its hash chain")
+    log_cmd.add_argument("--verify", action="store_true", help="check the chain, line by line")
+    log_cmd.add_argument("--config", type=Path, help=config_help)
+    log_cmd.add_argument("--debug", action="store_true")
     return parser
 
 
@@ -297,6 +327,56 @@ def _cmd_trust(args: argparse.Namespace) -> int:
     return ExitCode.SITE if bad else ExitCode.OK
 
 
+def _cmd_site(args: argparse.Namespace) -> int:
+    from fedflow.node import siteops
+
+    if args.site_command is None:
+        args.site_help()
+        return ExitCode.INPUT
+    if args.site_command == "check":
+        print(siteops.check(args.config))
+        return 0
+    if args.site_command == "log":
+        print(siteops.show_log(args.config, check_chain=args.verify))
+        return 0
+    return _site_approve(args)
+
+
+def _site_approve(args: argparse.Namespace) -> int:
+    """Show the file's code and sha256; record it after a yes on a terminal (or ``--yes``)."""
+    from fedflow.errors import PolicyError
+    from fedflow.node import siteops
+    from fedflow.node.siteconfig import source_hash
+
+    try:
+        source = args.file.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    code = source_hash(source)
+    print(f"--- {args.file} ---")
+    text = source.decode("utf-8", "replace")
+    print(text, end="" if text.endswith("\n") or not text else "\n")
+    print(f"--- end of {args.file} ---")
+    print(f"sha256: {code}")
+    if not args.yes:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            print(
+                "fedflow: error: not approved: no terminal to confirm on "
+                "(read the code above, then add --yes)",
+                file=sys.stderr,
+            )
+            return ExitCode.INPUT
+        try:
+            answer = input(f"approve {args.file.name} ({code[:19]}…) to run at this site? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("fedflow: not approved; nothing recorded", file=sys.stderr)
+            return ExitCode.INPUT
+    print(siteops.approve(args.file, args.config))
+    return 0
+
+
 _COMMANDS: dict[str, Any] = {
     "run": _cmd_run,
     "validate": _cmd_validate,
@@ -304,6 +384,7 @@ _COMMANDS: dict[str, Any] = {
     "apps": _cmd_apps,
     "predict": _cmd_predict,
     "trust": _cmd_trust,
+    "site": _cmd_site,
 }
 
 

@@ -103,8 +103,16 @@ def show_log(path: Path | None = None, *, check_chain: bool = False) -> str:
             raise PolicyError(f"{log}: line {result.broken_at} {result.reason}")
         return f"{log}: {result.lines} line(s), chain intact"
     out = []
-    for raw in log.read_text(encoding="utf-8").splitlines():
-        entry = json.loads(raw)
+    for number, raw in enumerate(log.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict):
+            out.append(
+                f"line {number}: not a log entry (fedflow site log --verify checks the chain)"
+            )
+            continue
         what = entry.get("app") or entry.get("dataset") or ""
         why = f" — {entry['reason']}" if entry.get("reason") else ""
         out.append(
