@@ -144,7 +144,13 @@ def test_the_sites_floor_holds_whatever_the_coordinator_asks(home: Path, asked: 
     if asked < 1 or asked >= 2**63:
         assert isinstance(ready, Failure) and "outside 1" in ready.message
         return
-    assert isinstance(ready, Ready) and ready.rows == 3
+    # a lower min_count is refused before any file is read, naming the floor
+    assert isinstance(ready, Failure) and ready.kind == "policy"
+    assert f"asks min_count = {asked}, below this site's floor of 5" in ready.message
+    site.close()
+    site = Site(home)
+    site.hello()
+    assert isinstance(site.ask(Setup(dataset="tiny", min_count=5, study="probe")), Ready)
     reply = site.ask(Prepare(app="stats", params={}, columns={"age": "numeric"}))
     assert isinstance(reply, Failure) and "fewer than min_count = 5" in reply.message
     site.close()

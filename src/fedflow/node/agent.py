@@ -72,8 +72,9 @@ class NodeAgent:
     simulation, provisioned SSH): the study may name data files and custom apps by import, and
     lower ``min_count`` to 1. Otherwise the site is **defended**: it serves only the datasets its
     configuration names, runs only built-in apps it allows and custom code whose sha256 it
-    approved (its own stored copy), never goes below its floor (5 when unset), writes only under
-    its own folder, and logs every request in its hash-chained audit log.
+    approved (its own stored copy), refuses a study asking for a ``min_count`` below its floor (5
+    when unset), writes only under its own folder, and logs every request in its hash-chained
+    audit log.
     """
 
     def __init__(
@@ -202,6 +203,12 @@ class NodeAgent:
         self._refuse_if_unconfigured()
         if not 1 <= msg.min_count < 2**63:
             raise PolicyError(f"min_count {msg.min_count} is outside 1 … 2^63-1")
+        floor = self.config.floor(owned=self.owned)
+        if not self.owned and msg.min_count < floor:  # said, not silently raised: the study's
+            raise PolicyError(  # manifest then records the threshold every site applied
+                f"the study asks min_count = {msg.min_count}, below this site's floor of {floor} "
+                f"(set min_count = {floor} or more in the study)"
+            )
         started = time.perf_counter()
         self._setup = msg
         loaded = self._open_data(msg)
