@@ -18,10 +18,10 @@ from fedflow.apps._survival import (
     median_survival,
     merge_event_tables,
 )
-from fedflow.apps.base import SiteContext, Table
-from fedflow.apps.simulate import simulate
+from fedflow.apps.base import Empty, SiteContext, Table
+from fedflow.apps.kaplan_meier import EventTables, survival_table
 from fedflow.errors import AppError, DataError
-from tests.apps.fidelity import wire_relay
+from fedflow.runtime.simulate import simulate
 
 
 def _sample(seed: int, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
@@ -117,26 +117,68 @@ def test_int_and_float_group_columns_at_different_sites_merge() -> None:
 def test_result_is_json_ready_and_matches_twin_when_median_not_reached() -> None:
     t = np.arange(80) % 20 + 1
     frame = pd.DataFrame({"t": t, "e": (t <= 3).astype(int)})  # survival ends at 0.85
-    sim = simulate(
-        "kaplan-meier", {"duration": "t", "event": "e"}, _sites(frame, 3), relay=wire_relay
-    )
+    sim = simulate("kaplan-meier", {"duration": "t", "event": "e"}, _sites(frame, 3))
     json.dumps(sim.result)
     assert sim.result["median_survival"] is None
     central = get_app("kaplan-meier").centralized(frame, sim.params)
     assert central["median_survival"] is None
     assert sim.result["n_obs"] == 80 and sim.result["n_events"] == int(frame["e"].sum())
-    assert len(sim.result["timeline"]) == len(central["timeline"])
+    assert sim.result["timeline"] == central["timeline"]
+    # time 0 and the event times 1, 2, 3; the censor-only times 4..20 add no row
+    assert sim.result["timeline"]["time"] == [0.0, 1.0, 2.0, 3.0]
+    assert sim.result["timeline"]["at_risk"] == [80, 80, 76, 72]
+
+
+@pytest.mark.parametrize("group", [None, "g"])
+def test_timeline_lists_time_zero_and_every_event_time_of_the_pooled_rows(
+    group: str | None,
+) -> None:
+    durations, events = _sample(7, 90)
+    groups = np.random.default_rng(7).integers(0, 3, len(durations))
+    frame = pd.DataFrame({"t": durations, "e": events, "g": groups})
+    raw = {"duration": "t", "event": "e", **({"group": group} if group else {})}
+    sim = simulate("kaplan-meier", raw, _sites(frame, 4), min_count=1)
+    curves = sim.result["timeline"] if group else {"": sim.result["timeline"]}
+    parts = [frame[frame["g"] == int(g)] for g in curves] if group else [frame]
+    assert sum(sum(c["events"]) for c in curves.values()) == sim.result["n_events"]
+    for curve, part in zip(curves.values(), parts, strict=True):
+        assert set(curve) == {"time", "at_risk", "events", "survival", "ci_lower", "ci_upper"}
+        dead = np.unique(part["t"][part["e"] == 1])
+        assert curve["time"] == sorted({0.0, *dead.tolist()})
+        assert curve["at_risk"][0] == len(part)
+        assert all(len(column) == len(curve["time"]) for column in curve.values())
+
+
+def test_survival_table_gives_lifelines_whole_curve_as_a_step_function() -> None:
+    from lifelines import KaplanMeierFitter
+
+    durations, events = _sample(8, 200)
+    durations = durations + np.random.default_rng(8).random(200).round(1)  # censor-only times
+    table = survival_table(km_curve(*event_table(durations, events), 0.05))
+    kmf = KaplanMeierFitter().fit(durations, events)
+    timeline = kmf.survival_function_.index.to_numpy()
+    assert len(table["time"]) < len(timeline)  # censor-only times were left out
+    row = np.searchsorted(table["time"], timeline, side="right") - 1  # the step in force
+    ci = kmf.confidence_interval_.to_numpy()
+    np.testing.assert_allclose(
+        np.asarray(table["survival"])[row], kmf.survival_function_.to_numpy()[:, 0], rtol=1e-13
+    )
+    np.testing.assert_allclose(np.asarray(table["ci_lower"])[row], ci[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(table["ci_upper"])[row], ci[:, 1], rtol=1e-12)
 
 
 def test_site_reply_holds_only_the_event_table() -> None:
     durations, events = _sample(6, 30)
     app = get_app("kaplan-meier")
     params = app.parse_params({"duration": "t", "event": "e"})
-    reply = app.local(Table({"t": durations, "e": events}), params, {}, SiteContext(site="a"))
-    assert set(reply) == {"groups", "tables"}
-    (table,) = reply["tables"]
-    assert len(table["time"]) == len(np.unique(durations))
-    assert table["events"].sum() + table["censored"].sum() == 30
+    reply = app.local(
+        Table({"t": durations, "e": events}), params, "events", Empty(), SiteContext(site="a")
+    )
+    assert isinstance(reply, EventTables)
+    assert list(reply.tables) == [""]
+    table = reply.tables[""]
+    assert len(table.time) == len(np.unique(durations))
+    assert table.events.sum() + table.censored.sum() == 30
 
 
 def test_site_refuses_small_tables_and_small_groups_but_not_absent_groups() -> None:
@@ -145,14 +187,14 @@ def test_site_refuses_small_tables_and_small_groups_but_not_absent_groups() -> N
     ctx = SiteContext(site="a", min_count=5)
     small = Table({"t": np.arange(4.0), "e": np.ones(4, dtype=np.int64), "g": np.zeros(4)})
     with pytest.raises(DataError, match="fewer than min_count"):
-        app.local(small, params, {}, ctx)
+        app.local(small, params, "events", Empty(), ctx)
     mixed = Table(
         {"t": np.arange(8.0), "e": np.ones(8, dtype=np.int64), "g": np.array([0] * 6 + [1] * 2)}
     )
     with pytest.raises(DataError, match="group '1' of column 'g'"):
-        app.local(mixed, params, {}, ctx)
+        app.local(mixed, params, "events", Empty(), ctx)
     only_one = Table({"t": np.arange(6.0), "e": np.ones(6, dtype=np.int64), "g": np.zeros(6)})
-    assert app.local(only_one, params, {}, ctx)["groups"] == ["0"]
+    assert list(app.local(only_one, params, "events", Empty(), ctx).tables) == ["0"]
 
 
 @pytest.mark.parametrize(
@@ -177,7 +219,7 @@ def test_missing_column_and_bad_durations() -> None:
     with pytest.raises(DataError, match="negative durations"):
         simulate("kaplan-meier", {"duration": "t", "event": "e"}, {"a": negative})
     missing = Table({"t": np.append(np.arange(9.0), np.nan), "e": np.ones(10, dtype=np.int64)})
-    with pytest.raises(DataError, match="missing values"):
+    with pytest.raises(DataError, match="column 't' has 1 missing value"):
         simulate("kaplan-meier", {"duration": "t", "event": "e"}, {"a": missing})
 
 

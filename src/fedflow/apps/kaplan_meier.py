@@ -1,11 +1,17 @@
 """``kaplan-meier``: exact Kaplan–Meier curves and the log-rank test from the sites' event tables.
 
-One round. Each site sends, per group (or for all its rows when no ``group`` is given), its event
-table: every distinct duration with the number of events and of censored records at it. The
-coordinator adds the tables up and computes the curve (survival, number at risk, exponential
-Greenwood confidence interval), the median survival time and, for two or more groups, the
-multivariate log-rank test, exactly as lifelines' ``KaplanMeierFitter`` and
-``multivariate_logrank_test`` do on the pooled rows.
+One phase, ``events`` (``Empty`` → ``EventTables``), one round. Each site sends, per group (or for
+all its rows when no ``group`` is given), its event table: every distinct duration with the number
+of events and of censored records at it. The coordinator adds the tables up and computes the curve
+(survival, number at risk, exponential Greenwood confidence interval), the median survival time
+and, for two or more groups, the multivariate log-rank test, exactly as lifelines'
+``KaplanMeierFitter`` and ``multivariate_logrank_test`` do on the pooled rows.
+
+The result's ``timeline`` is the survival table at time 0 and at every event time, one list per
+column: survival and its interval change only at event times, so it is the whole curve, and the
+twin's table is lifelines' timeline at the same times. (lifelines' timeline also has a row at
+every censor-only time, repeating the row before it but for ``at_risk``; listing those and one
+dict per row made result.json grow to megabytes on tens of thousands of rows.)
 
 What a site reveals: its distinct durations and, at each, how many records had an event or were
 censored (per group when grouped), so a duration held by a single record is visible to the
@@ -34,8 +40,10 @@ from fedflow.apps.base import (
     ColumnKind,
     CoordinatorContext,
     Done,
+    Empty,
     Params,
     Payload,
+    Phase,
     SiteContext,
     Table,
     check_min_count,
@@ -73,22 +81,31 @@ def _check_durations(durations: np.ndarray, column: str) -> np.ndarray:
     return d
 
 
-def _curve_rows(curve: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    return [
-        {
-            "time": float(curve["time"][i]),
-            "at_risk": int(curve["at_risk"][i]),
-            "events": int(curve["events"][i]),
-            "survival": float(curve["survival"][i]),
-            "ci_lower": float(curve["ci_lower"][i]),
-            "ci_upper": float(curve["ci_upper"][i]),
-        }
-        for i in range(len(curve["time"]))
-    ]
+_COLUMNS = ("time", "at_risk", "events", "survival", "ci_lower", "ci_upper")
+"""The columns of a survival table, in order."""
+
+
+def survival_table(curve: Mapping[str, np.ndarray]) -> dict[str, list[Any]]:
+    """Return the rows of a Kaplan–Meier curve at time 0 and at every event time, one list per
+    column (``time``, ``at_risk``, ``events``, ``survival``, ``ci_lower``, ``ci_upper``).
+
+    Survival and its interval change only at event times, so these rows give the whole curve as
+    a step function; a censor-only time adds a row equal to the one before it but for ``at_risk``
+    (the censored records between two event times are ``at_risk[k] − events[k] − at_risk[k+1]``).
+    """
+    keep = np.asarray(curve["events"]) > 0
+    keep[0] = True  # the start: time 0, everyone at risk
+    return {
+        column: [
+            int(v) if column in ("at_risk", "events") else float(v)
+            for v in np.asarray(curve[column])[keep]
+        ]
+        for column in _COLUMNS
+    }
 
 
 def _summarise(
-    tables: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    tables: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     params: KaplanMeierParams,
 ) -> dict[str, Any]:
     """Return the result from merged event tables (group label -> table; "" when ungrouped)."""
@@ -99,9 +116,8 @@ def _summarise(
     n_obs = int(sum(int(t[1].sum() + t[2].sum()) for t in tables.values()))
     n_events = int(sum(int(t[1].sum()) for t in tables.values()))
     if params.group is None:
-        curve = curves[""]
         return {
-            "timeline": _curve_rows(curve),
+            "timeline": survival_table(curves[""]),
             "median_survival": medians[""],
             "n_obs": n_obs,
             "n_events": n_events,
@@ -114,12 +130,28 @@ def _summarise(
     labels = sorted(tables)
     statistic, p_value, dof = logrank_test([tables[g] for g in labels])
     return {
-        "timeline": {g: _curve_rows(curves[g]) for g in labels},
+        "timeline": {g: survival_table(curves[g]) for g in labels},
         "median_survival": {g: medians[g] for g in labels},
         "logrank": {"statistic": statistic, "p_value": p_value, "dof": dof},
         "n_obs": n_obs,
         "n_events": n_events,
     }
+
+
+class EventTable(Payload, frozen=True):
+    """One sample's event table: its distinct durations (ascending) and, at each, the number of
+    events and of censored records."""
+
+    time: np.ndarray
+    events: np.ndarray
+    censored: np.ndarray
+
+
+class EventTables(Payload, frozen=True):
+    """A site's event table per group label (the single label ``""`` when ungrouped); groups the
+    site does not hold are absent."""
+
+    tables: dict[str, EventTable]
 
 
 class KaplanMeier(App[KaplanMeierParams]):
@@ -128,6 +160,8 @@ class KaplanMeier(App[KaplanMeierParams]):
     name = "kaplan-meier"
     reference = "lifelines KaplanMeierFitter"
     Params = KaplanMeierParams
+    phases = {"events": Phase(Empty, EventTables)}
+    tolerances = {"n_obs": (0.0, 0.0), "n_events": (0.0, 0.0), "logrank.dof": (0.0, 0.0)}
 
     def resolve(self, params: KaplanMeierParams, columns: Mapping[str, str]) -> KaplanMeierParams:
         for key in ("duration", "event", "group"):
@@ -144,9 +178,10 @@ class KaplanMeier(App[KaplanMeierParams]):
             needed[params.group] = "any"
         return needed
 
-    def local(
-        self, data: Table, params: KaplanMeierParams, payload: Payload, ctx: SiteContext
-    ) -> Payload:
+    # -- site -----------------------------------------------------------------------------------
+    def local_events(
+        self, data: Table, params: KaplanMeierParams, request: Empty, ctx: SiteContext
+    ) -> EventTables:
         check_min_count(data.n_rows, ctx.min_count, "the event table")
         durations = _check_durations(data[params.duration], params.duration)
         events = np.asarray(data[params.event], dtype=np.float64)
@@ -160,55 +195,55 @@ class KaplanMeier(App[KaplanMeierParams]):
                 mask = inverse.reshape(-1) == i
                 groups[label] = groups[label] | mask if label in groups else mask
             groups = dict(sorted(groups.items()))
-        out_labels: list[str] = []
-        tables: list[dict[str, np.ndarray]] = []
+        tables: dict[str, EventTable] = {}
         for label, mask in groups.items():
-            what = f"group '{label}' of column '{params.group}'" if params.group else ""
-            if what:
+            if params.group is not None:
+                what = f"group '{label}' of column '{params.group}'"
                 check_min_count(int(mask.sum()), ctx.min_count, what)
             times, n_events, n_censored = event_table(durations[mask], events[mask])
-            out_labels.append(label)
-            tables.append({"time": times, "events": n_events, "censored": n_censored})
-        return {"groups": out_labels, "tables": tables}
+            tables[label] = EventTable(time=times, events=n_events, censored=n_censored)
+        return EventTables(tables=tables)
 
-    def aggregate(
-        self, replies: Mapping[str, Payload], params: KaplanMeierParams, ctx: CoordinatorContext
+    # -- coordinator ----------------------------------------------------------------------------
+    def aggregate_events(
+        self, replies: Mapping[str, EventTables], params: KaplanMeierParams, ctx: CoordinatorContext
     ) -> Done:
         collected: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         for reply in replies.values():
-            for label, table in zip(reply["groups"], reply["tables"], strict=True):
-                collected.setdefault(str(label), []).append(
+            for label, table in reply.tables.items():
+                collected.setdefault(label, []).append(
                     (
-                        np.asarray(table["time"], dtype=np.float64),
-                        np.asarray(table["events"], dtype=np.int64),
-                        np.asarray(table["censored"], dtype=np.int64),
+                        np.asarray(table.time, dtype=np.float64),
+                        np.asarray(table.events, dtype=np.int64),
+                        np.asarray(table.censored, dtype=np.int64),
                     )
                 )
         merged = {label: merge_event_tables(parts) for label, parts in collected.items()}
         return Done(_summarise(merged, params))
 
+    # -- reference ------------------------------------------------------------------------------
     def centralized(self, pooled: pd.DataFrame, params: KaplanMeierParams) -> dict[str, Any]:
         from lifelines import KaplanMeierFitter
         from lifelines.statistics import multivariate_logrank_test
 
-        def fit(frame: pd.DataFrame) -> tuple[list[dict[str, Any]], float | None]:
+        def fit(frame: pd.DataFrame) -> tuple[dict[str, list[Any]], float | None]:
             kmf = KaplanMeierFitter(alpha=params.alpha).fit(
                 frame[params.duration].astype(float), frame[params.event].astype(int)
             )
             table = kmf.event_table
-            ci = kmf.confidence_interval_.to_numpy()
-            survival = kmf.survival_function_.to_numpy()[:, 0]
-            rows = [
-                {
-                    "time": float(t),
-                    "at_risk": int(table["at_risk"].iloc[i]),
-                    "events": int(table["observed"].iloc[i]),
-                    "survival": float(survival[i]),
-                    "ci_lower": float(ci[i, 0]),
-                    "ci_upper": float(ci[i, 1]),
-                }
-                for i, t in enumerate(table.index)
-            ]
+            # lifelines' timeline holds every distinct duration; its rows at time 0 and at the
+            # event times are the survival table (its other rows repeat the row before them)
+            keep = table["observed"].to_numpy() > 0
+            keep[0] = True
+            ci = kmf.confidence_interval_.to_numpy()[keep]
+            rows: dict[str, list[Any]] = {
+                "time": [float(t) for t in table.index[keep]],
+                "at_risk": [int(v) for v in table["at_risk"].to_numpy()[keep]],
+                "events": [int(v) for v in table["observed"].to_numpy()[keep]],
+                "survival": [float(v) for v in kmf.survival_function_.to_numpy()[keep, 0]],
+                "ci_lower": [float(v) for v in ci[:, 0]],
+                "ci_upper": [float(v) for v in ci[:, 1]],
+            }
             median = float(kmf.median_survival_time_)
             return rows, (median if np.isfinite(median) else None)
 

@@ -231,9 +231,16 @@ def _pick(points: Sequence[Mapping[str, Any]], limit: int) -> list[Mapping[str, 
     return [points[0], *chosen, points[-1]]
 
 
+def _survival_rows(table: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Return a survival table stored one list per column as one dict per row."""
+    return [dict(zip(table, row, strict=True)) for row in zip(*table.values(), strict=True)]
+
+
 def _kaplan_meier(result: Mapping[str, Any]) -> list[Table]:
     timeline = result["timeline"]
-    curves = timeline if isinstance(timeline, Mapping) else {"all": timeline}
+    grouped = all(isinstance(v, Mapping) for v in timeline.values())
+    tables_by_group = timeline if grouped else {"all": timeline}
+    curves = {group: _survival_rows(table) for group, table in tables_by_group.items()}
     medians = result["median_survival"]
     medians = medians if isinstance(medians, Mapping) else {"all": medians}
     tables = []
