@@ -22,10 +22,10 @@ from fedflow.apps._survival import (
     merge_cells,
     risk_set_sums,
 )
-from fedflow.apps.base import SiteContext, Table
-from fedflow.apps.simulate import simulate
+from fedflow.apps.base import Empty, SiteContext, Table
+from fedflow.apps.cox import Cox, RiskSetSums
 from fedflow.errors import AppError, DataError
-from tests.apps.fidelity import wire_relay
+from fedflow.runtime.simulate import simulate
 
 
 def _data(seed: int, n: int = 120, p: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -162,9 +162,7 @@ def _sites(frame: pd.DataFrame, n_sites: int) -> dict[str, Table]:
 def test_simulated_fit_matches_twin_and_is_json_ready(ties: str) -> None:
     frame = _frame(6)
     app = get_app("cox")
-    sim = simulate(
-        app, {"duration": "t", "event": "e", "ties": ties}, _sites(frame, 3), relay=wire_relay
-    )
+    sim = simulate(app, {"duration": "t", "event": "e", "ties": ties}, _sites(frame, 3))
     json.dumps(sim.result)
     assert sim.params.features == ["a", "b", "c"]  # default: every other numeric column
     assert sim.result["converged"] and sim.result["iterations"] < 10
@@ -191,7 +189,7 @@ def test_site_refuses_fewer_rows_than_min_count() -> None:
     params = app.parse_params({"duration": "t", "event": "e", "features": ["a"]})
     table = Table({"t": np.arange(3.0), "e": np.ones(3, dtype=np.int64), "a": np.zeros(3)})
     with pytest.raises(DataError, match="fewer than min_count = 5"):
-        app.local(table, params, {"stage": "setup"}, SiteContext(site="x", min_count=5))
+        app.local(table, params, "setup", Empty(), SiteContext(site="x", min_count=5))
 
 
 def test_missing_feature_values_are_refused_by_name() -> None:
@@ -245,14 +243,18 @@ def test_nearly_collinear_but_distinct_features_still_fit() -> None:
     assert sim.result["converged"]
 
 
-class _RecordingCox(get_app("cox").__class__):  # type: ignore[misc]
-    """The cox app, recording how often the coordinator halved a Newton step."""
+class _RecordingCox(Cox):
+    """The cox app, recording how often the coordinator halved a Newton step and how many
+    tied-event sums the sites' fit replies carried (as decoded from the wire)."""
 
-    halvings: list[int] = []
+    def __init__(self) -> None:
+        self.halvings: list[int] = []
+        self.tied_sums: list[int] = []
 
-    def _fit(self, replies, params, ctx):  # type: ignore[no-untyped-def]
-        step = super()._fit(replies, params, ctx)
-        self.halvings.append(ctx.state["halvings"])
+    def aggregate_fit(self, replies, params, ctx):  # type: ignore[no-untyped-def]
+        self.tied_sums += [len(r.e0) for r in replies.values()]
+        step = super().aggregate_fit(replies, params, ctx)
+        self.halvings.append(ctx.state["cox"].halvings)
         return step
 
 
@@ -277,18 +279,9 @@ def test_overshooting_newton_steps_are_halved_and_still_match_lifelines() -> Non
 
 @pytest.mark.parametrize("ties,sent", [("efron", True), ("breslow", False)])
 def test_tied_event_sums_travel_only_for_efron(ties: str, sent: bool) -> None:
-    seen: list[int] = []
-
-    def relay(payload: dict[str, object]) -> dict[str, object]:
-        out = wire_relay(payload)
-        if "E0" in out:
-            seen.append(len(out["E0"]))  # type: ignore[arg-type]
-        return out
-
-    simulate(
-        "cox", {"duration": "t", "event": "e", "ties": ties}, _sites(_frame(13), 3), relay=relay
-    )
-    assert seen and (max(seen) > 0) == sent
+    app = _RecordingCox()
+    simulate(app, {"duration": "t", "event": "e", "ties": ties}, _sites(_frame(13), 3))
+    assert app.tied_sums and (max(app.tied_sums) > 0) == sent
 
 
 def test_counting_from_a_position_below_a_bound_matches_brute_force() -> None:
@@ -302,3 +295,57 @@ def test_counting_from_a_position_below_a_bound_matches_brute_force() -> None:
         for side, op in (("left", np.less), ("right", np.less_equal)):
             expected = [int(op(values[s:], b).sum()) for s, b in zip(start, bound, strict=True)]
             assert _count_from(values, start, bound, side).tolist() == expected
+
+
+def test_site_replies_are_the_declared_payloads() -> None:
+    from fedflow.apps.cox import Evaluate, Setup
+
+    durations, events, x = _data(15, n=40, p=2)
+    table = Table({"t": durations, "e": events, "a": x[:, 0], "b": x[:, 1]})
+    app = get_app("cox")
+    params = app.parse_params({"duration": "t", "event": "e", "features": ["a", "b"]})
+    ctx = SiteContext(site="x")
+    setup = app.local(table, params, "setup", Empty(), ctx)
+    assert isinstance(setup, Setup) and setup.n == 40 and setup.n_events == int(events.sum())
+    tied = setup.event_counts > 1
+    request = Evaluate(beta=np.zeros(2), mean=x.mean(0), grid=setup.event_times, tied=tied)
+    sums = app.local(table, params, "fit", request, ctx)
+    assert isinstance(sums, RiskSetSums)
+    assert sums.s2.shape == (len(setup.event_times), 2, 2) and len(sums.e0) == tied.sum()
+    assert sums.s0[0] == 40  # everyone is at risk at the first event time; exp(0) = 1
+
+
+def test_comparison_selects_every_compared_key_and_fails_without_one() -> None:
+    frame = _frame(16)
+    app = get_app("cox")
+    sim = simulate(app, {"duration": "t", "event": "e"}, _sites(frame, 2))
+    compared = app.comparable(sim.result)
+    assert {"concordance", "loglik", "coefficients", "n_events"} <= set(compared)
+    assert "iterations" not in compared and "converged" not in compared  # run details
+    for key in compared:
+        with pytest.raises(KeyError):
+            app.comparable({k: v for k, v in sim.result.items() if k != key})
+
+
+@pytest.mark.parametrize(
+    "ties,twin", [("efron", "lifelines CoxPHFitter"), ("breslow", "statsmodels PHReg")]
+)
+def test_reference_names_the_twin_of_the_tie_method(ties: str, twin: str) -> None:
+    app = get_app("cox")
+    params = app.parse_params({"duration": "t", "event": "e", "ties": ties})
+    assert app.reference_for(params) == twin
+    library = "lifelines" if ties == "efron" else "statsmodels"
+    assert library in app.reference
+
+
+def test_efron_and_breslow_fits_differ_on_tied_times_and_each_matches_its_twin() -> None:
+    frame = _frame(17)  # many tied event times
+    app = get_app("cox")
+    fits = {}
+    for ties in ("efron", "breslow"):
+        sim = simulate(app, {"duration": "t", "event": "e", "ties": ties}, _sites(frame, 3))
+        central = app.centralized(frame, sim.params)
+        assert sim.result["loglik"] == pytest.approx(central["loglik"], rel=1e-10)
+        fits[ties] = sim.result
+    assert fits["efron"]["loglik"] != pytest.approx(fits["breslow"]["loglik"], rel=1e-3)
+    assert fits["efron"]["ties"] == "efron" and fits["breslow"]["ties"] == "breslow"

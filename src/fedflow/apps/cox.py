@@ -1,37 +1,43 @@
 """``cox``: Cox proportional hazards by exact Newton–Raphson on per-event-time risk-set sums, and
 Harrell's concordance counted exactly across sites.
 
-Rounds:
+Phases (request → reply payload):
 
-1. *setup* — each site sends its row and event counts, per feature Σx and the sum of squared
-   deviations from its own mean (constant features are refused by name), Σx over its events, and
-   its distinct event times with the number of events at each. The coordinator forms the global grid of event
-   times t₁ < … < t_K and the number of events dₖ at each, and the pooled means m of the features
-   (the sites centre x at m, which changes nothing in β but keeps exp(xβ) in range).
-2. *fit* (one round per Newton evaluation) — the coordinator sends β; each site returns, for every
-   grid time, the risk-set sums over its rows with duration ≥ tₖ: S0 = Σ exp(xβ), S1 = Σ x exp(xβ),
-   S2 = Σ xxᵀ exp(xβ); and, at grid times with tied events (dₖ > 1), the same three sums over its
-   rows with an event at tₖ (needed by Efron's method only). The coordinator adds them up and gets
-   the exact pooled log partial likelihood, gradient and information; it takes the Newton step,
-   halving it while the likelihood falls. It stops when the largest step is below
-   ``tol`` × (1 + max|β|) or after ``max_iter`` steps (then ``converged`` is false, with a note).
-3. *concordance* (a few rounds) — the coordinator sends the final β. Each site counts the
+1. ``setup`` (``Empty`` → ``Setup``, one round) — each site sends its row and event counts, per
+   feature Σx and the sum of squared deviations from its own mean (constant features are refused
+   by name), Σx over its events, and its distinct event times with the number of events at each.
+   The coordinator forms the global grid of event times t₁ < … < t_K and the number of events dₖ
+   at each, and the pooled means m of the features (the sites centre x at m, which changes
+   nothing in β but keeps exp(xβ) in range).
+2. ``fit`` (``Evaluate`` → ``RiskSetSums``, one round per Newton evaluation) — the coordinator
+   sends β; each site returns, for every grid time, the risk-set sums over its rows with duration
+   ≥ tₖ: S0 = Σ exp(xβ), S1 = Σ x exp(xβ), S2 = Σ xxᵀ exp(xβ); and, at grid times with tied events
+   (dₖ > 1), the same three sums over its rows with an event at tₖ (needed by Efron's method only:
+   with Breslow's ties no grid time is marked tied and these arrays are empty). The coordinator
+   adds them up and gets the exact pooled log partial likelihood, gradient and information; it
+   takes the Newton step, halving it while the likelihood falls. It stops when the largest step
+   is below ``tol`` × (1 + max|β|) or after ``max_iter`` steps (then ``converged`` is false, with
+   a note).
+3. ``concordance`` (``Cells`` → ``FirstHistograms``, one round), then ``refine`` (``Cells`` →
+   ``Histograms``, a few rounds) — the coordinator sends the final β. Each site counts the
    comparable pairs among its own rows exactly (as lifelines does: an event strictly before the
    other's time, or at the time the other is censored; concordant when the earlier event has the
    higher risk score, half a pair when the scores are equal). Pairs across sites are counted from
    histograms: per grid time, the counts of the site's events at tₖ and of its rows still comparable
-   at tₖ in score intervals the coordinator sends. Intervals in which events of one site meet
-   comparable rows of another are split 64-fold in the next round, until every such interval holds a
-   single score value; the count is then exact. Scores xβ are compared on a grid of 2⁻²⁴ (≈ 6e-8):
-   scores closer than that may count as tied where the twin orders them (identical covariate rows
-   tie in both). The twin is ``lifelines.utils.concordance_index`` on scores computed row by row;
+   at tₖ in score intervals the coordinator sends (the whole score range in ``concordance``, whose
+   reply also carries the site's own pair counts). Intervals in which events of one site meet
+   comparable rows of another are split 64-fold in a ``refine`` round, until every such interval
+   holds a single score value; the count is then exact. Scores xβ are compared on a grid of 2⁻²⁴
+   (≈ 6e-8): scores closer than that may count as tied where the twin orders them (identical
+   covariate rows tie in both). The twin is ``lifelines.utils.concordance_index`` on scores computed row by row;
    ``CoxPHFitter.concordance_index_`` itself can order identical rows by rounding noise of its
    matrix product (9e-6 relative on kidney_transplant in one row order), so it is not the twin.
 
 Tolerance: coefficients, standard errors, hazard ratios, p-values, confidence bounds, the log
-partial likelihood and the concordance match lifelines' ``CoxPHFitter`` (Efron) or statsmodels'
-``PHReg(ties="breslow")`` to 1e-8 relative (measured on the fidelity datasets: 1e-13 to 1e-9,
-the largest on a p-value of 1e-11).
+partial likelihood and the concordance match the twin — lifelines' ``CoxPHFitter`` for Efron's
+ties, statsmodels' ``PHReg(ties="breslow")`` for Breslow's (``reference_for``) — to 1e-8
+relative, the counts exactly (measured on the fidelity datasets: 1e-13 to 1e-9, the largest on a
+p-value of 1e-11). ``comparable`` selects these keys; a result without one of them fails.
 
 What a site reveals: the distinct times at which its records had events, with the number of events
 at each; per Newton evaluation and grid time, the sums above over its risk set (differences of
@@ -47,6 +53,7 @@ answer when it holds fewer than ``min_count`` rows.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -70,12 +77,17 @@ from fedflow.apps.base import (
     Continue,
     CoordinatorContext,
     Done,
+    Empty,
     Params,
     Payload,
+    Phase,
     SiteContext,
     Step,
     Table,
     check_min_count,
+    check_unique,
+    named,
+    numeric_columns,
 )
 from fedflow.errors import AppError, DataError
 
@@ -114,14 +126,85 @@ class CoxParams(Params, frozen=True):
             for column in (self.duration, self.event):
                 if column in self.features:
                     raise ValueError(f"the column '{column}' is also listed in features")
-            dupes = sorted({f for f in self.features if self.features.count(f) > 1})
-            if dupes:
-                raise ValueError(f"features listed twice: {', '.join(dupes)}")
+            check_unique(self.features, "features")
 
 
+# -- payloads -------------------------------------------------------------------------------------
+class Setup(Payload, frozen=True):
+    """Phase ``setup``, a site's reply: row and event counts, per feature Σx and the squared
+    deviations from the site's mean, Σx over its events, its distinct event times and the number
+    of events at each."""
+
+    n: int
+    n_events: int
+    event_times: np.ndarray
+    event_counts: np.ndarray
+    x_sum: np.ndarray
+    x_m2: np.ndarray
+    event_x_sum: np.ndarray
+
+
+class Evaluate(Payload, frozen=True):
+    """Phase ``fit``, to the sites: β, the pooled feature means (the sites centre x there), the
+    grid of event times and which grid times need tied-event sums (Efron's ties only)."""
+
+    beta: np.ndarray
+    mean: np.ndarray
+    grid: np.ndarray
+    tied: np.ndarray
+
+
+class RiskSetSums(Payload, frozen=True):
+    """Phase ``fit``, a site's reply: per grid time the sums of exp(xβ), x·exp(xβ), xxᵀ·exp(xβ)
+    over its rows at risk (``s0``, ``s1``, ``s2``) and, at the tied grid times, over its rows
+    with an event there (``e0``, ``e1``, ``e2``)."""
+
+    s0: np.ndarray
+    s1: np.ndarray
+    s2: np.ndarray
+    e0: np.ndarray
+    e1: np.ndarray
+    e2: np.ndarray
+
+    def as_sums(self) -> dict[str, np.ndarray]:
+        """Return the sums under the names ``cox_terms`` reads (``S0`` … ``E2``)."""
+        return {name.upper(): getattr(self, name) for name in self.__struct_fields__}
+
+
+class Cells(Payload, frozen=True):
+    """Phases ``concordance`` and ``refine``, to the sites: the final β and the means (the risk
+    scores), the grid, and the cells to count: event-time index ``cell_k`` and score interval
+    ``bounds`` (cells × 2, [lo, hi) on the quantised score grid)."""
+
+    beta: np.ndarray
+    mean: np.ndarray
+    grid: np.ndarray
+    cell_k: np.ndarray
+    bounds: np.ndarray
+
+
+class Histograms(Payload, frozen=True):
+    """Phase ``refine``, a site's reply: per cell and sub-interval, its events at the cell's time
+    and its rows still comparable there (int32: counts never exceed the site's rows)."""
+
+    deaths: np.ndarray
+    comparable: np.ndarray
+
+
+class FirstHistograms(Histograms, frozen=True):
+    """Phase ``concordance`` (the first counting round), a site's reply: the histograms over the
+    whole score range and its own (concordant, tied, comparable) pair counts."""
+
+    concordant: int
+    tied: int
+    pairs: int
+
+
+# -- site -------------------------------------------------------------------------------------------
 def _site_arrays(data: Table, params: CoxParams, ctx: SiteContext) -> tuple[np.ndarray, ...]:
     """Return (durations, events, x) of the site, built once per run and kept in ``ctx.state``."""
-    if "x" not in ctx.state:
+    arrays: tuple[np.ndarray, ...] | None = ctx.state.get("arrays")
+    if arrays is None:
         durations = np.asarray(data[params.duration], dtype=np.float64)
         x = data.matrix(params.features or [])
         if np.isnan(durations).any():
@@ -133,15 +216,65 @@ def _site_arrays(data: Table, params: CoxParams, ctx: SiteContext) -> tuple[np.n
         ]
         if bad:
             raise DataError(f"column '{bad[0]}' has missing or infinite values", column=bad[0])
-        ctx.state["durations"] = durations
-        ctx.state["events"] = np.asarray(data[params.event], dtype=np.float64)
-        ctx.state["x"] = x
-    return ctx.state["durations"], ctx.state["events"], ctx.state["x"]
+        events = np.asarray(data[params.event], dtype=np.float64)
+        arrays = ctx.state["arrays"] = (durations, events, x)
+    return arrays
 
 
-def _total(replies: Mapping[str, Payload], key: str) -> np.ndarray:
-    """Return the element-wise sum of the sites' arrays under ``key``."""
-    return np.sum([np.asarray(r[key], dtype=np.float64) for r in replies.values()], axis=0)
+def _centred(x: np.ndarray, request: Evaluate | Cells) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (x centred at the pooled means, β, grid) of a request."""
+    xc = x - np.asarray(request.mean, dtype=np.float64)[None, :]
+    beta = np.asarray(request.beta, dtype=np.float64)
+    return xc, beta, np.asarray(request.grid, dtype=np.float64)
+
+
+# -- coordinator ----------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """The coordinator's state of one run (in ``CoordinatorContext.state["cox"]``)."""
+
+    n: int
+    n_events: int
+    grid: np.ndarray
+    deaths: np.ndarray
+    tied: np.ndarray
+    mean: np.ndarray
+    event_x: np.ndarray
+    beta: np.ndarray
+    prev: tuple[np.ndarray, float, np.ndarray] | None = None
+    """(β, loglik, step) of the last accepted evaluation."""
+    halvings: int = 0
+    iterations: int = 0
+    # the fit, once Newton-Raphson has stopped
+    final: np.ndarray | None = None
+    cov: np.ndarray | None = None
+    loglik: float = 0.0
+    converged: bool = False
+    counts: list[int] = field(default_factory=lambda: [0, 0, 0])
+    """Concordant, tied and comparable pairs counted so far."""
+    cell_k: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    bounds: np.ndarray = field(default_factory=lambda: np.empty((0, 2), dtype=np.int64))
+    """The cells of the counting round under way."""
+
+    def evaluate(self) -> Continue:
+        """Return the next ``fit`` round: evaluate the sums at the current β."""
+        return Continue(
+            "fit", Evaluate(beta=self.beta, mean=self.mean, grid=self.grid, tied=self.tied)
+        )
+
+    def cells(self, phase: str, cell_k: np.ndarray, bounds: np.ndarray) -> Continue:
+        """Return a counting round (``concordance`` or ``refine``) of ``cells``."""
+        assert self.final is not None
+        self.cell_k, self.bounds = cell_k, bounds
+        return Continue(
+            phase,
+            Cells(beta=self.final, mean=self.mean, grid=self.grid, cell_k=cell_k, bounds=bounds),
+        )
+
+
+def _total(parts: list[np.ndarray]) -> np.ndarray:
+    """Return the element-wise sum of the sites' arrays."""
+    return np.sum([np.asarray(p, dtype=np.float64) for p in parts], axis=0)
 
 
 def _check_information(information: np.ndarray) -> None:
@@ -153,12 +286,38 @@ def _check_information(information: np.ndarray) -> None:
         raise np.linalg.LinAlgError("collinear")
 
 
+_TIES_REFERENCE = {"efron": "lifelines CoxPHFitter", "breslow": "statsmodels PHReg"}
+"""The twin ``centralized`` runs for each tie method."""
+
+_COMPARED = (
+    "coefficients",
+    "std_errors",
+    "hazard_ratios",
+    "z_values",
+    "p_values",
+    "ci_lower",
+    "ci_upper",
+    "loglik",
+    "concordance",
+    "n_obs",
+    "n_events",
+)
+"""The result keys ``--compare`` checks against the twin (the others describe the run)."""
+
+
 class Cox(App[CoxParams]):
     """Cox proportional hazards: coefficients, standard errors, hazard ratios, concordance."""
 
     name = "cox"
-    reference = "lifelines CoxPHFitter (Breslow ties: statsmodels PHReg)"
+    reference = "lifelines CoxPHFitter (Efron ties) or statsmodels PHReg (Breslow ties)"
     Params = CoxParams
+    phases = {
+        "setup": Phase(Empty, Setup),
+        "fit": Phase(Evaluate, RiskSetSums),
+        "concordance": Phase(Cells, FirstHistograms),
+        "refine": Phase(Cells, Histograms),
+    }
+    tolerances = {"n_obs": (0.0, 0.0), "n_events": (0.0, 0.0)}
 
     def resolve(self, params: CoxParams, columns: Mapping[str, str]) -> CoxParams:
         for key in ("duration", "event"):
@@ -169,8 +328,7 @@ class Cox(App[CoxParams]):
                 )
         if params.features is not None:
             return params
-        skip = {params.duration, params.event}
-        features = [c for c, kind in columns.items() if kind in ("int", "float") and c not in skip]
+        features = numeric_columns(columns, exclude=(params.duration, params.event))
         if not features:
             raise AppError("app 'cox': the data has no numeric column to use as a feature")
         return msgspec.structs.replace(params, features=features)
@@ -181,38 +339,90 @@ class Cox(App[CoxParams]):
             needed[f] = "numeric"
         return needed
 
+    def reference_for(self, params: CoxParams) -> str:
+        return _TIES_REFERENCE[params.ties]
+
+    # -- site -----------------------------------------------------------------------------------
+    def local_setup(
+        self, data: Table, params: CoxParams, request: Empty, ctx: SiteContext
+    ) -> Setup:
+        durations, events, x = _site_arrays(data, params, ctx)
+        check_min_count(len(durations), ctx.min_count, "the risk sets")
+        observed = events == 1
+        times, counts, _ = event_table(durations[observed], events[observed])
+        return Setup(
+            n=len(durations),
+            n_events=int(observed.sum()),
+            event_times=times,
+            event_counts=counts,
+            x_sum=x.sum(0),
+            x_m2=((x - x.mean(0)) ** 2).sum(0) if len(x) else np.zeros(x.shape[1]),
+            event_x_sum=x[observed].sum(0),
+        )
+
+    def local_fit(
+        self, data: Table, params: CoxParams, request: Evaluate, ctx: SiteContext
+    ) -> RiskSetSums:
+        durations, events, x = _site_arrays(data, params, ctx)
+        xc, beta, grid = _centred(x, request)
+        sums = risk_set_sums(
+            durations, events, xc, xc @ beta, grid, np.asarray(request.tied, dtype=bool)
+        )
+        return RiskSetSums(**{name.lower(): value for name, value in sums.items()})
+
+    def _histograms(
+        self, data: Table, params: CoxParams, request: Cells, ctx: SiteContext
+    ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+        """Return the site's (deaths, comparable) int32 histograms of ``request``'s cells, and
+        (durations, events, scores)."""
+        durations, events, x = _site_arrays(data, params, ctx)
+        xc, beta, grid = _centred(x, request)
+        scores = ctx.state.get("scores")
+        if scores is None:
+            scores = ctx.state["scores"] = linear_scores(xc, beta)
+        deaths, comparable = cell_histograms(
+            durations,
+            events,
+            scores,
+            grid,
+            np.asarray(request.cell_k, dtype=np.int64),
+            np.asarray(request.bounds, dtype=np.int64).reshape(-1, 2),
+        )
+        # counts never exceed the site's rows: int32 halves the message
+        return deaths.astype(np.int32), comparable.astype(np.int32), (durations, events, scores)
+
+    def local_concordance(
+        self, data: Table, params: CoxParams, request: Cells, ctx: SiteContext
+    ) -> FirstHistograms:
+        deaths, comparable, sample = self._histograms(data, params, request, ctx)
+        concordant, tied, pairs = local_concordance(*sample)
+        return FirstHistograms(
+            deaths=deaths, comparable=comparable, concordant=concordant, tied=tied, pairs=pairs
+        )
+
+    def local_refine(
+        self, data: Table, params: CoxParams, request: Cells, ctx: SiteContext
+    ) -> Histograms:
+        deaths, comparable, _ = self._histograms(data, params, request, ctx)
+        return Histograms(deaths=deaths, comparable=comparable)
+
     # -- coordinator ----------------------------------------------------------------------------
-    def start(self, params: CoxParams, ctx: CoordinatorContext) -> Step:
-        ctx.state["stage"] = "setup"
-        return Continue({"stage": "setup"})
-
-    def aggregate(
-        self, replies: Mapping[str, Payload], params: CoxParams, ctx: CoordinatorContext
+    def aggregate_setup(
+        self, replies: Mapping[str, Setup], params: CoxParams, ctx: CoordinatorContext
     ) -> Step:
-        stage = ctx.state["stage"]
-        if stage == "setup":
-            return self._setup(replies, params, ctx)
-        if stage == "fit":
-            return self._fit(replies, params, ctx)
-        return self._concordance(replies, params, ctx)
-
-    def _setup(
-        self, replies: Mapping[str, Payload], params: CoxParams, ctx: CoordinatorContext
-    ) -> Step:
-        st = ctx.state
-        n = sum(int(r["n"]) for r in replies.values())
-        n_events = sum(int(r["n_events"]) for r in replies.values())
+        n = sum(int(r.n) for r in replies.values())
+        n_events = sum(int(r.n_events) for r in replies.values())
         if n_events == 0:
             raise AppError(f"app 'cox': column '{params.event}' holds no event at any site")
         tables = []
         for r in replies.values():
-            counts = np.asarray(r["event_counts"], dtype=np.int64)
-            tables.append((np.asarray(r["event_times"]), counts, np.zeros_like(counts)))
+            counts = np.asarray(r.event_counts, dtype=np.int64)
+            tables.append((np.asarray(r.event_times), counts, np.zeros_like(counts)))
         grid, deaths, _ = merge_event_tables(tables)
-        mean = _total(replies, "x_sum") / n
-        m2 = _total(replies, "x_m2") + np.sum(
+        mean = _total([r.x_sum for r in replies.values()]) / n
+        m2 = _total([r.x_m2 for r in replies.values()]) + np.sum(
             [
-                int(r["n"]) * (np.asarray(r["x_sum"]) / max(int(r["n"]), 1) - mean) ** 2
+                int(r.n) * (np.asarray(r.x_sum) / max(int(r.n), 1) - mean) ** 2
                 for r in replies.values()
             ],
             axis=0,
@@ -224,9 +434,8 @@ class Cox(App[CoxParams]):
         ]
         if constant:
             raise AppError(f"app 'cox': feature '{constant[0]}' is constant; it cannot be fitted")
-        event_x = _total(replies, "event_x_sum")
-        st.update(
-            stage="fit",
+        event_x = _total([r.event_x_sum for r in replies.values()])
+        run = ctx.state["cox"] = _Run(
             n=n,
             n_events=n_events,
             grid=grid,
@@ -235,35 +444,21 @@ class Cox(App[CoxParams]):
             mean=mean,
             event_x=event_x - n_events * mean,
             beta=np.zeros(len(params.features or [])),
-            prev=None,  # (β, loglik, step) of the last accepted evaluation
-            halvings=0,
-            iterations=0,
         )
-        return self._fit_payload(st)
+        return run.evaluate()
 
-    @staticmethod
-    def _fit_payload(st: dict[str, Any]) -> Continue:
-        return Continue(
-            {
-                "stage": "fit",
-                "beta": st["beta"],
-                "mean": st["mean"],
-                "grid": st["grid"],
-                "tied": st["tied"],
-            }
-        )
-
-    def _fit(
-        self, replies: Mapping[str, Payload], params: CoxParams, ctx: CoordinatorContext
+    def aggregate_fit(
+        self, replies: Mapping[str, RiskSetSums], params: CoxParams, ctx: CoordinatorContext
     ) -> Step:
-        st = ctx.state
-        sums = {key: _total(replies, key) for key in ("S0", "S1", "S2", "E0", "E1", "E2")}
-        beta = st["beta"]
+        run: _Run = ctx.state["cox"]
+        site_sums = [r.as_sums() for r in replies.values()]
+        sums = {key: _total([s[key] for s in site_sums]) for key in site_sums[0]}
+        beta = run.beta
         with np.errstate(all="ignore"):
             loglik, gradient, information = cox_terms(
-                st["deaths"], st["tied"], sums, st["event_x"], beta, params.ties
+                run.deaths, run.tied, sums, run.event_x, beta, params.ties
             )
-        prev = st["prev"]
+        prev = run.prev
         finite = (
             np.isfinite(loglik)
             and np.all(np.isfinite(gradient))
@@ -271,12 +466,11 @@ class Cox(App[CoxParams]):
         )
         if prev is not None and (not finite or loglik < prev[1] - 1e-12 * abs(prev[1])):
             # the full step overshot: halve it and evaluate again
-            if st["halvings"] >= _MAX_HALVINGS:
+            if run.halvings >= _MAX_HALVINGS:
                 raise AppError("app 'cox': Newton-Raphson diverged (step halving failed)")
-            st["halvings"] += 1
-            step = prev[2] / 2.0 ** st["halvings"]
-            st["beta"] = prev[0] + step
-            return self._fit_payload(st)
+            run.halvings += 1
+            run.beta = prev[0] + prev[2] / 2.0**run.halvings
+            return run.evaluate()
         if not finite:
             raise AppError("app 'cox': the partial likelihood is not finite at the start")
         try:
@@ -286,148 +480,95 @@ class Cox(App[CoxParams]):
             raise AppError(
                 "app 'cox': the information matrix is singular (collinear or constant features)"
             ) from None
-        st["iterations"] += 1
+        run.iterations += 1
         converged = bool(
             np.max(np.abs(step), initial=0.0)
             <= params.tol * (1.0 + np.max(np.abs(beta), initial=0.0))
         )
-        if not converged and st["iterations"] < params.max_iter:
-            st.update(prev=(beta, loglik, step), halvings=0, beta=beta + step)
-            return self._fit_payload(st)
+        if not converged and run.iterations < params.max_iter:
+            run.prev, run.halvings, run.beta = (beta, loglik, step), 0, beta + step
+            return run.evaluate()
         if not converged:
             ctx.notes.append(f"cox did not converge in {params.max_iter} iterations")
-        final = beta + step if converged else beta
         try:
             cov = np.linalg.inv(information)
         except np.linalg.LinAlgError:
             raise AppError("app 'cox': the information matrix is singular") from None
-        st.update(
-            stage="concordance",
-            final=final,
-            cov=cov,
-            loglik=loglik,
-            converged=converged,
-            counts=[0, 0, 0],  # concordant, tied, comparable pairs
-            first=True,
-        )
-        cell_k, bounds = initial_cells(len(st["grid"]))
-        return self._concordance_payload(st, cell_k, bounds)
+        run.final = beta + step if converged else beta
+        run.cov, run.loglik, run.converged = cov, loglik, converged
+        return run.cells("concordance", *initial_cells(len(run.grid)))
+
+    def aggregate_concordance(
+        self, replies: Mapping[str, FirstHistograms], params: CoxParams, ctx: CoordinatorContext
+    ) -> Step:
+        run: _Run = ctx.state["cox"]
+        for reply in replies.values():
+            run.counts[0] += int(reply.concordant)
+            run.counts[1] += int(reply.tied)
+            run.counts[2] += int(reply.pairs)
+        deaths, comparable = self._stack(replies)
+        run.counts[2] += cross_pairs(deaths, comparable)
+        return self._merge(run, params, ctx, deaths, comparable)
+
+    def aggregate_refine(
+        self, replies: Mapping[str, Histograms], params: CoxParams, ctx: CoordinatorContext
+    ) -> Step:
+        run: _Run = ctx.state["cox"]
+        return self._merge(run, params, ctx, *self._stack(replies))
 
     @staticmethod
-    def _concordance_payload(
-        st: dict[str, Any], cell_k: np.ndarray, bounds: np.ndarray
-    ) -> Continue:
-        st["cells"] = (cell_k, bounds)
-        return Continue(
-            {
-                "stage": "concordance",
-                "beta": st["final"],
-                "mean": st["mean"],
-                "grid": st["grid"],
-                "cell_k": cell_k,
-                "bounds": bounds,
-                "first": st["first"],
-            }
-        )
-
-    def _concordance(
-        self, replies: Mapping[str, Payload], params: CoxParams, ctx: CoordinatorContext
-    ) -> Step:
-        st = ctx.state
-        cell_k, bounds = st["cells"]
+    def _stack(replies: Mapping[str, Histograms]) -> tuple[np.ndarray, np.ndarray]:
+        """Return the sites' (deaths, comparable) histograms as sites × cells × SPLIT arrays."""
         names = sorted(replies)
-        deaths = np.stack([np.asarray(replies[s]["deaths"], dtype=np.int64) for s in names])
-        comparable = np.stack([np.asarray(replies[s]["comparable"], dtype=np.int64) for s in names])
-        counts = st["counts"]
-        if st["first"]:
-            for s in names:
-                for i, v in enumerate(replies[s]["local"]):
-                    counts[i] += int(v)
-            counts[2] += cross_pairs(deaths, comparable)
-            st["first"] = False
-        concordant, tied, new_k, new_bounds = merge_cells(cell_k, bounds, deaths, comparable)
-        counts[0] += concordant
-        counts[1] += tied
-        if len(new_k):
-            return self._concordance_payload(st, new_k, new_bounds)
-        return Done(self._result(params, st))
+        deaths = np.stack([np.asarray(replies[s].deaths, dtype=np.int64) for s in names])
+        comparable = np.stack([np.asarray(replies[s].comparable, dtype=np.int64) for s in names])
+        return deaths, comparable
 
-    def _result(self, params: CoxParams, st: dict[str, Any]) -> dict[str, Any]:
+    def _merge(
+        self,
+        run: _Run,
+        params: CoxParams,
+        ctx: CoordinatorContext,
+        deaths: np.ndarray,
+        comparable: np.ndarray,
+    ) -> Step:
+        """Count the pairs the histograms decide; refine the cells that remain, or finish."""
+        concordant, tied, new_k, new_bounds = merge_cells(
+            run.cell_k, run.bounds, deaths, comparable
+        )
+        run.counts[0] += concordant
+        run.counts[1] += tied
+        if len(new_k):
+            return run.cells("refine", new_k, new_bounds)
+        return Done(self._result(params, run))
+
+    def _result(self, params: CoxParams, run: _Run) -> dict[str, Any]:
         from scipy import stats
 
+        assert run.final is not None and run.cov is not None
         names = list(params.features or [])
-        beta, se = st["final"], np.sqrt(np.diag(st["cov"]))
+        beta, se = run.final, np.sqrt(np.diag(run.cov))
         z = beta / se
         p = 2.0 * stats.norm.sf(np.abs(z))
         half = stats.norm.ppf(1.0 - params.alpha / 2.0) * se
-        correct, tied, pairs = st["counts"]
+        correct, tied, pairs = run.counts
         concordance = (correct + 0.5 * tied) / pairs if pairs else None
-
-        def named(values: np.ndarray) -> dict[str, float]:
-            return {n: float(v) for n, v in zip(names, values, strict=True)}
-
         return {
-            "coefficients": named(beta),
-            "std_errors": named(se),
-            "hazard_ratios": named(np.exp(beta)),
-            "z_values": named(z),
-            "p_values": named(p),
-            "ci_lower": named(beta - half),
-            "ci_upper": named(beta + half),
-            "loglik": float(st["loglik"]),
+            "coefficients": named(names, beta),
+            "std_errors": named(names, se),
+            "hazard_ratios": named(names, np.exp(beta)),
+            "z_values": named(names, z),
+            "p_values": named(names, p),
+            "ci_lower": named(names, beta - half),
+            "ci_upper": named(names, beta + half),
+            "loglik": float(run.loglik),
             "concordance": concordance,
             "ties": params.ties,
-            "iterations": int(st["iterations"]),
-            "converged": bool(st["converged"]),
-            "n_obs": int(st["n"]),
-            "n_events": int(st["n_events"]),
+            "iterations": int(run.iterations),
+            "converged": bool(run.converged),
+            "n_obs": int(run.n),
+            "n_events": int(run.n_events),
         }
-
-    # -- site -----------------------------------------------------------------------------------
-    def local(self, data: Table, params: CoxParams, payload: Payload, ctx: SiteContext) -> Payload:
-        durations, events, x = _site_arrays(data, params, ctx)
-        stage = payload["stage"]
-        if stage == "setup":
-            check_min_count(len(durations), ctx.min_count, "the risk sets")
-            observed = events == 1
-            times, counts, _ = event_table(durations[observed], events[observed])
-            return {
-                "n": len(durations),
-                "n_events": int(observed.sum()),
-                "event_times": times,
-                "event_counts": counts,
-                "x_sum": x.sum(0),
-                "x_m2": ((x - x.mean(0)) ** 2).sum(0) if len(x) else np.zeros(x.shape[1]),
-                "event_x_sum": x[observed].sum(0),
-            }
-        xc = x - np.asarray(payload["mean"], dtype=np.float64)[None, :]
-        beta = np.asarray(payload["beta"], dtype=np.float64)
-        grid = np.asarray(payload["grid"], dtype=np.float64)
-        if stage == "fit":
-            return risk_set_sums(
-                durations, events, xc, xc @ beta, grid, np.asarray(payload["tied"], dtype=bool)
-            )
-        if stage != "concordance":
-            raise AppError(f"app 'cox': unknown stage {stage!r}")
-        scores = ctx.state.get("scores")
-        if scores is None:
-            scores = ctx.state["scores"] = linear_scores(xc, beta)
-        deaths, comparable = cell_histograms(
-            durations,
-            events,
-            scores,
-            grid,
-            np.asarray(payload["cell_k"], dtype=np.int64),
-            np.asarray(payload["bounds"], dtype=np.int64).reshape(-1, 2),
-        )
-        # counts never exceed the site's rows: int32 halves the message
-        out: Payload = {
-            "deaths": deaths.astype(np.int32),
-            "comparable": comparable.astype(np.int32),
-        }
-        if payload["first"]:
-            out["local"] = list(local_concordance(durations, events, scores))
-        return out
 
     # -- reference ------------------------------------------------------------------------------
     def centralized(self, pooled: pd.DataFrame, params: CoxParams) -> dict[str, Any]:
@@ -476,17 +617,14 @@ class Cox(App[CoxParams]):
         except ZeroDivisionError:  # lifelines: "No admissable pairs in the dataset."
             concordance = None
 
-        def named(values: np.ndarray) -> dict[str, float]:
-            return {n: float(v) for n, v in zip(names, values, strict=True)}
-
         return {
-            "coefficients": named(beta),
-            "std_errors": named(se),
-            "hazard_ratios": named(np.exp(beta)),
-            "z_values": named(beta / se),
-            "p_values": named(p),
-            "ci_lower": named(ci[:, 0]),
-            "ci_upper": named(ci[:, 1]),
+            "coefficients": named(names, beta),
+            "std_errors": named(names, se),
+            "hazard_ratios": named(names, np.exp(beta)),
+            "z_values": named(names, beta / se),
+            "p_values": named(names, p),
+            "ci_lower": named(names, ci[:, 0]),
+            "ci_upper": named(names, ci[:, 1]),
             "loglik": loglik,
             "concordance": concordance,
             "n_obs": len(frame),
@@ -494,17 +632,4 @@ class Cox(App[CoxParams]):
         }
 
     def comparable(self, result: Mapping[str, Any]) -> dict[str, Any]:
-        keys = (
-            "coefficients",
-            "std_errors",
-            "hazard_ratios",
-            "z_values",
-            "p_values",
-            "ci_lower",
-            "ci_upper",
-            "loglik",
-            "concordance",
-            "n_obs",
-            "n_events",
-        )
-        return {k: result[k] for k in keys if k in result}
+        return {key: result[key] for key in _COMPARED}
