@@ -237,3 +237,39 @@ def test_a_site_with_only_zero_counts_still_fits() -> None:
     expected = ref.fit(tol=1e-13).params
     for name, value in zip(["intercept", "x1", "x2"], expected, strict=True):
         assert result["coefficients"][name] == pytest.approx(value, rel=1e-9)
+
+
+# -- the family terms at any β, not only at the fit ----------------------------------------------
+@pytest.mark.parametrize("family", ["gaussian", "binomial", "poisson"])
+def test_family_terms_match_statsmodels_away_from_the_fit(family: str) -> None:
+    # At a fit with an intercept some terms sum to zero (Σ(y − μ) for poisson): checking the
+    # deviance and log-likelihood at an arbitrary η catches a wrong sign there.
+    import math
+
+    import statsmodels.api as sm
+
+    from fedflow.apps.glm import family_terms
+
+    rng = np.random.default_rng(11)
+    eta = rng.normal(0.2, 0.7, size=200)
+    sm_family = {
+        "gaussian": sm.families.Gaussian(),
+        "binomial": sm.families.Binomial(),
+        "poisson": sm.families.Poisson(),
+    }[family]
+    mu = sm_family.link.inverse(eta)
+    if family == "gaussian":
+        y = mu + rng.normal(size=200)
+    elif family == "binomial":
+        y = (rng.uniform(size=200) < mu).astype(float)
+    else:
+        y = rng.poisson(mu).astype(float)
+    w, z, deviance, loglik = family_terms(family, y, eta)
+    assert deviance == pytest.approx(sm_family.deviance(y, mu), rel=1e-12)
+    if family == "poisson":
+        constant = sum(math.lgamma(v + 1.0) for v in y)
+        assert loglik - constant == pytest.approx(sm_family.loglike(y, mu), rel=1e-12)
+    elif family == "binomial":
+        assert loglik == pytest.approx(sm_family.loglike(y, mu), rel=1e-12)
+    np.testing.assert_allclose(w, sm_family.weights(mu), rtol=1e-12)
+    np.testing.assert_allclose(z, eta + sm_family.link.deriv(mu) * (y - mu), rtol=1e-10)
