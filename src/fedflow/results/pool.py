@@ -144,8 +144,12 @@ def compare_with_pooled(
             f"--compare for '{app.name}' needs {exc.name}: pip install 'fedflow-studies[compare]'"
         ) from None
     versions = reference_versions()
+    try:
+        federated = app.comparable(result)
+    except KeyError:  # the federated result lacks a key its twin has: every value is missing
+        federated = {}
     comparison = compare_results(
-        app.comparable(result),
+        federated,
         app.comparable(central),
         tolerances=app_tolerances(app),
         reference=_describe(app.reference_for(params), versions),
