@@ -181,6 +181,17 @@ def test_quantiles_with_ties_negative_zero_and_extreme_magnitudes() -> None:
     ).tolist()
 
 
+def test_quantiles_between_neighbouring_floats_bisect_to_the_last_key() -> None:
+    """Min and max one float apart: the interval starts at two keys, and the last bisection
+    step must still tell them apart (stopping one step early would answer the lower one)."""
+    low, high = 1.0, float(np.nextafter(1.0, 2.0))
+    frame = pd.DataFrame({"v": [low] * 10 + [high] * 10})
+    qs = [0.25, 0.75, 1.0]
+    params = {"quantiles": qs, "quantile_method": "lower", "share_extremes": True}
+    sim = _run(frame, params, [10, 10], min_count=1)
+    assert sim.result["v"]["quantiles"] == {"0.25": low, "0.75": high, "1.0": high}
+
+
 def test_extreme_quantiles_need_share_extremes() -> None:
     frame = _frame(200)
     with pytest.raises(AppError, match="quantile 0.0 of column 'x'.*share_extremes = true"):
