@@ -317,7 +317,11 @@ class Cox(App[CoxParams]):
         "concordance": Phase(Cells, FirstHistograms),
         "refine": Phase(Cells, Histograms),
     }
-    tolerances = {"n_obs": (0.0, 0.0), "n_events": (0.0, 0.0)}
+    tolerances = {
+        "p_values": (1e-8, 0.0),  # relative only: p-values can be 1e-11
+        "n_obs": (0.0, 0.0),
+        "n_events": (0.0, 0.0),
+    }
 
     def resolve(self, params: CoxParams, columns: Mapping[str, str]) -> CoxParams:
         for key in ("duration", "event"):

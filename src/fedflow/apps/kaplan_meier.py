@@ -161,7 +161,12 @@ class KaplanMeier(App[KaplanMeierParams]):
     reference = "lifelines KaplanMeierFitter"
     Params = KaplanMeierParams
     phases = {"events": Phase(Empty, EventTables)}
-    tolerances = {"n_obs": (0.0, 0.0), "n_events": (0.0, 0.0), "logrank.dof": (0.0, 0.0)}
+    tolerances = {
+        "logrank.p_value": (1e-8, 0.0),  # relative only: p-values can be 1e-28
+        "logrank.dof": (0.0, 0.0),
+        "n_obs": (0.0, 0.0),
+        "n_events": (0.0, 0.0),
+    }
 
     def resolve(self, params: KaplanMeierParams, columns: Mapping[str, str]) -> KaplanMeierParams:
         for key in ("duration", "event", "group"):
