@@ -47,7 +47,8 @@ def test_full_run_writes_a_complete_run_directory(study, tmp_path: Path) -> None
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["error"] is None
     assert manifest["fedflow"] == __version__
-    assert manifest["study"]["sha256"] and (folder / "study.toml").read_text() == study.source_text
+    assert manifest["study"]["sha256"]
+    assert (folder / "study.original.toml").read_text() == study.source_text
     berlin = manifest["sites"]["berlin"]
     assert berlin["rows"] == 280 and berlin["files"][0]["name"] == "berlin.csv"
     assert len(berlin["files"][0]["sha256"]) == 64

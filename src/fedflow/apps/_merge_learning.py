@@ -14,7 +14,6 @@ __all__ = [
     "merge_centered_factors",
     "merge_cluster_sums",
     "r_factor",
-    "solve_from_factor",
     "stack_factors",
 ]
 
@@ -32,36 +31,6 @@ def stack_factors(factors: Sequence[np.ndarray]) -> np.ndarray:
     """
     blocks = [np.atleast_2d(np.asarray(f, dtype=np.float64)) for f in factors]
     return r_factor(np.vstack(blocks))
-
-
-def solve_from_factor(r: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Return (β, (AᵀA)⁻¹ of the first ``p`` columns, residual sum of squares) from R of [A | b].
-
-    ``r`` is the (p+1)-column factor of a least-squares problem; β solves min ‖Aβ − b‖ by
-    back-substitution. Raises ValueError listing the indices of collinear or constant columns.
-    """
-    r_aa = r[:p, :p]
-    if r_aa.shape[0] < p:
-        raise ValueError(f"rank-deficient: fewer rows than the {p} coefficients")
-    diag = np.abs(np.diag(r_aa))
-    scale = np.linalg.norm(r_aa, axis=0)
-    bad = [i for i in range(p) if not diag[i] > 1e-12 * max(scale[i], 1e-300)]
-    if bad:
-        raise ValueError("rank-deficient: columns " + ", ".join(map(str, bad)))
-    r_inv = _back_substitute(r_aa, np.eye(p))
-    coef = _back_substitute(r_aa, r[:p, p])
-    unscaled = r_inv @ r_inv.T
-    rss = float(r[p, p] ** 2) if r.shape[0] > p else 0.0
-    return coef, unscaled, rss
-
-
-def _back_substitute(upper: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """Return U⁻¹·rhs for an upper-triangular U (numpy only, row by row from the bottom)."""
-    n = upper.shape[0]
-    out = np.zeros_like(rhs, dtype=np.float64)
-    for i in range(n - 1, -1, -1):
-        out[i] = (rhs[i] - upper[i, i + 1 :] @ out[i + 1 :]) / upper[i, i]
-    return out
 
 
 def merge_centered_factors(

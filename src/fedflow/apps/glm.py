@@ -315,11 +315,7 @@ class GLM(App[GLMParams]):
         the weighted least-squares step from the stacked factors, and the summed fit terms."""
         names = coefficient_names(params)
         r = stack_factors([reply.factor for reply in replies.values()])
-        try:
-            beta, unscaled, rss = ols_from_r(r, names)
-        except AppError as exc:  # ols_from_r names linear-regression; keep its detail
-            detail = exc.message.partition(": ")[2]
-            raise AppError(f"glm ({params.family}): {detail}") from None
+        beta, unscaled, rss = ols_from_r(r, names, app=f"glm ({params.family})")
         deviance = float(sum(reply.deviance for reply in replies.values()))
         loglik = float(sum(reply.loglik for reply in replies.values()))
         return beta, unscaled, rss, deviance, loglik

@@ -48,21 +48,26 @@ if TYPE_CHECKING:
 __all__ = ["LinearRegression", "ols_from_r"]
 
 
-def ols_from_r(r: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
+def ols_from_r(
+    r: np.ndarray, names: list[str], app: str = "linear-regression"
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Return (coefficients, unscaled covariance (XᵀX)⁻¹, residual sum of squares) from R of [X y].
 
-    Raises AppError when the features are collinear (rank-deficient design).
+    Raises AppError (naming ``app``) when there are fewer rows than coefficients or the features
+    are collinear (rank-deficient design).
     """
     from scipy.linalg import solve_triangular
 
     p = len(names)
+    if r.shape[0] < p:
+        raise AppError(f"{app}: {r.shape[0]} observations for {p} coefficients")
     r_xx = r[:p, :p]
     diag = np.abs(np.diag(r_xx))
     scale = np.linalg.norm(r_xx, axis=0)
-    bad = [names[i] for i in range(p) if diag[i] <= 1e-12 * max(scale[i], 1e-300)]
+    bad = [names[i] for i in range(p) if not diag[i] > 1e-12 * max(scale[i], 1e-300)]
     if bad:
         raise AppError(
-            "linear-regression: the design matrix is rank-deficient (collinear or constant "
+            f"{app}: the design matrix is rank-deficient (collinear or constant "
             f"features): {', '.join(bad)}"
         )
     coef = solve_triangular(r_xx, r[:p, p])
