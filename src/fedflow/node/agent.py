@@ -30,11 +30,13 @@ from fedflow.apps import BUILTIN_APPS, get_app
 from fedflow.apps.base import App, SiteContext, Table, decode_payload, encode_payload
 from fedflow.errors import AppError, DataError, PolicyError, ProtocolError, RemoteProtocolError
 from fedflow.node.audit import AuditLog
-from fedflow.node.data import LoadedData, column_kind, prepare_table, read_table
+from fedflow.node.data import LoadedData, MemorySource, Source, open_files, prepare_source
+from fedflow.node.databases import open_dataset
 from fedflow.node.siteconfig import (
     Dataset,
     SiteConfig,
     approved_store,
+    format_bytes,
     load_config,
     source_hash,
 )
@@ -97,7 +99,7 @@ class NodeAgent:
         self.audit = AuditLog(audit) if audit is not None else None
         self.state = "new"
         self._setup: Setup | None = None
-        self._loaded: LoadedData | None = None
+        self._source: Source | None = None
         self._dataset: Dataset | None = None
         self._table: Table | None = None
         self._app: App[Any] | None = None
@@ -172,11 +174,12 @@ class NodeAgent:
             host=socket.gethostname(),
         )
 
-    def _open_data(self, msg: Setup) -> LoadedData:
-        """Return the data the request names, after checking the site serves it (no file is
-        opened before that check)."""
+    def _open_data(self, msg: Setup) -> Source:
+        """Return the data the request names, opened (fingerprints, rows, column names and
+        kinds; no column is loaded), after checking the site serves it (no file is opened before
+        that check)."""
         if self.preloaded is not None:
-            return self.preloaded
+            return MemorySource(self.preloaded)
         if msg.dataset is not None:
             if msg.data:
                 raise PolicyError("name either a dataset or data files, not both")
@@ -185,16 +188,16 @@ class NodeAgent:
                 offered = ", ".join(sorted(self.config.datasets)) or "none"
                 raise PolicyError(f"no dataset '{msg.dataset}' here (datasets offered: {offered})")
             self._dataset = dataset
-            loaded = read_table(dataset.paths, site=self.site, **dataset.reading())
+            source = open_dataset(dataset, site=self.site)
             if dataset.columns is not None:
-                return restrict_columns(loaded, dataset.columns, where=f"dataset '{dataset.name}'")
-            return loaded
+                return restrict_columns(source, dataset.columns, where=f"dataset '{dataset.name}'")
+            return source
         if not self.owned:
             raise PolicyError(
                 "this site serves only the datasets its configuration names; the study names "
                 'files (give the client dataset = "…")'
             )
-        return read_table(
+        return open_files(
             msg.data, site=self.site, sep=msg.sep, header=msg.header, columns=msg.columns
         )
 
@@ -211,28 +214,23 @@ class NodeAgent:
             )
         started = time.perf_counter()
         self._setup = msg
-        loaded = self._open_data(msg)
-        self._loaded = loaded
-        table = loaded.table
+        source = self._open_data(msg)
+        self._source = source
         log.info(
-            "loaded %d rows × %d columns from %d file(s) in %.1f ms",
-            table.n_rows,
-            len(table.columns),
-            len(loaded.files),
+            "opened %d rows × %d columns from %d source(s) in %.1f ms",
+            source.rows,
+            len(source.kinds),
+            len(source.files),
             1000 * (time.perf_counter() - started),
         )
         self.state = "loaded"
         return Ready(
-            rows=table.n_rows,
+            rows=source.rows,
             columns=[
-                Column(
-                    name,
-                    column_kind(table[name]),
-                    int(loaded.missing[name].sum()) if name in loaded.missing else 0,
-                )
-                for name in table.columns
+                Column(name, kind, source.missing.get(name, 0))
+                for name, kind in source.kinds.items()
             ],
-            files=[FileInfo(f.name, f.sha256, f.bytes, f.rows) for f in loaded.files],
+            files=[FileInfo(f.name, f.sha256, f.bytes, f.rows) for f in source.files],
         )
 
     def _load_app(self, msg: Prepare) -> App[Any]:
@@ -264,7 +262,7 @@ class NodeAgent:
 
     def _prepare(self, msg: Prepare) -> Prepared:
         self._expect("loaded")
-        assert self._setup is not None and self._loaded is not None
+        assert self._setup is not None and self._source is not None
         self._refuse_if_unconfigured()
         app = self._load_app(msg)
         params = app.parse_params(msg.params)
@@ -276,14 +274,35 @@ class NodeAgent:
                 )
         floor = self.config.floor(owned=self.owned)
         min_count = max(self._setup.min_count, floor)
-        table = prepare_table(
-            self._loaded, msg.columns, dropna=self._setup.dropna, min_count=min_count
+        self._check_memory(msg.app, list(msg.columns) or self._source.columns)
+        started = time.perf_counter()
+        table = prepare_source(
+            self._source, msg.columns, dropna=self._setup.dropna, min_count=min_count
+        )
+        log.info(
+            "loaded %d column(s) in %.1f ms",
+            len(table.columns),
+            1000 * (time.perf_counter() - started),
         )
         self._app, self._app_ref, self._params, self._table = app, msg.app, params, table
         self._ctx = SiteContext(site=self.site, seed=self._setup.seed, min_count=min_count)
         log.info("prepared app '%s' on %d rows (min_count %d)", msg.app, table.n_rows, min_count)
         self.state = "prepared"
         return Prepared(rows=table.n_rows)
+
+    def _check_memory(self, app: str, columns: Sequence[str]) -> None:
+        """Refuse, before loading, an app whose columns as float64 exceed the site's
+        ``memory_limit``."""
+        assert self._source is not None
+        rows, limit = self._source.rows, self.config.memory_bytes()
+        needed = rows * len(columns) * 8
+        if needed > limit:
+            raise PolicyError(
+                f"app '{app}' needs {rows} rows × {len(columns)} column(s) "
+                f"({', '.join(columns)}) = {format_bytes(needed)} as float64, above this site's "
+                f"memory_limit of {format_bytes(limit)} (raise memory_limit in the site "
+                "configuration, or use fewer rows or columns)"
+            )
 
     def _task(self, msg: Task) -> Reply:
         self._expect("prepared")
@@ -408,17 +427,13 @@ def safe_name(name: str) -> str:
     return cleaned or "study"
 
 
-def restrict_columns(loaded: LoadedData, allowed: Sequence[str], *, where: str) -> LoadedData:
-    """Return ``loaded`` with only the ``allowed`` columns (those it holds, in file order)."""
-    missing = [c for c in allowed if c not in loaded.table]
+def restrict_columns(source: Source, allowed: Sequence[str], *, where: str) -> Source:
+    """Return ``source`` serving only the ``allowed`` columns (those it holds, in its order)."""
+    missing = [c for c in allowed if c not in source.kinds]
     if missing:
         raise DataError(f"{where}: configured column(s) {', '.join(missing)} not in its files")
-    keep = [c for c in loaded.table.columns if c in set(allowed)]
-    return dataclasses.replace(
-        loaded,
-        table=Table({c: loaded.table[c] for c in keep}),
-        missing={c: m for c, m in loaded.missing.items() if c in set(allowed)},
-    )
+    source.restrict(allowed)
+    return source
 
 
 def load_approved_app(store: Path, code_hash: str, class_name: str) -> App[Any]:
