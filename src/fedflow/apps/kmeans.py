@@ -31,12 +31,18 @@ without the sums).
 
 What a site reveals: counts, means and spreads of its columns; per-candidate sums of distances and
 its inertia (aggregates over all its rows); per-cluster counts and sums. ``min_count``: a site
-holding fewer than ``min_count`` rows refuses; a cluster holding 0 < c < ``min_count`` of a site's
-rows in a round is withheld by that site (reported as count 0 and sum 0), so the centres then
-leave those rows out and the result is no longer the pooled Lloyd iteration: a note says so and
-``withheld`` counts the withheld (site, round, cluster) contributions. A cluster that no row
-joins keeps its previous centre (scikit-learn would move it onto a far data row, which a
-federation cannot reveal); a note says so.
+holding fewer than ``min_count`` rows refuses. Against differencing, each site remembers every row
+set it has released a sum over (all its rows, in ``moments``; each cluster it released; and the
+rest — its rows in no released cluster, whose sum is the total minus the released ones) and keeps
+any two of them equal or ≥ ``min_count`` rows apart, none holding 1 … ``min_count``−1 rows
+(``publish``): rows move between clusters in groups, and a group that would break the rule stays
+where the site released it before. So no difference of two releases — across rounds, across
+clusters, or against the site's total — covers fewer than ``min_count`` rows; combinations of
+three or more still can, and inertia and seeding potentials are not covered (docs/apps/kmeans.md).
+With ``min_count`` > 1 the released clusters lag the nearest-centre assignment, so the run stops
+near Lloyd's fixed point, not at it: a note says so and ``withheld`` counts the (site, round,
+cluster) updates held back. A cluster that no row joins keeps its previous centre (scikit-learn
+would move it onto a far data row, which a federation cannot reveal); a note says so.
 
 Tolerance against the twin (``--compare``): 1e-8 relative (1e-12 absolute) on centres, inertia
 and initial centres; ``iterations`` and ``cluster_sizes`` exactly (the assignments are discrete,
@@ -90,6 +96,7 @@ __all__ = [
     "candidate_potentials",
     "greedy_initial_centers",
     "nearest",
+    "publish",
 ]
 
 _BLOCK = 1 << 22  # float64 cells per distance block (32 MiB): rows per block = _BLOCK / (k·d)
@@ -205,16 +212,83 @@ def candidate_potentials(x: np.ndarray, chosen: np.ndarray, candidates: np.ndarr
     return out
 
 
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+def publish(
+    labels: np.ndarray, k: int, min_count: int, published: np.ndarray, released: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (the membership a site releases this round, the updated memory of released sets).
+
+    ``published``: per row, the cluster the site last released it in (``k``: none yet — the
+    rest, whose sum is the site's total minus the released clusters). ``released``: the row
+    sets (``np.packbits`` masks, one per line) it has released a sum over. Rows whose nearest
+    centre changed move in groups (from one cluster to another), largest first; a group moves
+    only if both clusters it changes stay empty or hold ≥ ``min_count`` rows and differ from
+    every remembered set by no row or by ≥ ``min_count`` rows; then every remaining row moves
+    at once if each cluster that changes passes the same test. Groups that cannot move stay
+    where they were released before, so the site releases sums over a membership that lags its
+    nearest-centre assignment by fewer than ``min_count`` rows per group.
+    """
+    current = published.copy()
+
+    def fits(mask: np.ndarray) -> bool:
+        size = int(mask.sum())
+        if size == 0:
+            return True
+        if size < min_count:
+            return False
+        apart = _POPCOUNT[np.bitwise_xor(released, np.packbits(mask))].sum(axis=1)
+        return bool(np.all((apart == 0) | (apart >= min_count)))
+
+    moved = np.flatnonzero(labels != current)
+    pairs = current[moved] * (k + 1) + labels[moved]
+    groups = sorted(
+        (
+            (moved[pairs == pair], int(pair) // (k + 1), int(pair) % (k + 1))
+            for pair in np.unique(pairs)
+        ),
+        key=lambda g: (-len(g[0]), g[1], g[2]),
+    )
+    for rows, source, target in groups:
+        trial = current.copy()
+        trial[rows] = target
+        if fits(trial == source) and fits(trial == target):
+            current = trial
+    if not np.array_equal(current, labels):  # small groups may move together
+        changed = np.union1d(current[current != labels], labels[current != labels])
+        if all(fits(labels == j) for j in changed):
+            current = labels.copy()
+    for j in range(k + 1):
+        mask = current == j
+        if mask.any():
+            line = np.packbits(mask)
+            if not np.any(np.all(released == line, axis=1)):
+                released = np.vstack([released, line])
+    return current, released
+
+
 def _assign(
-    x: np.ndarray, centers: np.ndarray, min_count: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Return (labels, per-cluster counts with small clusters as 0, the small-cluster mask,
-    inertia) of a site's rows ``x``: a cluster of 0 < c < ``min_count`` rows is withheld."""
+    x: np.ndarray, centers: np.ndarray, min_count: int, ctx: SiteContext
+) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """Return (the released membership, its per-cluster counts, how many clusters it holds
+    back, inertia) of a site's rows ``x`` (``publish`` decides the membership; rows not yet
+    released anywhere carry the label ``k``)."""
+    k = len(centers)
     labels, dist = nearest(x, centers)
-    counts = np.bincount(labels, minlength=len(centers)).astype(np.int64)
-    small = (counts > 0) & (counts < min_count)
-    counts[small] = 0
-    return labels, counts, small, float(dist.sum())
+    if "published" not in ctx.state:  # ``moments`` released the sum over all the site's rows
+        ctx.state["published"] = np.full(len(x), k, dtype=np.int64)
+        ctx.state["released"] = np.packbits(np.ones(len(x), dtype=bool))[None, :]
+    published, ctx.state["released"] = publish(
+        labels, k, min_count, ctx.state["published"], ctx.state["released"]
+    )
+    ctx.state["published"] = published
+    counts = np.bincount(published, minlength=k + 1)[:k].astype(np.int64)
+    truth = np.bincount(labels, minlength=k)
+    behind = sum(
+        1 for j in range(k) if truth[j] and not np.array_equal(published == j, labels == j)
+    )
+    return published, counts, behind, float(dist.sum())
 
 
 def _pick(potentials: np.ndarray, taken: list[int]) -> int:
@@ -308,19 +382,18 @@ class KMeans(App[KMeansParams]):
     ) -> ClusterSums:
         x = self._rows(data, params, ctx)
         centers = np.asarray(request.centers, dtype=np.float64)
-        labels, counts, small, inertia = _assign(x, centers, ctx.min_count)
-        sums = np.zeros_like(centers)
-        np.add.at(sums, labels, x)
-        sums[small] = 0.0
-        return ClusterSums(counts=counts, inertia=inertia, withheld=int(small.sum()), sums=sums)
+        published, counts, behind, inertia = _assign(x, centers, ctx.min_count, ctx)
+        sums = np.zeros((len(centers) + 1, x.shape[1]))
+        np.add.at(sums, published, x)
+        return ClusterSums(counts=counts, inertia=inertia, withheld=behind, sums=sums[:-1])
 
     def local_assign(
         self, data: Table, params: KMeansParams, request: Centers, ctx: SiteContext
     ) -> Assignment:
         x = self._rows(data, params, ctx)
         centers = np.asarray(request.centers, dtype=np.float64)
-        _, counts, small, inertia = _assign(x, centers, ctx.min_count)
-        return Assignment(counts=counts, inertia=inertia, withheld=int(small.sum()))
+        _, counts, behind, inertia = _assign(x, centers, ctx.min_count, ctx)
+        return Assignment(counts=counts, inertia=inertia, withheld=behind)
 
     # -- coordinator --------------------------------------------------------------------------
     def aggregate_moments(
@@ -400,8 +473,10 @@ class KMeans(App[KMeansParams]):
         if withheld:
             run.withheld += withheld
             ctx.notes.append(
-                f"kmeans round {ctx.round}: sites withheld {withheld} cluster contribution(s) "
-                f"of fewer than min_count = {ctx.min_count} rows; the centres leave them out"
+                f"kmeans round {ctx.round}: sites withheld {withheld} cluster update(s) (a site "
+                f"releases no cluster of fewer than min_count = {ctx.min_count} rows and moves "
+                f"rows between clusters only in groups that keep each ≥ {ctx.min_count} rows from "
+                "what it released before); the centres use the clusters as the sites released them"
             )
         counts = np.sum([np.asarray(r.counts) for r in ordered], axis=0)
         inertia = float(sum(float(r.inertia) for r in ordered))
