@@ -254,3 +254,27 @@ def test_a_postgres_dsn_comes_from_the_sites_environment(
     reply = agent.handle(Setup(dataset="c", min_count=5))
     assert isinstance(reply, Failure) and reply.kind == "policy"
     assert "environment variable FEDFLOW_NO_SUCH_DSN" in reply.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x,y\n1,2\n3,4\n",
+        "x,y\n1,2\n3,4",
+        "x,y\r\n1,2\r\n\r\n3,4\r\n",
+        "x,y\n\n\n1,2\n\n3,4\n\n",
+        'x,y\n1,"a\nb"\n3,4\n',
+        "x,y\r1,2\r3,4\r",
+        "x,y\n" + "1,2\n" * 70000 + "\n" * 5 + "3,4",
+    ],
+)
+def test_rows_counted_while_hashing_match_the_csv_reader(tmp_path: Path, text: str) -> None:
+    import csv
+
+    path = tmp_path / "a.csv"
+    path.write_bytes(text.encode())
+    with path.open(newline="") as f:
+        expected = sum(1 for row in csv.reader(f) if row) - 1
+    source = open_files([path])
+    assert source.rows == expected
+    assert source.load(["x"]).table.n_rows == expected

@@ -397,7 +397,7 @@ def _first_line(path: Path) -> bytes:
     with path.open("rb") as f:
         while b"\n" not in head and (chunk := f.read(1 << 16)):
             head += chunk
-    return head.split(b"\n", 1)[0]
+    return head.split(b"\n", 1)[0].split(b"\r", 1)[0]
 
 
 _CONVERSION = re.compile(r"In CSV column #(\d+): .*CSV conversion error")
@@ -426,7 +426,7 @@ class _DelimitedFile(_File):
                     file=path.name,
                 ) from None
             try:
-                first = next(csv.reader([line.rstrip("\r")], delimiter=delimiter), [])
+                first = next(csv.reader([line], delimiter=delimiter), [])
             except csv.Error as exc:
                 raise DataError(f"{path.name}: {exc}", file=path.name) from None
             self.names = [h.strip() for h in first]
@@ -449,11 +449,14 @@ class _DelimitedFile(_File):
         self.kinds = self._sample_kinds() if rows else dict.fromkeys(self.names, "str")
 
     def _options(
-        self, include: Sequence[str], types: Mapping[str, pa.DataType], block: int = _CHUNK
+        self, include: Sequence[str], types: Mapping[str, pa.DataType], threads: bool
     ) -> dict[str, Any]:
         return {
             "read_options": pacsv.ReadOptions(
-                column_names=self.names, skip_rows=1 if self.header else 0, block_size=block
+                column_names=self.names,
+                skip_rows=1 if self.header else 0,
+                block_size=_CHUNK,
+                use_threads=threads,
             ),
             "parse_options": pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True),
             "convert_options": pacsv.ConvertOptions(
@@ -469,11 +472,11 @@ class _DelimitedFile(_File):
         source: Any,
         include: Sequence[str],
         types: Mapping[str, pa.DataType],
-        block: int = _CHUNK,
+        threads: bool = True,
     ) -> Iterator[pa.RecordBatch]:
         """Yield record batches; parse errors become DataError naming the file and line."""
         try:
-            reader = pacsv.open_csv(source, **self._options(include, types, block))
+            reader = pacsv.open_csv(source, **self._options(include, types, threads))
             yield from reader
         except pa.ArrowInvalid as exc:
             raise self._error(str(exc)) from None
@@ -510,25 +513,66 @@ class _DelimitedFile(_File):
         return DataError(f"{name}: a line has the wrong number of fields", file=name)
 
     def _count(self) -> tuple[int, str, int]:
-        """Stream the file once: its rows (checking each line's fields), sha256 and size."""
-        rows = 0
+        """Stream the file once: its sha256, size and rows. Without quotes (which may hold line
+        breaks) and lone carriage returns, rows are the non-empty lines, counted as the bytes
+        stream by; otherwise the CSV reader counts them, checking each line's fields."""
+        lines = blank = 0
+        simple = True
+        pending = 0  # bytes of the current line in earlier chunks
+        pending_cr = False  # ... and they are one carriage return
+        size = 0
+        digest = hashlib.sha256()
         with self.path.open("rb") as f:
-            hashing = _Hashing(f)
-            first = self.names[0]
-            for batch in self._stream(hashing, [first], {first: pa.string()}):
-                rows += batch.num_rows
-            hashing.drain()
-        return rows, hashing.digest.hexdigest(), hashing.size
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+                size += len(chunk)
+                if not simple:
+                    continue
+                if b'"' in chunk or chunk.count(b"\r") != chunk.count(b"\r\n"):
+                    simple = False
+                    continue
+                codes = np.frombuffer(chunk, dtype=np.uint8)
+                breaks = np.flatnonzero(codes == 10)
+                if not len(breaks):
+                    pending_cr = pending == 0 and chunk == b"\r"
+                    pending += len(chunk)
+                    continue
+                starts = np.concatenate(([0], breaks[:-1] + 1))
+                lengths = breaks - starts
+                empty = (lengths == 0) | ((lengths == 1) & (codes[starts] == 13))
+                if pending:
+                    empty[0] = lengths[0] == 0 and pending == 1 and pending_cr
+                blank += int(empty.sum())
+                lines += len(breaks)
+                tail = chunk[int(breaks[-1]) + 1 :]
+                pending, pending_cr = len(tail), tail == b"\r"
+        if pending:
+            lines += 1  # a last line without a line break
+        if simple:
+            return lines - blank - (1 if self.header else 0), digest.hexdigest(), size
+        rows = 0
+        first = self.names[0]
+        for batch in self._stream(str(self.path), [first], {first: pa.string()}, threads=False):
+            rows += batch.num_rows
+        return rows, digest.hexdigest(), size
 
     def _sample_kinds(self) -> dict[str, str]:
         """Return each column's kind in the first ``_SAMPLE`` bytes (every row of smaller files)."""
+        with self.path.open("rb") as f:
+            head = f.read(_SAMPLE)
+            complete = not f.read(1)
+        if not complete and b"\n" in head:
+            head = head[: head.rindex(b"\n") + 1]
         types = dict.fromkeys(self.names, pa.string())
-        batch = next(self._stream(str(self.path), self.names, types, _SAMPLE), None)
-        if batch is None:
+        batches = list(self._stream(pa.BufferReader(head), self.names, types, threads=False))
+        if not batches:
             return dict.fromkeys(self.names, "str")
+        table = pa.Table.from_batches(batches)
         return {
-            n: column_kind(type_strings(pc.utf8_trim_whitespace(batch.column(i)))[0])
-            for i, n in enumerate(self.names)
+            n: column_kind(
+                type_strings(pc.utf8_trim_whitespace(table.column(n).combine_chunks()))[0]
+            )
+            for n in self.names
         }
 
     def read(self, names: list[str]) -> dict[str, Piece]:

@@ -1,0 +1,227 @@
+"""Sites at cohort sizes (issue 10). Usage:
+
+    python benchmarks/cohort_bench.py regression [--rows 1000000] [--repeat 3]
+        3 local sites × ROWS rows of CSV (5 features + target + 2 unused text columns),
+        linear-regression: `fedflow run` wall time vs a pooled pandas read_csv + statsmodels OLS
+        script, run alternately; ratio of medians; each site's peak RSS vs its needed columns.
+    python benchmarks/cohort_bench.py loader [--rows 1000000] [--repeat 3]
+        the loader alone on one such file: rows/s of fedflow (open + load of the 6 needed
+        columns) vs pyarrow.csv.read_csv and pandas.read_csv (all columns, their defaults).
+    python benchmarks/cohort_bench.py parquet [--rows 20000000]
+        one local site holding ROWS rows of Parquet (six float columns), linear-regression:
+        wall time and the site's peak RSS.
+
+Data are generated into a temporary folder at each run (never committed). Figures are printed as
+Markdown table rows; benchmarks/README.md holds the latest ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+FEATURES = [f"x{i}" for i in range(1, 6)]
+SITES = ("berlin", "vienna", "zurich")
+
+POOLED = """
+import sys
+import pandas as pd
+import statsmodels.api as sm
+frame = pd.concat([pd.read_csv(p) for p in sys.argv[2:]], ignore_index=True)
+features = sys.argv[1].split(",")
+fit = sm.OLS(frame["y"], sm.add_constant(frame[features])).fit()
+print(fit.params.to_dict())
+"""
+
+
+def _csv(path: Path, rows: int, seed: int) -> None:
+    """Write ROWS rows: five float features, a float target and two text columns."""
+    rng = np.random.default_rng(seed)
+    chunk = 250_000
+    with pacsv.CSVWriter(
+        str(path),
+        pa.schema(
+            [(f, pa.float64()) for f in FEATURES]
+            + [("y", pa.float64()), ("site_note", pa.string()), ("code", pa.string())]
+        ),
+    ) as writer:
+        for start in range(0, rows, chunk):
+            n = min(chunk, rows - start)
+            x = rng.normal(size=(n, 5))
+            y = 0.5 + x @ np.array([1.0, -2.0, 0.5, 0.0, 3.0]) + rng.normal(size=n)
+            notes = rng.choice(np.array(["follow-up", "baseline visit", "lost"]), n)
+            codes = np.char.add("C", (np.arange(start, start + n) % 9973).astype(str))
+            columns = [pa.array(x[:, i]) for i in range(5)]
+            columns += [pa.array(y), pa.array(notes), pa.array(codes)]
+            writer.write_batch(
+                pa.RecordBatch.from_arrays(columns, names=[*FEATURES, "y", "site_note", "code"])
+            )
+
+
+def _study(folder: Path, files: dict[str, Path]) -> Path:
+    text = (
+        'name = "cohort"\napp = "linear-regression"\n'
+        f'[params]\ntarget = "y"\nfeatures = {json.dumps(FEATURES)}\n'
+    )
+    for site, path in files.items():
+        text += f'[[clients]]\nname = "{site}"\ndata = ["{path}"]\n'
+    study = folder / "study.toml"
+    study.write_text(text)
+    return study
+
+
+def _fedflow(folder: Path, study: Path, tag: str) -> tuple[float, dict]:
+    out = folder / f"run-{tag}"
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "fedflow.cli", "run", str(study), "--out", str(out), "-q"],
+        check=True,
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+    )
+    wall = time.perf_counter() - started
+    return wall, json.loads((out / "metrics.json").read_text())
+
+
+def regression(rows: int, repeat: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        files = {s: folder / f"{s}.csv" for s in SITES}
+        for seed, path in enumerate(files.values()):
+            _csv(path, rows, seed)
+        size = files["berlin"].stat().st_size
+        study = _study(folder, files)
+        pooled = [sys.executable, "-c", POOLED, ",".join(FEATURES), *map(str, files.values())]
+        fed, ref, rss, phases = [], [], [], {}
+        for i in range(repeat):
+            wall, metrics = _fedflow(folder, study, str(i))
+            fed.append(wall)
+            rss.extend(s["peak_rss_bytes"] for s in metrics["sites"].values())
+            phases = {p["name"]: p["seconds"] for p in metrics["phases"]}
+            started = time.perf_counter()
+            subprocess.run(pooled, check=True, stdout=subprocess.DEVNULL)
+            ref.append(time.perf_counter() - started)
+        needed = rows * (len(FEATURES) + 1) * 8
+        print(f"| 3 sites × {rows:,} rows CSV ({size / 1e6:.0f} MB each), linear-regression |")
+        print(f"| fedflow run: median {statistics.median(fed):.2f} s (runs {_list(fed)}) |")
+        print(
+            f"| pooled pandas + statsmodels: median {statistics.median(ref):.2f} s ({_list(ref)}) |"
+        )
+        print(f"| ratio of medians: {statistics.median(fed) / statistics.median(ref):.2f}× |")
+        print(
+            f"| phases of the last run: {', '.join(f'{k} {v:.2f} s' for k, v in phases.items())} |"
+        )
+        print(
+            f"| site peak RSS: median {statistics.median(rss) / 2**20:.0f} MiB, max "
+            f"{max(rss) / 2**20:.0f} MiB; needed columns as float64 {needed / 2**20:.0f} MiB |"
+        )
+
+
+def _list(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+def loader(rows: int, repeat: int) -> None:
+    from fedflow.node.data import open_files
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "site.csv"
+        _csv(path, rows, 0)
+        needed = [*FEATURES, "y"]
+
+        def ours() -> None:
+            open_files([path]).load(needed)
+
+        def ours_setup() -> None:
+            open_files([path])
+
+        def arrow() -> None:
+            pacsv.read_csv(path)
+
+        def pandas() -> None:
+            import pandas as pd
+
+            pd.read_csv(path)
+
+        timings: dict[str, list[float]] = {}
+        for _ in range(repeat):
+            for name, fn in (
+                ("fedflow open + load 6 columns", ours),
+                ("fedflow open only (Setup)", ours_setup),
+                ("pyarrow.csv.read_csv", arrow),
+                ("pandas.read_csv", pandas),
+            ):
+                started = time.perf_counter()
+                fn()
+                timings.setdefault(name, []).append(time.perf_counter() - started)
+        size = path.stat().st_size
+        print(f"| loader, one CSV of {rows:,} rows × 8 columns ({size / 1e6:.0f} MB) |")
+        for name, values in timings.items():
+            best = statistics.median(values)
+            print(f"| {name}: median {best:.2f} s, {rows / best / 1e6:.2f} M rows/s |")
+
+
+def parquet(rows: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        path = folder / "site.parquet"
+        rng = np.random.default_rng(0)
+        schema = pa.schema([(f, pa.float64()) for f in [*FEATURES, "y"]])
+        with pq.ParquetWriter(path, schema) as writer:
+            chunk = 1_000_000
+            for start in range(0, rows, chunk):
+                n = min(chunk, rows - start)
+                x = rng.normal(size=(n, 5))
+                y = x @ np.array([1.0, -2.0, 0.5, 0.0, 3.0]) + rng.normal(size=n)
+                writer.write_batch(
+                    pa.RecordBatch.from_arrays(
+                        [pa.array(x[:, i]) for i in range(5)] + [pa.array(y)],
+                        schema=schema,
+                    )
+                )
+        study = _study(folder, {"solo": path})
+        wall, metrics = _fedflow(folder, study, "0")
+        site = metrics["sites"]["solo"]
+        needed = rows * 6 * 8
+        phases = {p["name"]: p["seconds"] for p in metrics["phases"]}
+        print(
+            f"| one site × {rows:,} rows Parquet ({path.stat().st_size / 1e6:.0f} MB), six floats |"
+        )
+        print(
+            f"| wall {wall:.1f} s; phases {', '.join(f'{k} {v:.2f} s' for k, v in phases.items())} |"
+        )
+        print(
+            f"| site peak RSS {site['peak_rss_bytes'] / 2**20:.0f} MiB; needed columns as float64 "
+            f"{needed / 2**20:.0f} MiB |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["regression", "loader", "parquet"])
+    parser.add_argument("--rows", type=int)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    if args.what == "regression":
+        regression(args.rows or 1_000_000, args.repeat)
+    elif args.what == "loader":
+        loader(args.rows or 1_000_000, args.repeat)
+    else:
+        parquet(args.rows or 20_000_000)
+
+
+if __name__ == "__main__":
+    main()
