@@ -10,6 +10,9 @@ forced command on the analyst's key in ``authorized_keys``::
 
 The study marks the client ``managed = true`` and names the dataset. The original
 ``authorized_keys`` is restored after the module (the lab is shared by the package's tests).
+
+This module runs after test_ssh.py (its name sorts later), whose first test checks a fresh
+site's preparation; the venv it leaves behind is the one reused here.
 """
 
 from __future__ import annotations
