@@ -100,3 +100,15 @@ def test_dropping_any_value_from_either_side_is_a_mismatch(
     rebuilt = {k: v for k, v in flat.items() if k != drop}
     assert compare_results(rebuilt, flat).status == "mismatch"
     assert compare_results(flat, rebuilt).status == "mismatch"
+
+
+def test_a_star_in_a_tolerance_prefix_stands_for_any_one_key() -> None:
+    rules = {"": Tolerance(1e-3), "timeline.*.at_risk": Tolerance(0.0)}
+    fed = {"timeline": {"a": {"at_risk": [10, 9], "survival": [1.0, 0.9]}}}
+    ref = {"timeline": {"a": {"at_risk": [10, 9.0000001], "survival": [1.0, 0.9000001]}}}
+    comparison = compare_results(fed, ref, tolerances=rules)
+    by_path = {i.path: i for i in comparison.items}
+    assert not by_path["timeline.a.at_risk[1]"].match  # exact rule for every group's counts
+    assert (
+        by_path["timeline.a.survival[1]"].match and by_path["timeline.a.survival[1]"].rtol == 1e-3
+    )

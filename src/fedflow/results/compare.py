@@ -4,7 +4,7 @@
 paths: every value on either side is compared, and a value present on one side only is listed as
 missing there and counts as a mismatch — half an answer never matches. A pair of numbers matches
 when ``|fed - ref| <= atol + rtol * |ref|`` with the tolerance of the longest matching path prefix
-(``tolerances``; the ``""`` entry is the default); booleans, strings and None must be equal, NaN
+(``tolerances``; the ``""`` entry is the default; ``*`` in a prefix stands for any one key); booleans, strings and None must be equal, NaN
 matches only NaN. Each item records the tolerance actually applied.
 
 ``comparison.json`` stays proportional to what a person reads: a group of values under one key
@@ -152,12 +152,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _prefix_pattern(prefix: str) -> re.Pattern[str]:
+    """Return the regex of a tolerance prefix: ``*`` stands for one key (``timeline.*.at_risk``)."""
+    body = re.escape(prefix).replace(r"\*", r"[^.\[]+")
+    return re.compile(body + r"(?:$|[.\[])")
+
+
 def _tolerance_for(path: str, rules: Mapping[str, Tolerance]) -> Tolerance:
     best = ""
     for prefix in rules:
-        if len(prefix) > len(best) and (
-            path == prefix or path.startswith(prefix + ".") or path.startswith(prefix + "[")
-        ):
+        if len(prefix) > len(best) and _prefix_pattern(prefix).match(path):
             best = prefix
     return rules[best]
 
