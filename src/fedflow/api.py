@@ -22,13 +22,14 @@ from fedflow.study import Study, load_study, study_from_dict
 
 __all__ = ["Run", "run"]
 
-_RUN_OPTIONS = ("out", "force", "compare", "connectors", "observer")
+_RUN_OPTIONS = ("out", "force", "compare", "connectors", "observer", "trace")
 
 
 def run(study: str | Path | Study, *, progress: bool | None = None, **overrides: Any) -> Run:
     """Run a study given as a path or a ``Study`` and return the finished ``Run``.
 
-    Keyword arguments ``out``, ``force``, ``compare``, ``connectors`` and ``observer`` steer the run;
+    Keyword arguments ``out``, ``force``, ``compare``, ``trace`` (write ``trace.jsonl``: every
+    message the coordinator receives), ``connectors`` and ``observer`` steer the run;
     any other keyword replaces that top-level study key (``params={...}``, ``seed=1``,
     ``outdir="/tmp/runs"``) and is recorded in the manifest's ``command``. ``progress`` shows the
     sites and rounds on stderr (default: only when stderr is a terminal). A study with one site
@@ -50,7 +51,9 @@ def run(study: str | Path | Study, *, progress: bool | None = None, **overrides:
     command = ["fedflow.run", str(study.source or study.name)]
     command += [f"{key}={_shown(value)}" for key, value in overrides.items()]
     command += [
-        f"{key}={_shown(options[key])}" for key in ("out", "force", "compare") if key in options
+        f"{key}={_shown(options[key])}"
+        for key in ("out", "force", "compare", "trace")
+        if key in options
     ]
     for note in study_warnings(study):
         warnings.warn(note, UserWarning, stacklevel=2)

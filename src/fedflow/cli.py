@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--compare", action="store_true", help="check the result against the pooled analysis"
     )
+    run.add_argument(
+        "--trace",
+        action="store_true",
+        help="write trace.jsonl: every message the coordinator receives, decoded, in order",
+    )
     run.add_argument("--json", action="store_true", help="print result.json instead of tables")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -209,6 +214,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             out=args.out,
             force=args.force,
             compare=args.compare,
+            trace=args.trace,
             observer=observer,
             command=["fedflow", *args.argv],
         )

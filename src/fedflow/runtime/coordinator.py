@@ -33,6 +33,7 @@ from fedflow.errors import (
     SiteError,
 )
 from fedflow.results.rundir import RunDirectory
+from fedflow.results.trace import TraceWriter
 from fedflow.runtime.driver import Driver, Outcome
 from fedflow.runtime.observer import Observer
 from fedflow.wire import (
@@ -115,6 +116,7 @@ class Coordinator:
         seed: int | None = None,
         dropna: bool = False,
         max_rounds: int = 10_000,
+        trace: TraceWriter | None = None,
     ) -> None:
         ref = app if isinstance(app, str) else app.name
         instance = None if isinstance(app, str) else app
@@ -146,6 +148,8 @@ class Coordinator:
         self.seed = seed
         self.dropna = dropna
         self.codec = MessageCodec()
+        self.trace = trace
+        """Where every received message is recorded (``--trace``), or None."""
         for name in self.sites:
             self.metrics["sites"][name] = {"bytes_to_site": 0, "bytes_from_site": 0}
 
@@ -342,6 +346,11 @@ class Coordinator:
             reply = self.codec.decode(raw)
         except RemoteProtocolError as exc:
             raise RemoteProtocolError(exc.message, site=name) from None
+        if self.trace is not None:
+            task = message if isinstance(message, Task) else None
+            self.trace.record(
+                name, reply, round=task.round if task else None, phase=task.phase if task else None
+            )
         if isinstance(reply, Failure):
             raise _failure_error(reply, name)
         if not isinstance(reply, expect):

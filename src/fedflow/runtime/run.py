@@ -27,6 +27,7 @@ from fedflow.connectors.base import Connector
 from fedflow.errors import StudyError
 from fedflow.results.run import Run
 from fedflow.results.rundir import RunDirectory, json_ready, utc_now, write_toml
+from fedflow.results.trace import TRACE_FILE, TraceWriter
 from fedflow.runtime.coordinator import Coordinator
 from fedflow.runtime.observer import Observer
 from fedflow.study import Study
@@ -146,9 +147,11 @@ async def arun_study(
     connectors: Mapping[str, Connector] | None = None,
     observer: Observer | None = None,
     command: list[str] | None = None,
+    trace: bool = False,
 ) -> Run:
     """Run ``study`` and return the Run. Raises the run's error after writing its directory
-    (the exception carries ``run_dir``)."""
+    (the exception carries ``run_dir``). ``trace`` writes ``trace.jsonl``: every message the
+    coordinator receives, decoded, in order, with its site, round and phase."""
     observer = observer or Observer()
     app = check_study(study, compare=compare)
     started = time.perf_counter()
@@ -232,6 +235,7 @@ async def arun_study(
                 min_count=study.min_count,
                 seed=study.seed,
                 dropna=study.dropna,
+                trace=TraceWriter(rd.path / TRACE_FILE) if trace else None,
             )
             outcome = await coordinator.run()
             run.params = app.params_to_dict(outcome.params)
