@@ -1,0 +1,46 @@
+"""Secure aggregation: the coordinator learns only the sum over sites, exactly.
+
+A sans-I/O core (no sockets, files or processes; it imports only ``fedflow.errors``):
+
+- ``protocol``: Bonawitz et al. (2017) for an honest-but-curious coordinator — X25519 key
+  agreement, ChaCha20 masks, Shamir-shared self-mask seeds and mask keys so that the survivors
+  can unmask a site that dropped after sending its keys, sealed (ChaCha20-Poly1305) shares bound
+  to session, round, sender and recipient;
+- ``fixedpoint``: exact fixed-point encodings of float64 values (and their products) in a ring
+  wide enough that the sum over sites loses no digit, and a clipped 64-bit ring for training;
+- ``shamir``: secret sharing over GF(2^521 − 1); ``ring``: vectors in Z/2^(64·limbs).
+
+Not yet wired into the apps or the study (``secure = true``): see docs/secure-aggregation.md.
+"""
+
+from __future__ import annotations
+
+from fedflow.secure.errors import EncodingError, SecureAggregationError, ShareError
+from fedflow.secure.fixedpoint import Clipped64, FixedPoint, exponent_range
+from fedflow.secure.protocol import (
+    CoordinatorAggregation,
+    Keys,
+    Masked,
+    Reveal,
+    Session,
+    Shares,
+    SiteAggregation,
+    Unmask,
+)
+
+__all__ = [
+    "Clipped64",
+    "CoordinatorAggregation",
+    "EncodingError",
+    "FixedPoint",
+    "Keys",
+    "Masked",
+    "Reveal",
+    "SecureAggregationError",
+    "Session",
+    "ShareError",
+    "Shares",
+    "SiteAggregation",
+    "Unmask",
+    "exponent_range",
+]

@@ -1,0 +1,221 @@
+"""Fixed-point encodings of float64 values in Z/2^k, for masking and exact summation.
+
+``FixedPoint`` (exact, for analytics): every value is an integer multiple of 2^lsb with
+|value| < 2^msb, so value·2^(−lsb) is an integer of at most msb − lsb bits. The ring has
+k = 64·limbs ≥ msb − lsb + bitlen(terms) + 1 bits, so the sum of ``terms`` encoded values never
+wraps: the decoded sum is the exact rational sum, and its float64 is the correctly rounded one.
+Any float64 is a multiple of 2^−1074 below 2^1024, so ``FixedPoint.full(terms)`` holds every
+float64 exactly and reveals nothing (33 limbs for up to 1000 sites: 264 bytes a value); ``FixedPoint.agree`` takes the
+union of ranges the sites announce in the clear (two exponents per vector: the place of the
+largest and of the finest bit, i.e. each site's magnitude within a factor of two and its
+resolution) for a ring of typically 2 limbs. The product of two values of ranges (lsb₁, msb₁)
+and (lsb₂, msb₂) is exact in range (lsb₁ + lsb₂, msb₁ + msb₂) (``FixedPoint.product``): a float64
+times a float64 has at most 106 significant bits, and their sum over rows and sites is exact too.
+
+``Clipped64`` (for training, large vectors): values clipped to [−clip, clip], rounded to multiples
+of 2^−frac in the 64-bit ring. Error bound of a decoded sum of n values that were within the clip
+range: n·2^−(frac+1) (each value rounds by at most half a unit); clipped values add their excess.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from fedflow.secure import ring
+from fedflow.secure.errors import EncodingError
+
+__all__ = ["Clipped64", "FixedPoint", "exponent_range"]
+
+FLOAT64_LSB = -1074
+"""Every finite float64 is an integer multiple of 2^−1074 (the smallest subnormal)."""
+FLOAT64_MSB = 1024
+"""Every finite float64 is below 2^1024 in magnitude."""
+
+
+def _split(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (mantissa, exponent) with values = mantissa·2^exponent exactly, |mantissa| < 2^53,
+    mantissa odd (or zero: exponent 0)."""
+    fraction, exponent = np.frexp(values)
+    mantissa = np.ldexp(fraction, 53).astype(np.int64)  # exact: 53 significant bits at most
+    exponent = exponent.astype(np.int64) - 53
+    nonzero = mantissa != 0
+    magnitude = np.abs(mantissa)
+    # strip trailing zero bits so that the exponent is the place of the lowest set bit
+    low = magnitude & -magnitude
+    shift = np.zeros_like(exponent)
+    shift[nonzero] = np.log2(low[nonzero].astype(np.float64)).astype(np.int64)
+    mantissa = np.where(nonzero, mantissa >> shift, 0)
+    exponent = np.where(nonzero, exponent + shift, 0)
+    return mantissa, exponent
+
+
+def exponent_range(values: np.ndarray | Iterable[float]) -> tuple[int, int]:
+    """Return (lsb, msb): every value is a multiple of 2^lsb and below 2^msb in magnitude (the
+    tightest such pair; (0, 0) for all zeros). Raises EncodingError for NaN or infinity."""
+    array = np.asarray(values, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(array)):
+        raise EncodingError("cannot encode NaN or infinity for secure aggregation")
+    mantissa, exponent = _split(array)
+    nonzero = mantissa != 0
+    if not nonzero.any():
+        return 0, 0
+    lsb = int(exponent[nonzero].min())
+    _, top = np.frexp(array[nonzero])
+    return lsb, int(top.max())
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """Exact encoding of values that are multiples of 2^lsb below 2^msb; sums of up to ``terms``
+    of them decode exactly."""
+
+    lsb: int
+    msb: int
+    terms: int
+
+    def __post_init__(self) -> None:
+        if self.msb < self.lsb or self.terms < 1:
+            raise ValueError("need lsb <= msb and terms >= 1")
+
+    @classmethod
+    def full(cls, terms: int) -> FixedPoint:
+        """Every finite float64, exactly, whatever the data (reveals no range; 33 limbs)."""
+        return cls(FLOAT64_LSB, FLOAT64_MSB, terms)
+
+    @classmethod
+    def agree(cls, ranges: Iterable[tuple[int, int]], terms: int) -> FixedPoint:
+        """The smallest encoding that holds every announced (lsb, msb) range."""
+        ranges = list(ranges)
+        lsb = min(r[0] for r in ranges)
+        return cls(lsb, max(lsb, *(r[1] for r in ranges)), terms)
+
+    def product(self, other: FixedPoint) -> FixedPoint:
+        """The encoding of products of a value of ``self`` and one of ``other``."""
+        return FixedPoint(self.lsb + other.lsb, self.msb + other.msb, max(self.terms, other.terms))
+
+    @property
+    def bits(self) -> int:
+        """Bits of the ring: room for the sum of ``terms`` values and the sign."""
+        return self.msb - self.lsb + self.terms.bit_length() + 1
+
+    @property
+    def limbs(self) -> int:
+        """64-bit words per value."""
+        return -(-self.bits // 64)
+
+    def _refuse(self, index: int, value: object, why: str) -> EncodingError:
+        return EncodingError(
+            f"value {value!r} at position {index} {why} of the agreed secure-aggregation range "
+            f"(multiples of 2^{self.lsb} below 2^{self.msb})"
+        )
+
+    def encode(self, values: np.ndarray | Sequence[float | int | Fraction]) -> np.ndarray:
+        """Return the values as a ring vector of ``limbs`` words each.
+
+        Takes a float array (vectorised) or a sequence of ints and Fractions (exact products).
+        Raises EncodingError naming the first value that is not finite, too large, or finer
+        than 2^lsb.
+        """
+        if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+            return self._encode_floats(values.astype(np.float64, copy=False).ravel())
+        ints = []
+        scale = Fraction(2) ** -self.lsb
+        for i, value in enumerate(values):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise self._refuse(i, value, "is not finite: outside")
+            exact = Fraction(value) * scale
+            if exact.denominator != 1:
+                raise self._refuse(i, value, "has bits finer than the resolution")
+            if abs(exact.numerator) >= 1 << (self.msb - self.lsb):
+                raise self._refuse(i, value, "lies outside")
+            ints.append(exact.numerator)
+        return ring.from_ints(ints, self.limbs)
+
+    def _encode_floats(self, values: np.ndarray) -> np.ndarray:
+        limbs, n = self.limbs, values.shape[0]
+        bad = ~np.isfinite(values)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise self._refuse(i, float(values[i]), "is not finite: outside")
+        _, top = np.frexp(values)
+        big = (top > self.msb) & (values != 0)
+        if big.any():
+            i = int(np.argmax(big))
+            raise self._refuse(i, float(values[i]), "lies outside")
+        mantissa, exponent = _split(values)
+        fine = (exponent < self.lsb) & (mantissa != 0)
+        if fine.any():
+            i = int(np.argmax(fine))
+            raise self._refuse(i, float(values[i]), "has bits finer than the resolution")
+        shift = np.where(mantissa != 0, exponent - self.lsb, 0)
+        magnitude = np.abs(mantissa).astype(np.uint64)
+        word, offset = shift // 64, (shift % 64).astype(np.uint64)
+        out = ring.zeros(n, limbs)
+        rows = np.arange(n)
+        out[rows, word] = magnitude << offset
+        spill = (offset > 0) & (word + 1 < limbs)
+        high = magnitude[spill] >> (np.uint64(64) - offset[spill])
+        out[rows[spill], word[spill] + 1] = high
+        negative = mantissa < 0
+        if negative.any():
+            out[negative] = ring.neg(out[negative])
+        return out
+
+    def decode(self, vector: np.ndarray) -> list[Fraction]:
+        """Return the exact rational values of a ring vector (e.g. the unmasked sum)."""
+        scale = Fraction(2) ** self.lsb
+        return [Fraction(v) * scale for v in ring.to_ints(vector)]
+
+    def decode_float(self, vector: np.ndarray) -> np.ndarray:
+        """Return the values as float64, each the correctly rounded value of the exact sum
+        (±inf beyond the float64 range)."""
+        out = np.empty(vector.shape[0], dtype=np.float64)
+        for i, v in enumerate(ring.to_ints(vector)):
+            if v == 0:
+                out[i] = 0.0
+            elif v.bit_length() <= 53 and v.bit_length() + self.lsb > -1021:
+                out[i] = math.ldexp(float(v), self.lsb)  # exact: no rounding at all
+            else:
+                try:
+                    out[i] = float(Fraction(v) * Fraction(2) ** self.lsb)  # correctly rounded
+                except OverflowError:
+                    out[i] = math.inf if v > 0 else -math.inf
+        return out
+
+
+@dataclass(frozen=True)
+class Clipped64:
+    """Values clipped to [−clip, clip] and rounded to multiples of 2^−frac, in Z/2^64, for sums
+    of up to ``terms`` values. ``frac`` is the largest that cannot overflow: terms·clip·2^frac
+    < 2^63."""
+
+    clip: float
+    terms: int
+
+    @property
+    def frac(self) -> int:
+        """Fractional bits."""
+        return 62 - math.ceil(math.log2(self.terms * self.clip))
+
+    @property
+    def error_bound(self) -> float:
+        """Largest error of a decoded sum of ``terms`` values that lay within the clip range."""
+        return self.terms * 2.0 ** -(self.frac + 1)
+
+    def encode(self, values: np.ndarray) -> tuple[np.ndarray, int]:
+        """Return (ring vector of 1 limb, how many values were clipped). NaN is refused."""
+        array = np.asarray(values, dtype=np.float64).ravel()
+        if np.isnan(array).any():
+            raise EncodingError("cannot encode NaN for secure aggregation")
+        clipped = int(np.count_nonzero(np.abs(array) > self.clip))
+        scaled = np.rint(np.ldexp(np.clip(array, -self.clip, self.clip), self.frac))
+        return scaled.astype(np.int64).view(np.uint64).reshape(-1, 1), clipped
+
+    def decode(self, vector: np.ndarray) -> np.ndarray:
+        """Return the float64 values of a ring vector (a sum of at most ``terms`` encodings)."""
+        return np.ldexp(vector.reshape(-1).view(np.int64).astype(np.float64), -self.frac)

@@ -1,0 +1,80 @@
+"""Vectors in the ring Z/2^k, k = 64·limbs, as numpy uint64 arrays, and the mask generator.
+
+A vector of ``n`` ring elements is a C-contiguous ``(n, limbs)`` uint64 array, least significant
+limb first. ``limbs == 1`` is the plain 64-bit ring (numpy's wrap-around is the modular
+addition); wider rings propagate carries limb by limb. ``expand`` turns a 32-byte seed into mask
+words with ChaCha20 (a keystream under the seed as key): the same seed gives the same mask at
+every party, and without the seed the mask is indistinguishable from uniform.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+__all__ = ["add", "expand", "from_ints", "neg", "sub", "to_ints", "zeros"]
+
+_NONCE = bytes(16)  # ChaCha20 in `cryptography`: 4-byte counter + 12-byte nonce, both zero
+
+
+def zeros(n: int, limbs: int) -> np.ndarray:
+    """Return ``n`` zeros of Z/2^(64·limbs)."""
+    return np.zeros((n, limbs), dtype=np.uint64)
+
+
+def expand(seed: bytes, n: int, limbs: int) -> np.ndarray:
+    """Return ``n`` pseudo-random elements of Z/2^(64·limbs) from the 32-byte ``seed``.
+
+    Each seed must serve one purpose only (the caller derives it with HKDF for that purpose);
+    the keystream starts at counter 0.
+    """
+    if len(seed) != 32:
+        raise ValueError("a mask seed has 32 bytes")
+    size = n * limbs * 8
+    encryptor = Cipher(algorithms.ChaCha20(seed, _NONCE), mode=None).encryptor()
+    stream = encryptor.update(bytes(size))
+    return np.frombuffer(stream, dtype="<u8").astype(np.uint64, copy=False).reshape(n, limbs).copy()
+
+
+def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Return a + b in Z/2^(64·limbs) (new array)."""
+    out = a + b  # wraps modulo 2^64 per limb
+    if a.shape[1] == 1:
+        return out
+    carry = (out < a).astype(np.uint64)
+    for i in range(1, a.shape[1]):
+        column = out[:, i] + carry[:, i - 1]
+        # a carry out of limb i: from the limb sum itself, or from adding the incoming carry
+        carry[:, i] |= (column < out[:, i]).astype(np.uint64)
+        out[:, i] = column
+    return out
+
+
+def neg(a: np.ndarray) -> np.ndarray:
+    """Return −a in Z/2^(64·limbs): the two's complement (~a + 1)."""
+    one = zeros(a.shape[0], a.shape[1])
+    one[:, 0] = 1
+    return add(~a, one)
+
+
+def sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Return a − b in Z/2^(64·limbs)."""
+    return add(a, neg(b))
+
+
+def from_ints(values: list[int], limbs: int) -> np.ndarray:
+    """Return Python ints (any sign) reduced modulo 2^(64·limbs), as a ring vector."""
+    modulus = 1 << (64 * limbs)
+    raw = b"".join((v % modulus).to_bytes(8 * limbs, "little") for v in values)
+    return np.frombuffer(raw, dtype="<u8").astype(np.uint64).reshape(len(values), limbs)
+
+
+def to_ints(a: np.ndarray, *, signed: bool = True) -> list[int]:
+    """Return the elements as Python ints: in [−2^(k−1), 2^(k−1)) if ``signed``, else [0, 2^k)."""
+    limbs = a.shape[1]
+    raw = np.ascontiguousarray(a, dtype="<u8").tobytes()
+    width = 8 * limbs
+    return [
+        int.from_bytes(raw[i : i + width], "little", signed=signed)
+        for i in range(0, len(raw), width)
+    ]
