@@ -181,6 +181,11 @@ def _run(study: Path, out: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _listing(folder: Path) -> dict[str, float]:
+    """Every path below ``folder`` with its modification time (what a run could have written)."""
+    return {str(p): p.stat().st_mtime for p in folder.rglob("*")} if folder.exists() else {}
+
+
 # -- (a) a managed site runs a study --------------------------------------------------------------
 
 
@@ -190,6 +195,8 @@ def test_managed_site_gives_the_same_result_as_the_data_run_locally(
     local = _study(tmp_path / "local", {"name": "berlin", "data": ["berlin.csv"]})
     shutil.copy(QUICKSTART / "berlin.csv", tmp_path / "local" / "berlin.csv")
     remote = _study(tmp_path / "managed", managed.client())
+    workdir = managed.site.home / ".fedflow"
+    before = _listing(workdir)
     here = _run(local, tmp_path / "run-local")
     there = _run(remote, tmp_path / "run-managed")
     assert here.returncode == 0, here.stderr
@@ -201,8 +208,8 @@ def test_managed_site_gives_the_same_result_as_the_data_run_locally(
     assert str(managed.site.home) not in manifest  # the coordinator never learns the site's paths
     log = (tmp_path / "run-managed" / "logs" / "berlin.log").read_text()
     assert "defended site" in log and f"min_count at least {FLOOR}" in log
-    # nothing was provisioned or staged for the managed site: no run folder, no data copy
-    assert not (managed.site.home / ".fedflow" / "ssh-tests" / "data" / "berlin.csv").exists()
+    # nothing was provisioned or staged for the managed site: its study folders are untouched
+    assert _listing(workdir) == before
     entries = [json.loads(x) for x in managed.audit.read_text().splitlines()]
     ours = [e for e in entries if e.get("study") == "breast-cancer" and e["outcome"] == "released"]
     assert ours and all(e["mode"] == "defended" and e["dataset"] == "cohort" for e in ours)
