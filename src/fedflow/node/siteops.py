@@ -14,7 +14,7 @@ from pathlib import Path
 from fedflow.apps import available_apps
 from fedflow.errors import PolicyError
 from fedflow.node.audit import verify
-from fedflow.node.data import read_table
+from fedflow.node.databases import open_dataset
 from fedflow.node.siteconfig import approved_store, config_file, load_config, source_hash
 
 __all__ = ["approve", "check", "show_log"]
@@ -45,17 +45,16 @@ def check(path: Path | None = None) -> str:
     if not config.datasets:
         lines.append("datasets: none (a bare agent refuses every study)")
     for name, dataset in sorted(config.datasets.items()):
-        loaded = read_table(dataset.paths, site=name, **dataset.reading())
-        offered = dataset.columns if dataset.columns is not None else loaded.table.columns
-        absent = [c for c in offered if c not in loaded.table]
+        source = open_dataset(dataset, site=name)  # files or a query, as a run opens it
+        held = source.columns
+        offered = list(dataset.columns) if dataset.columns is not None else held
+        absent = [c for c in offered if c not in held]
         if absent:
             raise PolicyError(
-                f"{path}: dataset '{name}' lists column(s) not in its files: {', '.join(absent)}"
+                f"{path}: dataset '{name}' lists column(s) not in its source: {', '.join(absent)}"
             )
-        lines.append(
-            f"dataset {name}: {loaded.table.n_rows} rows in "
-            f"{', '.join(f.name for f in loaded.files)}; columns {', '.join(offered)}"
-        )
+        where = ", ".join(f.name for f in source.files) if dataset.query is None else "a query"
+        lines.append(f"dataset {name}: {source.rows} rows in {where}; columns {', '.join(offered)}")
     return "\n".join(lines)
 
 
