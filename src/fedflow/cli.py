@@ -204,6 +204,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     study = load_study(args.study)
     if args.debug:
         study.debug.verbose = True
+    for notice in study.notices:
+        print(f"fedflow: note: {notice}", file=sys.stderr)
     for warning in study_warnings(study):
         print(f"fedflow: warning: {warning}", file=sys.stderr)
     err = Console(stderr=True)
@@ -266,7 +268,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     report = validate_study(args.study)
     for line in report.lines:
         console.print(line)
-    for warning in study_warnings(load_study(args.study)):
+    loaded = load_study(args.study)
+    for notice in loaded.notices:
+        print(f"fedflow: note: {notice}", file=sys.stderr)
+    for warning in study_warnings(loaded):
         print(f"fedflow: warning: {warning}", file=sys.stderr)
     console.print(
         f"[green]✓[/green] {args.study} is valid"
@@ -306,6 +311,13 @@ def _cmd_apps(args: argparse.Namespace) -> int:
             continue
         doc = (type(app).__doc__ or "").strip().splitlines()[0] if type(app).__doc__ else ""
         print(f"{name:22} {doc}")
+    from fedflow.study.original import TWINS, UNTWINNED
+
+    print('FeatureCloud twins (a study\'s tool = "<FeatureCloud app>" runs the native app):')
+    for tool, twin in sorted(TWINS.items()):
+        print(f"{tool:22} → {twin} (reads the app's config.yml from the data list)")
+    for tool, instead in sorted(UNTWINNED.items()):
+        print(f"{tool:22} no twin yet: write {instead}")
     return 0
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from fedflow.apps import available_apps, get_app
 from fedflow.errors import AppError, StudyError
+from fedflow.study.original import translate_original
 from fedflow.study.schema import Client, Debug, Study
 
 __all__ = ["load_study", "study_from_dict"]
@@ -48,6 +49,8 @@ def study_from_dict(
     data = dict(raw)
     if source is not None and not data.get("name"):
         data["name"] = source.stem
+    folder = source.parent if source is not None else Path.cwd()
+    data, notices = translate_original(data, folder, label)
     try:
         study = Study.model_validate(data)
     except ValidationError as exc:
@@ -55,6 +58,7 @@ def study_from_dict(
     _check_params(study, label)
     study.source = source
     study.source_text = text
+    study.notices = notices
     if not study.name:
         study.name = "study"
     if study.sim:

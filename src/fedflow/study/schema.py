@@ -29,6 +29,17 @@ class Debug(_Strict):
     """Leave the study's working folder on remote sites after the run (default: it is kept only
     for data and the prepared environment; run files are removed)."""
 
+    # -- keys of the original fedflow's [debug] (see docs/original-fedflow.md) -----------------
+    timeout: int | None = Field(default=None, gt=0)
+    """The original's seconds to wait for the whole run to finish; fedflow uses it as the
+    study's ``timeout`` when the study sets none (see ``fedflow.study.original``)."""
+    nodeps: bool | None = None
+    """The original's ``pip install --no-deps`` on each VM: no effect here (a notice says so)."""
+    reinstall: bool | None = None
+    """The original's ``pip install --force-reinstall`` on each VM: no effect here."""
+    vmonly: bool | None = None
+    """The original's "launch the Vagrant VMs and exit": no effect here (no VMs)."""
+
 
 class Client(_Strict):
     """One ``[[clients]]`` entry: a site. Without ``hostname`` it is a local site."""
@@ -157,6 +168,8 @@ class Study(_Strict):
     # Where the study came from (set by the loader, not by the file).
     source: Path | None = Field(default=None, exclude=True)
     source_text: str | None = Field(default=None, exclude=True, repr=False)
+    notices: list[str] = Field(default_factory=list, exclude=True, repr=False)
+    """What the loader did with keys of the original fedflow (set by the loader, shown by the CLI)."""
 
     @model_validator(mode="after")
     def _check(self) -> Study:
