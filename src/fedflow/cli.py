@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fedflow._version import __version__
 from fedflow.errors import ComparisonMismatch, ExitCode, FedflowError, StudyError, exit_code
@@ -426,7 +426,9 @@ def _cmd_split(args: argparse.Namespace) -> int:
         raise StudyError("--label is for --dirichlet ALPHA")
     if args.sizes and (args.by or args.dirichlet is not None):
         raise StudyError("--sizes is for --iid splits")
-    mode = "by" if args.by else "dirichlet" if args.dirichlet is not None else "iid"
+    mode: Literal["iid", "by", "dirichlet"] = (
+        "by" if args.by else "dirichlet" if args.dirichlet is not None else "iid"
+    )
     done = split_file(
         args.data,
         args.out,
