@@ -267,6 +267,7 @@ def test_a_postgres_dsn_comes_from_the_sites_environment(
         "x,y\r1,2\r3,4\r",
         "x,y\n" + "1,2\n" * 70000 + "\n" * 5 + "3,4",
     ],
+    ids=["lf", "no-final-newline", "crlf-blank", "blank-lines", "quoted-newline", "cr-only", "70k"],
 )
 def test_rows_counted_while_hashing_match_the_csv_reader(tmp_path: Path, text: str) -> None:
     import csv
