@@ -138,7 +138,9 @@ class Table:
             return np.empty((self._n, 0))
         return np.column_stack(cols)
 
-    def batches(self, names: Sequence[str] | None = None, rows: int = BATCH_ROWS) -> Iterator[Table]:
+    def batches(
+        self, names: Sequence[str] | None = None, rows: int = BATCH_ROWS
+    ) -> Iterator[Table]:
         """Yield the table (or only ``names``) in consecutive slices of at most ``rows`` rows.
 
         Apps whose site step is a reduction iterate over batches, so their memory does not grow

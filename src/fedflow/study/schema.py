@@ -105,7 +105,7 @@ class Client(_Strict):
     @model_validator(mode="after")
     def _dataset_or_data(self) -> Client:
         if self.dataset is not None and self.data:
-            raise ValueError("give either dataset = \"…\" or data = [...], not both")
+            raise ValueError('give either dataset = "…" or data = [...], not both')
         if self.managed and self.hostname is None:
             raise ValueError("managed = true is for remote sites: set hostname")
         if self.managed and self.data:
