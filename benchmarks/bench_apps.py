@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from fedflow.apps import App, Continue, Done, Params, Table
+from fedflow.apps import App, Continue, Done, Params, Payload, Phase, Table
 
 
 class EchoParams(Params, frozen=True):
@@ -15,25 +15,31 @@ class EchoParams(Params, frozen=True):
     size: int = 8
 
 
+class Vector(Payload, frozen=True):
+    v: np.ndarray
+
+
 class Echo(App[EchoParams]):
     """Each round every site returns a small vector (its row count repeated): pure overhead."""
 
-    name = "bench_apps:Echo"
+    name = "echo"
     Params = EchoParams
+    phases = {"echo": Phase(Vector, Vector)}
+
+    def columns(self, params: EchoParams) -> dict[str, Any]:
+        return {}
 
     def start(self, params: EchoParams, ctx: Any) -> Continue:
-        return Continue({"v": np.zeros(params.size)})
+        return Continue("echo", Vector(v=np.zeros(params.size)))
 
-    def local(
-        self, data: Table, params: EchoParams, payload: dict[str, Any], ctx: Any
-    ) -> dict[str, Any]:
-        return {"v": np.full(params.size, float(data.n_rows))}
+    def local_echo(self, data: Table, params: EchoParams, request: Vector, ctx: Any) -> Vector:
+        return Vector(v=np.full(params.size, float(data.n_rows)))
 
-    def aggregate(self, replies: Mapping[str, Any], params: EchoParams, ctx: Any) -> Any:
-        total = sum(np.asarray(r["v"]) for r in replies.values())
+    def aggregate_echo(self, replies: Mapping[str, Vector], params: EchoParams, ctx: Any) -> Any:
+        total = sum(r.v for r in replies.values())
         if ctx.round < params.rounds:
-            return Continue({"v": total})
-        return Done({"rounds": ctx.round, "total": float(total[0])})
+            return Continue("echo", Vector(v=np.asarray(total)))
+        return Done({"rounds": ctx.round, "total": float(np.asarray(total)[0])})
 
     def centralized(self, pooled: Any, params: EchoParams) -> dict[str, Any]:
         return {"rounds": params.rounds}

@@ -463,6 +463,22 @@ def load_approved_app(store: Path, code_hash: str, class_name: str) -> App[Any]:
     return cls()
 
 
+def warm_up() -> None:
+    """Run the data path once on a tiny in-memory file, so the lazy imports and kernels it
+    needs (pyarrow's CSV reader and compute functions, numpy conversions) are loaded before a
+    process forks its sites."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from fedflow.node.data import type_strings
+
+    table = pacsv.read_csv(io.BytesIO(b"a,b\n1,x\n2.5,NA\n"))
+    for name in table.column_names:
+        type_strings(table.column(name).cast(pa.string()).combine_chunks())
+
+
 def tighten(
     config: SiteConfig, *, allow: Sequence[str] | None, min_count: int | None
 ) -> SiteConfig:

@@ -186,6 +186,9 @@ class Coordinator:
 
     async def _open(self) -> dict[str, SiteInfo]:
         obs, driver = self.observer, self.driver
+        # the coordinator's statistics (p-values: scipy.stats, a second or more to import) load
+        # in a thread while the sites start and load their data, so no round carries the import
+        warm = asyncio.ensure_future(asyncio.to_thread(importlib.import_module, "scipy.stats"))
         with self._phase("start sites"):
             obs.phase("starting sites")
             await self._each(self._start)
@@ -193,9 +196,6 @@ class Coordinator:
             await self._each(self._stage)
         with self._phase("handshake"):
             obs.phase("handshake")
-            # the coordinator's statistics (p-values) load while the sites load their data,
-            # so no round's timing carries a one-time import
-            warm = asyncio.ensure_future(asyncio.to_thread(importlib.import_module, "scipy.stats"))
             welcomes = await self._exchange(
                 {
                     n: Hello(protocol=PROTOCOL_VERSION, version=__version__, site=n)
@@ -228,7 +228,6 @@ class Coordinator:
             for name, ready in readies.items():
                 self.sites[name].ready = ready
                 obs.site(name, "loaded", f"{ready.rows} rows")
-            await warm
         infos = {
             n: SiteInfo(n, s.ready.rows, {c.name: c.dtype for c in s.ready.columns})
             for n, s in self.sites.items()
@@ -245,6 +244,7 @@ class Coordinator:
                 self.sites[name].rows_used = reply.rows
                 infos[name] = SiteInfo(name, reply.rows, infos[name].columns)
                 obs.site(name, "ready", f"{reply.rows} rows")
+        await warm
         return infos
 
     async def _run(self) -> Outcome:
