@@ -272,7 +272,7 @@ def _from_wire(kind: type, value: Any) -> Any:
         if isinstance(value, np.ndarray):
             return value
         raise msgspec.ValidationError(f"Expected `array`, got `{type(value).__name__}`")
-    raise NotImplementedError(f"no decoder for {kind!r}")
+    raise TypeError(f"no decoder for {kind!r}")  # msgspec reports it as a validation error
 
 
 def encode_payload(payload: Payload) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import glob
 import hashlib
 import io
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +126,7 @@ def column_kind(array: np.ndarray) -> str:
 
 
 # -- sources ---------------------------------------------------------------------------------
-class Source:
+class Source(ABC):
     """What a site serves, opened at ``Setup``: fingerprints, rows, column names and kinds.
 
     ``load(names)`` reads those columns (at ``Prepare``); nothing else is held in between.
@@ -161,8 +162,9 @@ class Source:
             exc.site = self.site
             raise
 
+    @abstractmethod
     def _load(self, names: list[str]) -> LoadedData:
-        raise NotImplementedError
+        """Return the named columns, checked and typed."""
 
 
 class MemorySource(Source):
@@ -194,14 +196,15 @@ Piece: TypeAlias = "Typed | pa.Array"
 """One file's part of a column: typed, or text cells (a pyarrow string array) typed when merged."""
 
 
-class _File:
+class _File(ABC):
     """One data file: fingerprint, column names and kinds, and how to read some columns."""
 
     fingerprint: FileFingerprint
     kinds: dict[str, str]
 
+    @abstractmethod
     def read(self, names: list[str]) -> dict[str, Piece]:
-        raise NotImplementedError
+        """Return the named columns' pieces."""
 
     def strings(self, name: str) -> pa.Array | None:
         """The column's raw text cells when it must be typed as text with other files."""
