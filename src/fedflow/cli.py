@@ -270,9 +270,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for table in result_tables(run.result, app=run.app):
             out.print(table)
         for note in run.notes:
-            out.print(f"note: {note}", style="yellow")
+            out.print(f"note: {note}", style="yellow", soft_wrap=True)
         if run.comparison is not None:
-            out.print(comparison_line(run.comparison), style="green" if run.matches else "bold red")
+            style = "green" if run.matches else "bold red"
+            out.print(comparison_line(run.comparison), style=style, soft_wrap=True)  # one line
         print(run.dir)
     if mismatch is not None:
         print(f"fedflow: error: {mismatch}", file=sys.stderr)
