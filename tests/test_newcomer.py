@@ -17,7 +17,7 @@ import pytest
 
 import fedflow as fedflow_api
 from fedflow.apps.linear import LinearRegression
-from tests.helpers import copy_quickstart, fedflow, write_study
+from tests.helpers import ROOT, copy_quickstart, fedflow, write_study
 
 
 def closed_port() -> int:
@@ -123,22 +123,29 @@ def test_force_over_an_unwritable_logs_folder_is_bad_input(tmp_path: Path) -> No
 def test_an_interrupted_run_is_recorded_and_its_sites_end(
     tmp_path: Path, signum: int, code: int
 ) -> None:
-    study = linear_study(tmp_path)
-    os.mkfifo(tmp_path / "slow.csv")  # the site blocks opening it: a run that never finishes
-    study.write_text(study.read_text().replace('"vienna.csv"', '"slow.csv"'))
+    copy_quickstart(tmp_path)
+    # vienna hangs in its first round (a test plug-in): a run that never finishes by itself
+    body = 'app = "tests.plugins:Faulty"\ntimeout = 120\n[params]\nmode = "hang"\nround = 1\n'
+    study = write_study(
+        tmp_path, body, {"berlin": "berlin.csv", "vienna": "vienna.csv"}, name="hang.toml"
+    )
     out = tmp_path / "run"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     proc = subprocess.Popen(
         [sys.executable, "-m", "fedflow", "run", str(study), "--out", str(out), "-q", "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     log = out / "logs" / "vienna.log"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and "coordinator says hello" not in (
+    while time.monotonic() < deadline and "prepared app" not in (
         log.read_text() if log.exists() else ""
     ):
         time.sleep(0.05)
+    time.sleep(0.2)  # the round's task is on its way: the site is now busy in it
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr
