@@ -55,8 +55,8 @@ def test_create_prints_project_and_one_token_per_participant(fcauto: Run, web: F
 
 def test_join_query_prep_reset(fcauto: Run, web: FakeWeb) -> None:
     pid, (token,) = create(fcauto)
-    code, out, _ = fcauto("join", "-u", "bob", "-t", token, "-p", str(pid))
-    assert code == 0 and f"bob joined project {pid}" in out
+    code, out, _err = fcauto("join", "-u", "bob", "-t", token, "-p", str(pid))
+    assert code == 0 and f"bob joined project {pid}" in out, _err
     code, out, _ = fcauto("query", "-u", "bob", "-p", str(pid))
     assert (code, out) == (0, "ready\n")
     code, out, _ = fcauto("prep", "-u", "alice", "-p", str(pid), "--json")
