@@ -248,7 +248,7 @@ def _serve_one_study(site: Path, tmp_path: Path) -> None:
         agent = Site(tmp_path, "--config", str(site))
         agent.ask(Hello(protocol=PROTOCOL_VERSION, version=__version__, site="h"))
         agent.ask(setup)
-        agent.ask(Prepare(app=app, params={}, columns={"age": "numeric"}))
+        agent.ask(Prepare(app=app, params={"columns": ["age"]}, columns={"age": "numeric"}))
         agent.ask(Finish(status="completed"))
         agent.close()
 

@@ -100,7 +100,7 @@ def test_site_policy_raises_min_count(tmp_path: Path) -> None:
     agent = NodeAgent("s", SiteConfig(min_count=50))
     agent.handle(Hello(protocol=PROTOCOL_VERSION, version=__version__, site="s"))
     agent.handle(Setup(data=[data_file(tmp_path)], min_count=5))
-    reply = agent.handle(Prepare(app="stats", params={}, columns={"x": "numeric"}))
+    reply = agent.handle(Prepare(app="stats", params={"columns": ["x"]}, columns={"x": "numeric"}))
     assert isinstance(reply, Failure) and "fewer than min_count = 50" in reply.message
 
 

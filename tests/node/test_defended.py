@@ -151,7 +151,7 @@ def test_the_sites_floor_holds_whatever_the_coordinator_asks(home: Path, asked: 
     site = Site(home)
     site.hello()
     assert isinstance(site.ask(Setup(dataset="tiny", min_count=5, study="probe")), Ready)
-    reply = site.ask(Prepare(app="stats", params={}, columns={"age": "numeric"}))
+    reply = site.ask(Prepare(app="stats", params={"columns": ["age"]}, columns={"age": "numeric"}))
     assert isinstance(reply, Failure) and "fewer than min_count = 5" in reply.message
     site.close()
 
@@ -166,7 +166,9 @@ def test_only_configured_datasets_and_columns_are_served(home: Path) -> None:
     ready = site.ask(Setup(dataset="cohort", study="probe"))
     assert isinstance(ready, Ready)
     assert [c.name for c in ready.columns] == ["age", "time", "event"]  # never 'secret'
-    refused = site.ask(Prepare(app="stats", params={}, columns={"secret": "numeric"}))
+    refused = site.ask(
+        Prepare(app="stats", params={"columns": ["secret"]}, columns={"secret": "numeric"})
+    )
     assert isinstance(refused, Failure) and "does not offer column(s) secret" in refused.message
     site.close()
 
@@ -273,7 +275,20 @@ def test_an_owned_agent_keeps_todays_behaviour(home: Path) -> None:
     site.hello()
     ready = site.ask(Setup(data=[str(home / "srv" / "tiny.csv")], min_count=1))
     assert isinstance(ready, Ready) and ready.rows == 3
-    prepared = site.ask(Prepare(app="stats", params={}, columns={"age": "numeric"}))
+    prepared = site.ask(
+        Prepare(app="stats", params={"columns": ["age"]}, columns={"age": "numeric"})
+    )
     assert isinstance(prepared, Prepared)
     site.close()
     assert not (home / "state").exists()  # owned sites log to their run's log, not the audit
+
+
+def test_the_site_works_out_the_columns_itself(home: Path) -> None:
+    site = Site(home)
+    site.hello()
+    site.ask(Setup(dataset="cohort", study="probe"))
+    # the app needs 'age'; a coordinator that lists no column (to skip the checks) is refused
+    reply = site.ask(Prepare(app="stats", params={"columns": ["age"]}, columns={}))
+    assert isinstance(reply, Failure) and reply.kind == "policy"
+    assert "needs {'age': 'numeric'}" in reply.message
+    site.close()

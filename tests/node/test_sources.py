@@ -102,7 +102,11 @@ def test_memory_limit_is_parsed_and_refuses_before_loading(tmp_path: Path) -> No
     agent = _agent(f'memory_limit = 512\n[datasets.c]\npath = "{data}"\n', tmp_path)
     assert isinstance(agent.handle(Setup(dataset="c", min_count=5)), Ready)
     reply = agent.handle(
-        Prepare(app="stats", params={}, columns={"x": "numeric", "y": "numeric", "event": "any"})
+        Prepare(
+            app="stats",
+            params={"columns": ["x", "y", "event"]},
+            columns={"x": "numeric", "y": "numeric", "event": "numeric"},
+        )
     )
     assert isinstance(reply, Failure) and reply.kind == "policy"
     assert "app 'stats' needs 40 rows × 3 column(s) (x, y, event)" in reply.message
@@ -110,7 +114,8 @@ def test_memory_limit_is_parsed_and_refuses_before_loading(tmp_path: Path) -> No
     agent = _agent(f'memory_limit = "1MiB"\n[datasets.c]\npath = "{data}"\n', tmp_path)
     agent.handle(Setup(dataset="c", min_count=5))
     assert isinstance(
-        agent.handle(Prepare(app="stats", params={}, columns={"x": "numeric"})), Prepared
+        agent.handle(Prepare(app="stats", params={"columns": ["x"]}, columns={"x": "numeric"})),
+        Prepared,
     )
 
 
@@ -208,7 +213,7 @@ def test_a_duckdb_query_over_files_goes_through_the_same_checks(tmp_path: Path) 
         "x": ("int", 0),
         "y": ("float", 1),
     }
-    reply = agent.handle(Prepare(app="stats", params={}, columns={"y": "numeric"}))
+    reply = agent.handle(Prepare(app="stats", params={"columns": ["y"]}, columns={"y": "numeric"}))
     assert (
         isinstance(reply, Failure) and "query:c: column 'y' has 1 missing value(s)" in reply.message
     )

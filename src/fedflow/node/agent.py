@@ -266,19 +266,25 @@ class NodeAgent:
         self._refuse_if_unconfigured()
         app = self._load_app(msg)
         params = app.parse_params(msg.params)
+        # the site works out the columns from the app and its parameters itself; a coordinator
+        # that names others (or fewer, to skip the checks) is refused
+        needed = dict(app.columns(params))
+        if needed != dict(msg.columns):
+            raise PolicyError(
+                f"the request names columns {dict(msg.columns)} but app '{msg.app}' with these "
+                f"parameters needs {needed}"
+            )
         if self._dataset is not None and self._dataset.columns is not None:
-            outside = sorted(set(msg.columns) - set(self._dataset.columns))
+            outside = sorted(set(needed) - set(self._dataset.columns))
             if outside:
                 raise PolicyError(
                     f"dataset '{self._dataset.name}' does not offer column(s) {', '.join(outside)}"
                 )
         floor = self.config.floor(owned=self.owned)
         min_count = max(self._setup.min_count, floor)
-        self._check_memory(msg.app, list(msg.columns) or self._source.columns)
+        self._check_memory(msg.app, list(needed) or self._source.columns)
         started = time.perf_counter()
-        table = prepare_source(
-            self._source, msg.columns, dropna=self._setup.dropna, min_count=min_count
-        )
+        table = prepare_source(self._source, needed, dropna=self._setup.dropna, min_count=min_count)
         log.info(
             "loaded %d column(s) in %.1f ms",
             len(table.columns),
