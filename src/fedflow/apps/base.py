@@ -34,6 +34,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import msgspec
@@ -51,11 +52,13 @@ __all__ = [
     "CoordinatorContext",
     "Done",
     "Empty",
+    "Exact",
     "Params",
     "Payload",
     "Phase",
     "SiteContext",
     "SiteInfo",
+    "SUM",
     "Step",
     "Table",
     "check_columns",
@@ -67,6 +70,7 @@ __all__ = [
     "named",
     "numeric_columns",
     "require_columns",
+    "sum_replies",
 ]
 
 ColumnKind = Literal["numeric", "binary", "any"]
@@ -195,6 +199,9 @@ class CoordinatorContext:
     seed: int | None = None
     min_count: int = 5
     round: int = 0
+    secure: bool = False
+    """Whether the study asked for ``secure = true``: only summed phases may run, and their
+    ``aggregate_<phase>`` receives ``{SUM: the sum over sites}`` instead of one reply per site."""
     state: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     """Warnings for the user (e.g. "did not converge"); written to the result and shown."""
@@ -208,6 +215,8 @@ class SiteContext:
     seed: int | None = None
     min_count: int = 5
     round: int = 0
+    secure: bool = False
+    """Whether this run aggregates securely (the site's reply is masked before it leaves)."""
     state: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, bytes] = field(default_factory=dict)
     """Files to write into the site's own output folder: name -> content. They stay at the site."""
@@ -237,6 +246,23 @@ class Phase:
 
     request: type[Payload]
     reply: type[Payload]
+    summed: bool = False
+    """Whether ``aggregate_<name>`` needs only the field-by-field sum of the replies over sites.
+
+    Under ``secure = true`` only summed phases run, and the coordinator learns only that sum:
+    ``aggregate_<name>`` then receives ``{SUM: sum_replies(replies)}``. Every field of a summed
+    reply is an ``int`` (summed exactly), a ``float`` (summed exactly, then rounded once), a
+    numpy array of float64 or int64 of the same shape at every site, or ``Exact`` (dyadic
+    rationals, summed exactly and delivered as ``Fraction``s)."""
+
+
+SUM = "Σ"
+"""The one key of the replies a summed phase's aggregate receives under ``secure = true``."""
+
+Exact = tuple[Fraction, ...]
+"""A summed reply field of exact values (e.g. cross-products of float64 columns computed
+without rounding). Each value must be a dyadic rational (an integer over a power of two); on the
+wire in the clear each travels as its decimal text ``"n/d"``."""
 
 
 @dataclass(frozen=True)
@@ -259,9 +285,15 @@ class Done:
 Step = Continue | Done
 
 
+_MAX_FRACTION_TEXT = 4096
+"""Longest ``"n/d"`` text accepted for an ``Exact`` value (about 6,800 bits each side)."""
+
+
 def _to_wire(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value
+    if isinstance(value, Fraction):
+        return str(value)
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"cannot send a value of type {type(value).__name__}")
@@ -272,6 +304,18 @@ def _from_wire(kind: type, value: Any) -> Any:
         if isinstance(value, np.ndarray):
             return value
         raise msgspec.ValidationError(f"Expected `array`, got `{type(value).__name__}`")
+    if kind is Fraction:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return Fraction(value)
+        if isinstance(value, str) and len(value) <= _MAX_FRACTION_TEXT:
+            try:
+                exact = Fraction(value)
+            except (ValueError, ZeroDivisionError):
+                pass
+            else:
+                if exact.denominator & (exact.denominator - 1) == 0:
+                    return exact
+        raise msgspec.ValidationError('Expected an exact dyadic rational `"n/d"`')
     raise TypeError(f"no decoder for {kind!r}")  # msgspec reports it as a validation error
 
 
@@ -288,6 +332,49 @@ def decode_payload(raw: Mapping[str, Any], kind: type[PayloadT]) -> PayloadT:
     if not isinstance(raw, Mapping):
         raise msgspec.ValidationError(f"Expected `object`, got `{type(raw).__name__}`")
     return msgspec.convert(raw, kind, dec_hook=_from_wire)
+
+
+def sum_replies(replies: Mapping[str, PayloadT], kind: type[PayloadT]) -> PayloadT:
+    """Return the field-by-field sum of a summed phase's replies, exactly as secure aggregation
+    delivers it: ints and ``Exact`` values summed exactly, floats and float arrays summed exactly
+    and rounded once to float64. Raises AppError when array shapes differ between sites."""
+    if not replies:
+        raise AppError("no replies to sum")
+    fields: dict[str, Any] = {}
+    items = list(replies.values())
+    for name in kind.__struct_fields__:
+        values = [getattr(reply, name) for reply in items]
+        first = values[0]
+        if isinstance(first, np.ndarray):
+            shapes = {np.shape(v) for v in values}
+            if len(shapes) > 1:
+                raise AppError(f"field '{name}': arrays of different shapes {sorted(shapes)}")
+            if first.dtype.kind in "iub":
+                total = np.zeros(first.shape, dtype=object)
+                for v in values:
+                    total = total + np.asarray(v, dtype=np.int64).astype(object)
+                fields[name] = total.astype(np.int64)
+            else:
+                flat = [np.asarray(v, dtype=np.float64).ravel() for v in values]
+                exact = [
+                    sum((Fraction(float(x)) for x in column), Fraction(0))
+                    for column in zip(*flat, strict=True)
+                ]
+                fields[name] = np.array([float(x) for x in exact], dtype=np.float64).reshape(
+                    first.shape
+                )
+        elif isinstance(first, tuple):
+            lengths = {len(v) for v in values}
+            if len(lengths) > 1:
+                raise AppError(
+                    f"field '{name}': exact vectors of different lengths {sorted(lengths)}"
+                )
+            fields[name] = tuple(sum(column, Fraction(0)) for column in zip(*values, strict=True))
+        elif isinstance(first, float):
+            fields[name] = float(sum((Fraction(v) for v in values), Fraction(0)))
+        else:
+            fields[name] = sum(values)
+    return kind(**fields)
 
 
 def merged_columns(sites: Mapping[str, SiteInfo]) -> dict[str, str]:
@@ -390,6 +477,15 @@ class App(ABC, Generic[P]):
     tolerance: ClassVar[float] = 1e-8
     absolute_tolerance: ClassVar[float] = 1e-12
     """Absolute difference always accepted (results that should be 0 come out as 1e-17)."""
+    secure: ClassVar[bool | str] = False
+    """``True`` when every phase the app runs with ``ctx.secure`` is summed; otherwise a one-line
+    reason why it cannot aggregate securely (``fedflow apps`` shows it, and a study asking for
+    ``secure = true`` is refused with it)."""
+    streaming: ClassVar[bool] = False
+    """``True`` when every ``local_<phase>`` reads the site's rows only through
+    ``data.batches()`` (and ``data.n_rows``), so a site never holds all rows at once. Apps that
+    need every row at once (False) get the whole table, and a site's ``memory_limit`` refuses
+    them clearly when the needed columns would not fit."""
     tolerances: ClassVar[Mapping[str, tuple[float, float]]] = {}
     """Per result key (a path prefix such as ``"oob_accuracy"``): ``(rtol, atol)`` where the
     default does not apply; ``--compare`` writes the rule it applied to each value."""
