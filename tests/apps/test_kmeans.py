@@ -101,7 +101,7 @@ def test_replies_never_reveal_a_small_cluster() -> None:
 def test_no_reply_carries_rows() -> None:
     spied = run_spied("kmeans", {"columns": _IRIS, "k": 3}, _sites())
     allowed = {
-        "moments": {"n", "mean", "m2"},
+        "moments": {"n", "sums", "squares"},
         "seed": {"potentials"},
         "lloyd": {"counts", "sums", "inertia", "withheld"},
         "assign": {"counts", "inertia", "withheld"},

@@ -83,7 +83,7 @@ def test_the_sites_total_minus_the_released_clusters_isolates_nothing() -> None:
     reply = attacker.lloyd([[37.5 - 1000.0, 0.0], [37.5 + 1000.0, 0.0]])  # rows 38, 39 → 1
     assert reply.withheld == 2
     assert np.all(np.asarray(reply.counts) == 0) and np.all(np.asarray(reply.sums) == 0.0)
-    total = attacker.moments.n * np.asarray(attacker.moments.mean)
+    total = np.array([float(v) for v in attacker.moments.sums])
     assert not np.allclose(total - np.asarray(reply.sums).sum(axis=0), x[38:].sum(axis=0))
 
 

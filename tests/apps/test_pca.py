@@ -135,12 +135,14 @@ def test_a_site_below_min_count_refuses() -> None:
 
 
 def test_phases_and_their_payload_types() -> None:
-    from fedflow.apps.pca import CentredFactor, Projection
+    from fedflow.apps.pca import CentredFactor, Projection, Scatter, Shift, Totals
 
     app = get_app("pca")
-    assert {name: (p.request, p.reply) for name, p in app.phases.items()} == {
-        "factor": (Empty, CentredFactor),
-        "project": (Projection, Empty),
+    assert {name: (p.request, p.reply, p.summed) for name, p in app.phases.items()} == {
+        "factor": (Empty, CentredFactor, False),
+        "shift": (Empty, Totals, True),
+        "scatter": (Shift, Scatter, True),
+        "project": (Projection, Empty, True),
     }
     params = app.parse_params({"columns": ["a", "b"]})
     table = Table({"a": np.arange(6.0), "b": np.arange(6.0) ** 2})

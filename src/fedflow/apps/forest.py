@@ -35,6 +35,12 @@ unbalanced, seeds 0–9: worst difference 0.080 (wine and iris accuracy), 0.066 
 (breast_cancer AUC). Training metrics are reported but not compared: the pooled forest fits every
 row with every tree, the federated one with its site's.
 
+Neither streaming nor secure aggregation (``streaming = False``, ``secure`` is the reason why
+not): growing a tree draws bootstrap samples of the site's rows and searches every split over
+all the rows of a node, so a site holds the needed columns in memory (its ``memory_limit``
+refuses the app beforehand when they would not fit); and what a site sends — trees, label sets —
+is not a sum over sites that secure aggregation could add up.
+
 A finished run saves the forest as ``forest.json``; ``RandomForest.load_model`` reads it back for
 ``fedflow predict`` (``fedflow.results.predict``).
 """
@@ -555,6 +561,11 @@ class RandomForest(App[ForestParams]):
     name = "random-forest"
     reference = "scikit-learn RandomForest"
     Params = ForestParams
+    secure = (
+        "the sites send trees (splits and leaf values) grown on their own rows, which are not "
+        "sums over sites"
+    )
+    streaming = False  # bootstrap samples and split searches need every row of the site at once
     phases = {
         "labels": Phase(Empty, Labels),
         "grow": Phase(GrowRequest, Grown),

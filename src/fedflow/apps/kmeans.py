@@ -52,22 +52,24 @@ and wine). Clusters are compared sorted by centre; ``converged`` and ``withheld`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import numpy as np
 
-from fedflow.apps._merge import combine_moments
-from fedflow.apps._merge_learning import merge_cluster_sums
+from fedflow.apps._merge_learning import AccurateSum, accurate_moment_sums, merge_cluster_sums
 from fedflow.apps.base import (
+    SUM,
     App,
     ColumnKind,
     Continue,
     CoordinatorContext,
     Done,
     Empty,
+    Exact,
     Params,
     Payload,
     Phase,
@@ -77,8 +79,9 @@ from fedflow.apps.base import (
     check_min_count,
     check_unique,
     numeric_columns,
+    sum_replies,
 )
-from fedflow.errors import AppError
+from fedflow.errors import AppError, DataError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -131,11 +134,12 @@ class KMeansParams(Params, frozen=True):
 
 # -- phase payloads -----------------------------------------------------------------------------
 class Moments(Payload, frozen=True):
-    """A site's row count and, per column, mean and sum of squared deviations (phase ``moments``)."""
+    """A site's row count and, per column, Σx and Σx² (phase ``moments``; exact dyadic
+    rationals accurate to about 2⁻¹⁰⁰, so the pooled variance Σx²/n − x̄² keeps its digits)."""
 
     n: int
-    mean: np.ndarray
-    m2: np.ndarray
+    sums: Exact
+    squares: Exact
 
 
 class Candidates(Payload, frozen=True):
@@ -242,7 +246,7 @@ def publish(
         return bool(np.all((apart == 0) | (apart >= min_count)))
 
     moved = np.flatnonzero(labels != current)
-    pairs = current[moved] * (k + 1) + labels[moved]
+    pairs = current[moved].astype(np.int64) * (k + 1) + labels[moved].astype(np.int64)
     groups = sorted(
         (
             (moved[pairs == pair], int(pair) // (k + 1), int(pair) % (k + 1))
@@ -268,27 +272,81 @@ def publish(
     return current, released
 
 
+def _label_dtype(k: int) -> type[np.signedinteger[Any]]:
+    """The smallest integer type holding the labels 0 … k (k: the rest, released nowhere)."""
+    return np.int16 if k < np.iinfo(np.int16).max else np.int32
+
+
+def _start_memory(n: int, k: int, ctx: SiteContext) -> None:
+    """Remember (once per run) that every row was released in one sum (``moments``: the site's
+    total), and that no row has been released in a cluster yet (label ``k``, the rest)."""
+    if "published" not in ctx.state:
+        ctx.state["published"] = np.full(n, k, dtype=_label_dtype(k))
+        if ctx.min_count > 1:  # with min_count = 1 every row set may be released
+            ctx.state["released"] = np.packbits(np.ones(n, dtype=bool))[None, :]
+
+
 def _assign(
-    x: np.ndarray, centers: np.ndarray, min_count: int, ctx: SiteContext
-) -> tuple[np.ndarray, np.ndarray, int, float]:
-    """Return (the released membership, its per-cluster counts, how many clusters it holds
-    back, inertia) of a site's rows ``x`` (``publish`` decides the membership; rows not yet
-    released anywhere carry the label ``k``)."""
-    k = len(centers)
-    labels, dist = nearest(x, centers)
-    if "published" not in ctx.state:  # ``moments`` released the sum over all the site's rows
-        ctx.state["published"] = np.full(len(x), k, dtype=np.int64)
-        ctx.state["released"] = np.packbits(np.ones(len(x), dtype=bool))[None, :]
-    published, ctx.state["released"] = publish(
-        labels, k, min_count, ctx.state["published"], ctx.state["released"]
-    )
-    ctx.state["published"] = published
-    counts = np.bincount(published, minlength=k + 1)[:k].astype(np.int64)
+    batches: Iterator[np.ndarray], n: int, centers: np.ndarray, ctx: SiteContext, *, sums: bool
+) -> tuple[np.ndarray, np.ndarray | None, int, float]:
+    """Assign a site's rows (read batch by batch) to ``centers`` and release the membership
+    ``publish`` allows; return (its per-cluster counts, the per-cluster sums of rows if ``sums``,
+    how many clusters it holds back, the inertia).
+
+    One pass: besides each row's nearest centre (kept as a label per row, never the rows), the
+    pass sums the rows per (cluster released before, nearest cluster) pair. ``publish`` moves
+    rows in whole pairs, so a released cluster's sum is the sum of its pairs' sums. Those are
+    kept as double-doubles (``AccurateSum``) and added exactly, so the float64 a site sends is
+    its cluster's exact sum rounded once, whatever the batches or the pairs: the same membership
+    gives the same bits (the stopping rule "no assignment changed" compares centres bit for bit).
+    """
+    k, d = centers.shape
+    _start_memory(n, k, ctx)
+    published: np.ndarray = ctx.state["published"]
+    labels = np.empty(n, dtype=published.dtype)
+    pair_sums: dict[int, AccurateSum] = {}
+    inertia = AccurateSum(())
+    start = 0
+    for x in batches:
+        nearest_label, dist = nearest(x, centers)
+        stop = start + len(x)
+        labels[start:stop] = nearest_label
+        inertia.add(dist)
+        if sums:
+            pairs = published[start:stop].astype(np.int64) * k + nearest_label
+            order = np.argsort(pairs, kind="stable")
+            ordered = pairs[order]
+            cuts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+            rows = x[order]
+            for key, lo, hi in zip(
+                ordered[cuts].tolist(), cuts.tolist(), [*cuts[1:].tolist(), len(x)], strict=True
+            ):
+                pair_sums.setdefault(key, AccurateSum((d,))).add(rows[lo:hi])
+        start = stop
+    if start != n:
+        raise DataError(f"the site's batches held {start} rows, not {n}")
+    if ctx.min_count > 1:
+        released, ctx.state["released"] = publish(
+            labels, k, ctx.min_count, published, ctx.state["released"]
+        )
+    else:
+        released = labels
+    ctx.state["published"] = released
+    counts = np.bincount(released, minlength=k + 1)[:k].astype(np.int64)
     truth = np.bincount(labels, minlength=k)
-    behind = sum(
-        1 for j in range(k) if truth[j] and not np.array_equal(published == j, labels == j)
-    )
-    return published, counts, behind, float(dist.sum())
+    behind = sum(1 for j in range(k) if truth[j] and not np.array_equal(released == j, labels == j))
+    cluster_sums = None
+    if sums:
+        exact = [[Fraction(0)] * d for _ in range(k + 1)]
+        if pair_sums:  # every row of a pair went the same way: look up one of them
+            keys, first = np.unique(published.astype(np.int64) * k + labels, return_index=True)
+            where = dict(zip(keys.tolist(), first.tolist(), strict=True))
+            for key, total in pair_sums.items():
+                target = exact[int(released[where[key]])]
+                for j, value in enumerate(total.exact()):
+                    target[j] += value
+        cluster_sums = np.array([[float(v) for v in row] for row in exact[:k]]).reshape(k, d)
+    return counts, cluster_sums, behind, float(sum(inertia.exact(), Fraction(0)))
 
 
 def _pick(potentials: np.ndarray, taken: list[int]) -> int:
@@ -322,9 +380,16 @@ class _Run:
     empty: set[int] = field(default_factory=set)
 
 
-def _ordered(replies: Mapping[str, Any]) -> list[Any]:
-    """The replies in a fixed summation order (by site name)."""
-    return [replies[name] for name in sorted(replies)]
+R = TypeVar("R", bound=Payload)
+
+
+def _total(replies: Mapping[str, R], kind: type[R], ctx: CoordinatorContext) -> R:
+    """The sum over sites of a phase's replies: as secure aggregation delivers it (``SUM``), or
+    the same sum taken here (``sum_replies``: exact, rounded once), so a run gives the same
+    numbers with and without ``secure = true``."""
+    if ctx.secure:
+        return replies[SUM]
+    return sum_replies(replies, kind)
 
 
 class KMeans(App[KMeansParams]):
@@ -334,11 +399,13 @@ class KMeans(App[KMeansParams]):
     reference = "scikit-learn KMeans"
     Params = KMeansParams
     phases = {
-        "moments": Phase(Empty, Moments),
-        "seed": Phase(Candidates, Potentials),
-        "lloyd": Phase(Centers, ClusterSums),
-        "assign": Phase(Centers, Assignment),
+        "moments": Phase(Empty, Moments, summed=True),
+        "seed": Phase(Candidates, Potentials, summed=True),
+        "lloyd": Phase(Centers, ClusterSums, summed=True),
+        "assign": Phase(Centers, Assignment, summed=True),
     }
+    secure = True
+    streaming = True
     tolerances = {"iterations": (0.0, 0.0), "cluster_sizes": (0.0, 0.0)}
 
     def resolve(self, params: KMeansParams, columns: Mapping[str, str]) -> KMeansParams:
@@ -354,64 +421,73 @@ class KMeans(App[KMeansParams]):
 
     # -- site ---------------------------------------------------------------------------------
     @staticmethod
-    def _rows(data: Table, params: KMeansParams, ctx: SiteContext) -> np.ndarray:
-        """The site's rows as a matrix, built (and checked against min_count) once per run."""
-        x = ctx.state.get("x")
-        if x is None:
-            x = ctx.state["x"] = data.matrix(params.columns or [])
-            check_min_count(len(x), ctx.min_count, "the site's rows")
-        return x  # type: ignore[no-any-return]
+    def _batches(data: Table, params: KMeansParams, ctx: SiteContext) -> Iterator[np.ndarray]:
+        """The site's rows as float64 matrices, batch by batch (checked against min_count)."""
+        check_min_count(data.n_rows, ctx.min_count, "the site's rows")
+        columns = list(params.columns or [])
+        for batch in data.batches(columns):
+            yield batch.matrix(columns)
 
     def local_moments(
         self, data: Table, params: KMeansParams, request: Empty, ctx: SiteContext
     ) -> Moments:
-        x = self._rows(data, params, ctx)
-        mean = x.mean(axis=0)
-        return Moments(n=len(x), mean=mean, m2=((x - mean) ** 2).sum(axis=0))
+        d = len(params.columns or [])
+        try:
+            sums, squares = accurate_moment_sums(self._batches(data, params, ctx), d)
+        except ValueError as exc:
+            raise DataError(
+                f"the site's columns {', '.join(params.columns or [])}: {exc}"
+            ) from None
+        return Moments(n=data.n_rows, sums=sums, squares=squares)
 
     def local_seed(
         self, data: Table, params: KMeansParams, request: Candidates, ctx: SiteContext
     ) -> Potentials:
-        x = self._rows(data, params, ctx)
-        chosen = np.asarray(request.chosen, dtype=np.float64).reshape(-1, x.shape[1])
         candidates = np.asarray(request.candidates, dtype=np.float64)
-        return Potentials(potentials=candidate_potentials(x, chosen, candidates))
+        chosen = np.asarray(request.chosen, dtype=np.float64).reshape(-1, candidates.shape[1])
+        total = np.zeros(len(candidates))
+        for x in self._batches(data, params, ctx):
+            total += candidate_potentials(x, chosen, candidates)
+        return Potentials(potentials=total)
 
     def local_lloyd(
         self, data: Table, params: KMeansParams, request: Centers, ctx: SiteContext
     ) -> ClusterSums:
-        x = self._rows(data, params, ctx)
         centers = np.asarray(request.centers, dtype=np.float64)
-        published, counts, behind, inertia = _assign(x, centers, ctx.min_count, ctx)
-        sums = np.zeros((len(centers) + 1, x.shape[1]))
-        np.add.at(sums, published, x)
-        return ClusterSums(counts=counts, inertia=inertia, withheld=behind, sums=sums[:-1])
+        counts, sums, behind, inertia = _assign(
+            self._batches(data, params, ctx), data.n_rows, centers, ctx, sums=True
+        )
+        assert sums is not None
+        return ClusterSums(counts=counts, inertia=inertia, withheld=behind, sums=sums)
 
     def local_assign(
         self, data: Table, params: KMeansParams, request: Centers, ctx: SiteContext
     ) -> Assignment:
-        x = self._rows(data, params, ctx)
         centers = np.asarray(request.centers, dtype=np.float64)
-        _, counts, behind, inertia = _assign(x, centers, ctx.min_count, ctx)
+        counts, _, behind, inertia = _assign(
+            self._batches(data, params, ctx), data.n_rows, centers, ctx, sums=False
+        )
         return Assignment(counts=counts, inertia=inertia, withheld=behind)
 
     # -- coordinator --------------------------------------------------------------------------
     def aggregate_moments(
         self, replies: Mapping[str, Moments], params: KMeansParams, ctx: CoordinatorContext
     ) -> Step:
-        ordered: list[Moments] = _ordered(replies)
-        d = len(params.columns or [])
-        moments = [
-            combine_moments([(float(r.n), float(r.mean[j]), float(r.m2[j])) for r in ordered])
-            for j in range(d)
-        ]
-        n = moments[0][0]
+        total = _total(replies, Moments, ctx)
+        n = int(total.n)
         if n < params.k:
-            raise AppError(f"app 'kmeans': k = {params.k} exceeds the {int(n)} rows")
-        mean = np.array([m[1] for m in moments])
-        variance = np.array([m[2] / m[0] for m in moments])
+            raise AppError(f"app 'kmeans': k = {params.k} exceeds the {n} rows")
+        mean = [s / n for s in total.sums]
+        variance = np.array(
+            [
+                float(max(q / n - m * m, Fraction(0)))
+                for q, m in zip(total.squares, mean, strict=True)
+            ]
+        )
         run = ctx.state["kmeans"] = _Run(
-            pool=candidate_pool(mean, np.sqrt(variance), params.k, params.seed),
+            pool=candidate_pool(
+                np.array([float(m) for m in mean]), np.sqrt(variance), params.k, params.seed
+            ),
             shift_tol=float(np.mean(variance)) * params.tol,
         )
         return self._seed_round(run)
@@ -420,7 +496,7 @@ class KMeans(App[KMeansParams]):
         self, replies: Mapping[str, Potentials], params: KMeansParams, ctx: CoordinatorContext
     ) -> Step:
         run: _Run = ctx.state["kmeans"]
-        potentials = np.sum([np.asarray(r.potentials) for r in _ordered(replies)], axis=0)
+        potentials = np.asarray(_total(replies, Potentials, ctx).potentials, dtype=np.float64)
         run.taken.append(_pick(potentials, run.taken))
         if len(run.taken) < params.k:
             return self._seed_round(run)
@@ -431,13 +507,11 @@ class KMeans(App[KMeansParams]):
         self, replies: Mapping[str, ClusterSums], params: KMeansParams, ctx: CoordinatorContext
     ) -> Step:
         run: _Run = ctx.state["kmeans"]
-        ordered: list[ClusterSums] = _ordered(replies)
-        counts, inertia = self._tally(ordered, run, ctx)
+        total = _total(replies, ClusterSums, ctx)
+        counts, inertia = self._tally(total, run, ctx)
         centers = run.centers
         assert centers is not None
-        new, _, empty = merge_cluster_sums(
-            [r.counts for r in ordered], [r.sums for r in ordered], centers
-        )
+        new, _, empty = merge_cluster_sums([total.counts], [total.sums], centers)
         for j in empty:
             if j not in run.empty:
                 run.empty.add(j)
@@ -459,17 +533,15 @@ class KMeans(App[KMeansParams]):
         self, replies: Mapping[str, Assignment], params: KMeansParams, ctx: CoordinatorContext
     ) -> Step:
         run: _Run = ctx.state["kmeans"]
-        counts, inertia = self._tally(_ordered(replies), run, ctx)
+        counts, inertia = self._tally(_total(replies, Assignment, ctx), run, ctx)
         if not run.converged:
             ctx.notes.append(f"kmeans did not converge in {params.max_iter} iterations")
         return self._done(params, run, inertia, counts, converged=run.converged)
 
     @staticmethod
-    def _tally(
-        ordered: Sequence[Assignment], run: _Run, ctx: CoordinatorContext
-    ) -> tuple[np.ndarray, float]:
+    def _tally(total: Assignment, run: _Run, ctx: CoordinatorContext) -> tuple[np.ndarray, float]:
         """Return the pooled counts and inertia of an assignment; note withheld clusters."""
-        withheld = sum(int(r.withheld) for r in ordered)
+        withheld = int(total.withheld)
         if withheld:
             run.withheld += withheld
             ctx.notes.append(
@@ -478,9 +550,7 @@ class KMeans(App[KMeansParams]):
                 f"rows between clusters only in groups that keep each ≥ {ctx.min_count} rows from "
                 "what it released before); the centres use the clusters as the sites released them"
             )
-        counts = np.sum([np.asarray(r.counts) for r in ordered], axis=0)
-        inertia = float(sum(float(r.inertia) for r in ordered))
-        return counts, inertia
+        return np.asarray(total.counts, dtype=np.int64), float(total.inertia)
 
     @staticmethod
     def _seed_round(run: _Run) -> Continue:

@@ -34,20 +34,28 @@ every result key compared (``scale`` only exists, on both sides, when standardiz
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
 
-from fedflow.apps._merge_learning import merge_centered_factors, r_factor
+from fedflow.apps._merge_learning import (
+    accurate_scatter,
+    cholesky_exact,
+    merge_centered_factors,
+    r_factor,
+)
 from fedflow.apps.base import (
+    SUM,
     App,
     ColumnKind,
     Continue,
     CoordinatorContext,
     Done,
     Empty,
+    Exact,
     Params,
     Payload,
     Phase,
@@ -57,13 +65,25 @@ from fedflow.apps.base import (
     check_min_count,
     check_unique,
     numeric_columns,
+    sum_replies,
 )
-from fedflow.errors import AppError
+from fedflow.errors import AppError, DataError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["PCA", "CentredFactor", "PCAParams", "Projection", "normalise_signs", "projections_csv"]
+__all__ = [
+    "PCA",
+    "CentredFactor",
+    "PCAParams",
+    "Projection",
+    "Scatter",
+    "Shift",
+    "Totals",
+    "normalise_signs",
+    "projections_csv",
+    "scatter_factor",
+]
 
 
 class PCAParams(Params, frozen=True):
@@ -100,12 +120,44 @@ def normalise_signs(components: np.ndarray) -> np.ndarray:
     return out * signs[:, None]
 
 
-def projections_csv(scores: np.ndarray) -> bytes:
-    """Return the CSV bytes of a score matrix: header ``PC1,…`` then one line per row."""
+def projections_csv(scores: np.ndarray, *, header: bool = True) -> bytes:
+    """Return the CSV bytes of a score matrix: header ``PC1,…`` (unless ``header`` is false,
+    for the batches after the first) then one line per row."""
     buffer = io.StringIO()
-    header = ",".join(f"PC{i + 1}" for i in range(scores.shape[1]))
-    np.savetxt(buffer, scores, fmt="%.17g", delimiter=",", header=header, comments="")
+    names = ",".join(f"PC{i + 1}" for i in range(scores.shape[1])) if header else ""
+    np.savetxt(buffer, scores, fmt="%.17g", delimiter=",", header=names, comments="")
     return buffer.getvalue().encode()
+
+
+def scatter_factor(
+    n: int, shift: np.ndarray, sums: Exact, cross: Exact
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (mean, R) of the pooled data from the summed replies of phase ``scatter``: n, the
+    shift c, Σ(x − c) and the upper triangle of Σ(x − c)(x − c)ᵀ (exact rationals).
+
+    The scatter about the pooled mean x̄ = c + Σ(x − c)/n is S = Σ(x − c)(x − c)ᵀ −
+    Σ(x − c)Σ(x − c)ᵀ/n, formed exactly; c is within rounding of x̄, so nothing cancels. R with
+    RᵀR = S is its Cholesky factor in 60-digit arithmetic, rounded once (``cholesky_exact``). A
+    column whose spread is below 2⁻⁹⁰ of Σ(x − c)² (constant up to the shift's rounding) gets
+    an exact zero."""
+    p = len(shift)
+    if len(sums) != p or len(cross) != p * (p + 1) // 2:
+        raise AppError(
+            f"app 'pca': scatter sums of {len(sums)}/{len(cross)} values for {p} columns"
+        )
+    c = [Fraction(float(v)) for v in shift]
+    upper = iter(cross)
+    raw = [[Fraction(0)] * p for _ in range(p)]
+    for i in range(p):
+        for j in range(i, p):
+            raw[i][j] = raw[j][i] = next(upper)
+    scatter = [[raw[i][j] - sums[i] * sums[j] / n for j in range(p)] for i in range(p)]
+    for i in range(p):
+        if scatter[i][i] <= raw[i][i] * Fraction(1, 1 << 90):
+            for j in range(p):
+                scatter[i][j] = scatter[j][i] = Fraction(0)
+    mean = np.array([float(c[i] + sums[i] / n) for i in range(p)])
+    return mean, cholesky_exact(scatter)
 
 
 class CentredFactor(Payload, frozen=True):
@@ -115,6 +167,29 @@ class CentredFactor(Payload, frozen=True):
     n: int
     mean: np.ndarray
     r: np.ndarray
+
+
+class Totals(Payload, frozen=True):
+    """A site's row count and column sums (phase ``shift``, under ``secure = true``)."""
+
+    n: int
+    sums: np.ndarray
+
+
+class Shift(Payload, frozen=True):
+    """The pooled column means as rounded after phase ``shift``: the point the sites centre at
+    (phase ``scatter``)."""
+
+    shift: np.ndarray
+
+
+class Scatter(Payload, frozen=True):
+    """A site's row count, Σ(x − c) and the upper triangle (row by row) of Σ(x − c)(x − c)ᵀ for
+    the shift c, as exact rationals accurate to about 2⁻¹⁰⁰ (phase ``scatter``)."""
+
+    n: int
+    sums: Exact
+    cross: Exact
 
 
 class Projection(Payload, frozen=True):
@@ -132,7 +207,14 @@ class PCA(App[PCAParams]):
     name = "pca"
     reference = "scikit-learn PCA"
     Params = PCAParams
-    phases = {"factor": Phase(Empty, CentredFactor), "project": Phase(Projection, Empty)}
+    phases = {
+        "factor": Phase(Empty, CentredFactor),
+        "shift": Phase(Empty, Totals, summed=True),
+        "scatter": Phase(Shift, Scatter, summed=True),
+        "project": Phase(Projection, Empty, summed=True),
+    }
+    secure = True
+    streaming = True
 
     def resolve(self, params: PCAParams, columns: Mapping[str, str]) -> PCAParams:
         if params.columns is not None:
@@ -150,34 +232,101 @@ class PCA(App[PCAParams]):
     def columns(self, params: PCAParams) -> dict[str, ColumnKind]:
         return {c: "numeric" for c in params.columns or []}
 
+    def start(self, params: PCAParams, ctx: CoordinatorContext) -> Step:
+        """Phase ``factor`` (per-site factors), or under ``secure = true`` phases ``shift`` and
+        ``scatter`` (sums over sites only)."""
+        return Continue("shift" if ctx.secure else "factor", Empty())
+
     # -- site ---------------------------------------------------------------------------------
+    @staticmethod
+    def _batches(data: Table, params: PCAParams, ctx: SiteContext) -> Iterator[np.ndarray]:
+        """The site's rows as float64 matrices, batch by batch (checked against min_count)."""
+        check_min_count(data.n_rows, ctx.min_count, "the site's rows")
+        columns = list(params.columns or [])
+        for batch in data.batches(columns):
+            yield batch.matrix(columns)
+
     def local_factor(
         self, data: Table, params: PCAParams, request: Empty, ctx: SiteContext
     ) -> CentredFactor:
-        x = data.matrix(params.columns or [])
-        check_min_count(len(x), ctx.min_count, "the site's rows")
-        mean = x.mean(axis=0)
-        return CentredFactor(n=len(x), mean=mean, r=r_factor(x - mean))
+        """Count, mean and R of the site's centred rows, merged batch by batch as the
+        coordinator merges sites (``merge_centered_factors``): one pass, no row kept."""
+        p = len(params.columns or [])
+        n, mean, r = 0.0, np.zeros(p), np.zeros((0, p))
+        for x in self._batches(data, params, ctx):
+            batch_mean = x.mean(axis=0)
+            part = (float(len(x)), batch_mean, r_factor(x - batch_mean))
+            n, mean, r = merge_centered_factors([(n, mean, r), part]) if n else part
+        return CentredFactor(n=int(n), mean=mean, r=r)
+
+    def local_shift(
+        self, data: Table, params: PCAParams, request: Empty, ctx: SiteContext
+    ) -> Totals:
+        total = np.zeros(len(params.columns or []))
+        for x in self._batches(data, params, ctx):
+            total += x.sum(axis=0)
+        return Totals(n=data.n_rows, sums=total)
+
+    def local_scatter(
+        self, data: Table, params: PCAParams, request: Shift, ctx: SiteContext
+    ) -> Scatter:
+        shift = np.asarray(request.shift, dtype=np.float64)
+        if shift.shape != (len(params.columns or []),):
+            raise AppError(
+                f"app 'pca': a shift of shape {shift.shape} for {len(params.columns or [])} columns"
+            )
+        try:
+            sums, cross = accurate_scatter(self._batches(data, params, ctx), shift)
+        except ValueError as exc:
+            raise DataError(
+                f"the site's columns {', '.join(params.columns or [])}: {exc}"
+            ) from None
+        return Scatter(n=data.n_rows, sums=sums, cross=cross)
 
     def local_project(
         self, data: Table, params: PCAParams, request: Projection, ctx: SiteContext
     ) -> Empty:
-        x = data.matrix(params.columns or [])
-        check_min_count(len(x), ctx.min_count, "the site's rows")
         mean = np.asarray(request.mean, dtype=np.float64)
         scale = np.asarray(request.scale, dtype=np.float64)
         components = np.atleast_2d(np.asarray(request.components, dtype=np.float64))
-        scores = ((x - mean) / scale) @ components.T
-        ctx.outputs["projections.csv"] = projections_csv(scores)
+        parts = [projections_csv(np.zeros((0, len(components))))]  # the header
+        for x in self._batches(data, params, ctx):
+            parts.append(projections_csv(((x - mean) / scale) @ components.T, header=False))
+        ctx.outputs["projections.csv"] = b"".join(parts)
         return Empty()
 
     # -- coordinator --------------------------------------------------------------------------
     def aggregate_factor(
         self, replies: Mapping[str, CentredFactor], params: PCAParams, ctx: CoordinatorContext
     ) -> Step:
-        columns = list(params.columns or [])
         parts = [(float(r.n), np.asarray(r.mean), np.asarray(r.r)) for r in replies.values()]
         n, mean, r = merge_centered_factors(parts)
+        return self._decompose(n, mean, r, params, ctx)
+
+    def aggregate_shift(
+        self, replies: Mapping[str, Totals], params: PCAParams, ctx: CoordinatorContext
+    ) -> Step:
+        total = replies[SUM] if ctx.secure else sum_replies(replies, Totals)
+        if total.n < 2:
+            raise AppError(f"app 'pca': {int(total.n)} rows in all; at least 2 are needed")
+        shift = ctx.state["shift"] = np.asarray(total.sums, dtype=np.float64) / total.n
+        return Continue("scatter", Shift(shift=shift))
+
+    def aggregate_scatter(
+        self, replies: Mapping[str, Scatter], params: PCAParams, ctx: CoordinatorContext
+    ) -> Step:
+        total = replies[SUM] if ctx.secure else sum_replies(replies, Scatter)
+        shift = ctx.state.get("shift")
+        if shift is None:
+            raise AppError("app 'pca': phase 'scatter' before phase 'shift'")
+        mean, r = scatter_factor(int(total.n), shift, total.sums, total.cross)
+        return self._decompose(float(total.n), mean, r, params, ctx)
+
+    def _decompose(
+        self, n: float, mean: np.ndarray, r: np.ndarray, params: PCAParams, ctx: CoordinatorContext
+    ) -> Step:
+        """The result from the pooled count, mean and R of the centred rows (the SVD of R)."""
+        columns = list(params.columns or [])
         if n < 2:
             raise AppError(f"app 'pca': {int(n)} rows in all; at least 2 are needed")
         scale = np.ones(len(columns))
@@ -214,7 +363,7 @@ class PCA(App[PCAParams]):
     def aggregate_project(
         self, replies: Mapping[str, Empty], params: PCAParams, ctx: CoordinatorContext
     ) -> Step:
-        """The sites wrote their scores; the result is the one of phase ``factor``."""
+        """The sites wrote their scores; the result is the one of the phase before."""
         return Done(ctx.state["result"])
 
     # -- reference ----------------------------------------------------------------------------
