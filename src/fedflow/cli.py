@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write trace.jsonl: every message the coordinator receives, decoded, in order",
     )
+    run.add_argument(
+        "--secure",
+        action="store_true",
+        help="secure aggregation, as if the study said secure = true",
+    )
     run.add_argument("--json", action="store_true", help="print result.json instead of tables")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -226,6 +231,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     study = load_study(args.study)
     if args.debug:
         study.debug.verbose = True
+    if args.secure and not study.secure:
+        try:
+            study.secure = True  # validated as the key in the file would be
+        except ValueError as exc:
+            raise StudyError(f"{args.study}: --secure: {_first_error(exc)}") from None
     for notice in study.notices:
         print(f"fedflow: note: {notice}", file=sys.stderr)
     for warning in study_warnings(study):
@@ -303,6 +313,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()
+        if first:
+            return str(first[0].get("msg", exc)).removeprefix("Value error, ")
+    return str(exc)
+
+
 def _cmd_template(args: argparse.Namespace) -> int:
     from fedflow.study.template import TEMPLATE
 
@@ -334,6 +353,11 @@ def _cmd_apps(args: argparse.Namespace) -> int:
             continue
         doc = (type(app).__doc__ or "").strip().splitlines()[0] if type(app).__doc__ else ""
         print(f"{name:22} {doc}")
+        support = type(app).secure
+        print(
+            f"{'':22} secure = true: "
+            + ("yes" if support is True else f"no ({support or 'not declared'})")
+        )
     from fedflow.study.original import TWINS, UNTWINNED
 
     print('FeatureCloud twins (a study\'s tool = "<FeatureCloud app>" runs the native app):')

@@ -32,6 +32,7 @@ from fedflow.errors import AppError, DataError, PolicyError, ProtocolError, Remo
 from fedflow.node.audit import AuditLog
 from fedflow.node.data import LoadedData, MemorySource, Source, open_files, prepare_source
 from fedflow.node.databases import open_dataset
+from fedflow.node.secure_site import SecureSite
 from fedflow.node.siteconfig import (
     Dataset,
     SiteConfig,
@@ -43,6 +44,7 @@ from fedflow.node.siteconfig import (
 from fedflow.wire import (
     HEADER_SIZE,
     PROTOCOL_VERSION,
+    SECURE_REQUESTS,
     Bye,
     Column,
     Failure,
@@ -55,6 +57,8 @@ from fedflow.wire import (
     Prepared,
     Ready,
     Reply,
+    SecureMasked,
+    SecureTask,
     Setup,
     Task,
     Welcome,
@@ -108,6 +112,8 @@ class NodeAgent:
         self._params: Any = None
         self._ctx: SiteContext | None = None
         self._compute_seconds = 0.0
+        self._secure: SecureSite | None = None
+        """With ``secure = true``: this site's side of secure aggregation (None otherwise)."""
 
     # -- dispatch ------------------------------------------------------------------------------
     def handle(self, message: Message) -> Message:
@@ -125,7 +131,8 @@ class NodeAgent:
             reply = Failure(kind="policy", message=exc.message)
         except ProtocolError as exc:
             log.error("protocol error: %s", exc.message)
-            reply = Failure(kind="protocol", message=exc.message)
+            blame = getattr(exc, "blame", None)  # a share sealed by another site did not open
+            reply = Failure(kind="protocol", message=exc.message, blame=blame)
         except Exception as exc:  # an app bug must not kill the agent silently
             log.error("internal error:\n%s", traceback.format_exc())
             reply = Failure(kind="internal", message=f"{type(exc).__name__}: {exc}")
@@ -141,6 +148,13 @@ class NodeAgent:
             return self._prepare(message)
         if isinstance(message, Task):
             return self._task(message)
+        if isinstance(message, SECURE_REQUESTS):
+            self._expect("prepared")
+            if self._secure is None:
+                raise RemoteProtocolError(
+                    "a secure-aggregation step in a run without secure = true"
+                )
+            return self._secure.handle(message)
         if isinstance(message, Finish):
             return self._finish(message)
         raise RemoteProtocolError(f"unexpected {type(message).__name__} message")
@@ -291,7 +305,13 @@ class NodeAgent:
             1000 * (time.perf_counter() - started),
         )
         self._app, self._app_ref, self._params, self._table = app, msg.app, params, table
-        self._ctx = SiteContext(site=self.site, seed=self._setup.seed, min_count=min_count)
+        self._ctx = SiteContext(
+            site=self.site, seed=self._setup.seed, min_count=min_count, secure=msg.secure
+        )
+        if msg.secure:
+            if app.secure is not True:
+                raise AppError(f"app '{msg.app}' cannot run with secure = true: {app.secure}")
+            self._secure = SecureSite(self.site, self._summed)
         log.info("prepared app '%s' on %d rows (min_count %d)", msg.app, table.n_rows, min_count)
         self.state = "prepared"
         return Prepared(rows=table.n_rows)
@@ -312,25 +332,40 @@ class NodeAgent:
 
     def _task(self, msg: Task) -> Reply:
         self._expect("prepared")
+        if self._secure is not None:  # our reply may leave this site only masked
+            raise RemoteProtocolError("a plain task in a run with secure = true")
+        reply, seconds = self._compute(msg.round, msg.phase, msg.payload)
+        return Reply(round=msg.round, payload=encode_payload(reply), seconds=seconds)
+
+    def _summed(self, round_: int, phase: str, payload: dict[str, Any]) -> tuple[Any, float]:
+        """Compute a summed phase's reply for secure aggregation (it stays at the site)."""
+        assert self._app is not None
+        if not self._app.check_phase(phase).summed:
+            raise RemoteProtocolError(
+                f"phase '{phase}' of app '{self._app.name}' is not summed: it cannot run securely"
+            )
+        return self._compute(round_, phase, payload)
+
+    def _compute(self, round_: int, phase: str, payload: dict[str, Any]) -> tuple[Any, float]:
         assert self._app is not None and self._ctx is not None and self._table is not None
-        self._ctx.round = msg.round
-        kind = self._app.check_phase(msg.phase).request
+        self._ctx.round = round_
+        kind = self._app.check_phase(phase).request
         try:
-            request = decode_payload(msg.payload, kind)
+            request = decode_payload(payload, kind)
         except msgspec.ValidationError as exc:
             raise RemoteProtocolError(
-                f"task for phase '{msg.phase}' of app '{self._app.name}' does not fit: {exc}"
+                f"task for phase '{phase}' of app '{self._app.name}' does not fit: {exc}"
             ) from None
         started = time.perf_counter()
         try:
-            reply = self._app.local(self._table, self._params, msg.phase, request, self._ctx)
+            reply = self._app.local(self._table, self._params, phase, request, self._ctx)
         except DataError as exc:
             exc.site = None
             raise
         seconds = time.perf_counter() - started
         self._compute_seconds += seconds
-        log.debug("round %d (%s) computed in %.2f ms", msg.round, msg.phase, 1000 * seconds)
-        return Reply(round=msg.round, payload=encode_payload(reply), seconds=seconds)
+        log.debug("round %d (%s) computed in %.2f ms", round_, phase, 1000 * seconds)
+        return reply, seconds
 
     @property
     def outputs(self) -> dict[str, bytes]:
@@ -390,19 +425,21 @@ class NodeAgent:
         if isinstance(message, Prepare):
             record.update(app=message.app, params=message.params, columns=message.columns)
             record["code_sha256"] = self._code_hash
-        if isinstance(message, Task):
+        if isinstance(message, (Task, SecureTask)):
             record.update(app=self._app_ref, round=message.round, phase=message.phase)
         if isinstance(reply, Failure):
             record.update(outcome="refused" if reply.kind == "policy" else "failed")
             record["reason"] = reply.message
-        elif isinstance(reply, Reply):
+        elif isinstance(reply, (Reply, SecureMasked)):  # what left the site (masked or not)
             encoded = MessageCodec().encode(reply)
             record.update(
                 outcome="released",
                 released={
                     "bytes": len(encoded),
                     "sha256": hashlib.sha256(encoded).hexdigest(),
-                    "shape": _shape(reply.payload),
+                    "shape": _shape(
+                        reply.payload if isinstance(reply, Reply) else {"masked": reply.vector}
+                    ),
                 },
             )
         elif isinstance(reply, (Ready, Prepared)):

@@ -38,6 +38,7 @@ from fedflow.runtime.driver import Driver, Outcome
 from fedflow.runtime.observer import Observer
 from fedflow.wire import (
     PROTOCOL_VERSION,
+    ROUND_REQUESTS,
     Bye,
     Failure,
     Finish,
@@ -46,9 +47,7 @@ from fedflow.wire import (
     MessageCodec,
     Prepared,
     Ready,
-    Reply,
     Setup,
-    Task,
     Welcome,
 )
 
@@ -117,6 +116,8 @@ class Coordinator:
         dropna: bool = False,
         max_rounds: int = 10_000,
         trace: TraceWriter | None = None,
+        secure: bool = False,
+        secure_threshold: int | None = None,
     ) -> None:
         ref = app if isinstance(app, str) else app.name
         instance = None if isinstance(app, str) else app
@@ -127,6 +128,8 @@ class Coordinator:
             min_count=min_count,
             max_rounds=max_rounds,
             app_instance=instance,
+            secure=secure,
+            threshold=secure_threshold,
         )
         self.app = self.driver.app
         self.sites = {
@@ -251,41 +254,56 @@ class Coordinator:
         obs, driver = self.observer, self.driver
         infos = await self._open()
         driver.begin(infos)
+        entry: dict[str, Any] | None = None
+        started = 0.0
         while (tasks := driver.tasks()) is not None:
             round_ = driver.rounds
-            obs.round_started(round_)
-            started = time.perf_counter()
+            if entry is None:  # a round starts (a secure round spans several exchanges)
+                obs.round_started(round_)
+                started = time.perf_counter()
+                entry = self._round_entry(round_, driver.phase)
             before = {
                 n: (s.connector.bytes_sent, s.connector.bytes_received)
                 for n, s in self.sites.items()
             }
-            replies = await self._exchange(tasks, Reply)
+            exchange_started = time.perf_counter()
+            replies = await self._exchange(tasks, driver.expect)
             exchanged = time.perf_counter()
             driver.feed(replies)
             finished = time.perf_counter()
-            self.metrics["rounds"].append(
-                {
-                    "round": round_,
-                    "phase": tasks[next(iter(tasks))].phase,
-                    "seconds": finished - started,
-                    "exchange_seconds": exchanged - started,
-                    "aggregate_seconds": finished - exchanged,
-                    "sites": {
-                        n: {
-                            "compute_seconds": replies[n].seconds,
-                            "bytes_to_site": s.connector.bytes_sent - before[n][0],
-                            "bytes_from_site": s.connector.bytes_received - before[n][1],
-                        }
-                        for n, s in self.sites.items()
-                    },
-                }
-            )
-            obs.round_done(round_, finished - started, driver.phase is None)
+            entry["exchanges"] += 1
+            entry["exchange_seconds"] += exchanged - exchange_started
+            entry["aggregate_seconds"] += finished - exchanged
+            for n, s in self.sites.items():
+                books = entry["sites"][n]
+                books["compute_seconds"] += getattr(replies.get(n), "seconds", 0.0)
+                books["bytes_to_site"] += s.connector.bytes_sent - before[n][0]
+                books["bytes_from_site"] += s.connector.bytes_received - before[n][1]
+            if not driver.in_round:
+                entry["seconds"] = finished - started
+                self.metrics["rounds"].append(entry)
+                entry = None
+                obs.round_done(round_, finished - started, driver.phase is None)
         outcome = driver.outcome()
         await self._finish("completed")
         with self._phase("collect outputs"):
             await self._each(self._collect)
         return outcome
+
+    def _round_entry(self, round_: int, phase: str | None) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "round": round_,
+            "phase": phase,
+            "seconds": 0.0,
+            "exchange_seconds": 0.0,
+            "aggregate_seconds": 0.0,
+            "sites": {
+                n: {"compute_seconds": 0.0, "bytes_to_site": 0, "bytes_from_site": 0}
+                for n in self.sites
+            },
+        }
+        entry["exchanges"] = 0  # 4 for a secure round (keys, shares, masked, reveal), else 1
+        return entry
 
     async def _finish(self, status: str) -> None:
         with self._phase("finish sites"):
@@ -332,7 +350,11 @@ class Coordinator:
     async def _ask(self, name: str, message: Message, expect: type[M]) -> M:
         # Rounds get the study's timeout; starting, loading data and finishing get at least
         # SETUP_TIMEOUT, since a cold Python start and a big file can outlast a short round limit.
-        timeout = self.timeout if isinstance(message, Task) else max(self.timeout, SETUP_TIMEOUT)
+        timeout = (
+            self.timeout
+            if isinstance(message, ROUND_REQUESTS)
+            else max(self.timeout, SETUP_TIMEOUT)
+        )
         connector = self.sites[name].connector
         try:
             payload = self.codec.encode(message)
@@ -347,9 +369,9 @@ class Coordinator:
         except RemoteProtocolError as exc:
             raise RemoteProtocolError(exc.message, site=name) from None
         if self.trace is not None:
-            task = message if isinstance(message, Task) else None
+            round_ = message.round if isinstance(message, ROUND_REQUESTS) else None
             self.trace.record(
-                name, reply, round=task.round if task else None, phase=task.phase if task else None
+                name, reply, round=round_, phase=self.driver.phase if round_ else None
             )
         if isinstance(reply, Failure):
             raise _failure_error(reply, name)
@@ -410,6 +432,8 @@ def _failure_error(reply: Failure, site: str) -> FedflowError:
         return DataError(reply.message, site=site, file=reply.file, column=reply.column)
     if reply.kind == "app":
         return AppError(reply.message, site=site)
+    if reply.kind == "protocol" and reply.blame is not None:  # e.g. a share that does not open
+        return RemoteProtocolError(f"{reply.message} (found by site '{site}')", site=reply.blame)
     if reply.kind == "protocol":
         return LocalProtocolError(f"the site rejected our message: {reply.message}", site=site)
     if reply.kind == "policy":

@@ -13,10 +13,17 @@ to node agents in this process. There is no other round loop.
 
 Replies are decoded into the phase's reply type; a reply that does not fit is a protocol failure
 blamed on the site that sent it.
+
+With ``secure=True`` (the study's ``secure = true``) a round of a summed phase is a
+``SecureRound`` (``fedflow.runtime.secure``): ``tasks()`` yields its four steps' requests one
+after the other (``expect`` names the answer type) and ``feed()`` takes the answers; when the sum
+is known, ``aggregate_<phase>`` receives ``{SUM: the sum}``. An app whose ``App.secure`` is not
+True is refused at ``prepare``, and a step to a phase that is not summed ends the run.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +32,7 @@ import msgspec
 
 from fedflow.apps import get_app
 from fedflow.apps.base import (
+    SUM,
     App,
     Continue,
     CoordinatorContext,
@@ -36,7 +44,8 @@ from fedflow.apps.base import (
     merged_columns,
 )
 from fedflow.errors import AppError, RemoteProtocolError
-from fedflow.wire import Prepare, Reply, Task
+from fedflow.runtime.secure import SecureRound, majority
+from fedflow.wire import Message, Prepare, Reply, Task
 
 __all__ = ["Driver", "Outcome"]
 
@@ -67,6 +76,8 @@ class Driver:
         min_count: int = 5,
         max_rounds: int = 10_000,
         app_instance: App[Any] | None = None,
+        secure: bool = False,
+        threshold: int | None = None,
     ) -> None:
         self.ref = app
         self.app: App[Any] = app_instance if app_instance is not None else get_app(app)
@@ -76,6 +87,14 @@ class Driver:
         self.max_rounds = max_rounds
         self.ctx: CoordinatorContext | None = None
         self.step: Step | None = None
+        self.secure = secure
+        """Secure aggregation: only summed phases, each round a ``SecureRound``."""
+        self.threshold = threshold
+        """The Shamir threshold of secure rounds (None: a majority of the sites)."""
+        self.session_id = secrets.token_bytes(16)
+        """Fresh per run: no secure message of another run opens in this one."""
+        self.secure_round: SecureRound | None = None
+        """The secure round in flight, if any."""
 
     @property
     def rounds(self) -> int:
@@ -87,26 +106,60 @@ class Driver:
         """The phase of the round in flight (None before the first and after the last)."""
         return self.step.phase if isinstance(self.step, Continue) else None
 
+    @property
+    def in_round(self) -> bool:
+        """Whether the round in flight needs further exchanges (a secure round's next step)."""
+        return self.secure_round is not None
+
     def prepare(self, infos: Mapping[str, SiteInfo]) -> Prepare:
         """Resolve the parameters against the sites' merged columns; return the Prepare message."""
         if not infos:
             raise AppError("no sites")
+        if self.secure:
+            self._check_secure(len(infos))
         self.params = self.app.resolve(self.params, merged_columns(infos))
         return Prepare(
             app=self.ref,
             params=self.app.params_to_dict(self.params),
             columns=dict(self.app.columns(self.params)),
+            secure=self.secure,
         )
+
+    def _check_secure(self, n: int) -> None:
+        support = type(self.app).secure
+        if support is not True:
+            reason = support if isinstance(support, str) and support else "it declares no support"
+            raise AppError(f"app '{self.app.name}' cannot run with secure = true: {reason}")
+        if n < 2:
+            raise AppError(
+                "secure = true needs at least two sites (a sum over one site is its own)"
+            )
+        low = majority(n)
+        if self.threshold is not None and not low <= self.threshold <= n:
+            raise AppError(
+                f"secure_threshold = {self.threshold} must lie in {low}..{n} for {n} sites "
+                "(at least a majority)"
+            )
 
     def begin(self, sites: Mapping[str, SiteInfo]) -> None:
         """Start the conversation with the sites as prepared (rows each will use)."""
-        self.ctx = CoordinatorContext(sites=dict(sites), seed=self.seed, min_count=self.min_count)
+        self.ctx = CoordinatorContext(
+            sites=dict(sites), seed=self.seed, min_count=self.min_count, secure=self.secure
+        )
         self.step = self.app.start(self.params, self.ctx)
         if isinstance(self.step, Continue):
             self.app.check_phase(self.step.phase)
 
-    def tasks(self) -> dict[str, Task] | None:
-        """Return the next round's message for every site, or None when the app is done."""
+    @property
+    def expect(self) -> type[Message]:
+        """The answer type of the messages ``tasks()`` returned last."""
+        return self.secure_round.expect if self.secure_round is not None else Reply
+
+    def tasks(self) -> dict[str, Message] | None:
+        """Return the next message for every site (a round's Task, or the next step of a secure
+        round), or None when the app is done."""
+        if self.secure_round is not None:
+            return self.secure_round.requests()
         if self.ctx is None or not isinstance(self.step, Continue):
             return None
         if self.ctx.round >= self.max_rounds:
@@ -115,6 +168,25 @@ class Driver:
         step = self.step
         per_site = step.per_site or {}
         shared = encode_payload(step.request)
+        if self.secure:
+            if not self.app.check_phase(step.phase).summed:
+                raise AppError(
+                    f"app '{self.app.name}' stepped to phase '{step.phase}', which is not summed, "
+                    "with secure = true (only summed phases run securely)"
+                )
+            self.secure_round = SecureRound(
+                self.session_id,
+                self.ctx.round,
+                step.phase,
+                self.app.check_phase(step.phase).reply,
+                {
+                    name: encode_payload(per_site[name]) if name in per_site else shared
+                    for name in self.ctx.sites
+                },
+                list(self.ctx.sites),
+                self.threshold or majority(len(self.ctx.sites)),
+            )
+            return self.secure_round.requests()
         return {
             name: Task(
                 round=self.ctx.round,
@@ -124,14 +196,25 @@ class Driver:
             for name in self.ctx.sites
         }
 
-    def feed(self, replies: Mapping[str, Reply]) -> None:
-        """Decode every site's reply to the round in flight and aggregate them."""
+    def feed(self, replies: Mapping[str, Message]) -> None:
+        """Take every site's answer to the messages ``tasks()`` returned; at the end of a round,
+        decode the replies (or take the secure sum) and aggregate them."""
         assert self.ctx is not None and isinstance(self.step, Continue), "no round in flight"
         phase = self.step.phase
+        if self.secure_round is not None:
+            self.secure_round.feed(replies)
+            if self.secure_round.done:
+                summed = self.secure_round.result
+                assert summed is not None
+                self.secure_round = None
+                self.step = self.app.aggregate(phase, {SUM: summed}, self.params, self.ctx)
+            return
         kind = self.app.check_phase(phase).reply
         decoded = {}
         for name in self.ctx.sites:  # study order: aggregation never depends on arrival
             reply = replies[name]
+            if not isinstance(reply, Reply):
+                raise RemoteProtocolError(f"expected Reply, got {type(reply).__name__}", site=name)
             if reply.round != self.ctx.round:
                 raise RemoteProtocolError(
                     f"answered round {reply.round} during round {self.ctx.round}", site=name

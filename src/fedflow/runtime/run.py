@@ -24,7 +24,7 @@ from fedflow.apps import get_app
 from fedflow.apps.base import App
 from fedflow.connectors import ForkServer, connector_for
 from fedflow.connectors.base import Connector
-from fedflow.errors import StudyError
+from fedflow.errors import AppError, StudyError
 from fedflow.results.run import Run
 from fedflow.results.rundir import RunDirectory, json_ready, utc_now, write_toml
 from fedflow.results.trace import TRACE_FILE, TraceWriter
@@ -77,6 +77,8 @@ def check_study(
     assert study.app is not None
     app = get_app(study.app)
     app.parse_params(study.params)
+    if study.secure and type(app).secure is not True:
+        raise AppError(f"app '{app.name}' cannot run with secure = true: {type(app).secure}")
     if compare:
         remote = [c.name for c in study.clients if not c.is_local and study.skip_data_transfer]
         if remote:
@@ -172,6 +174,7 @@ async def arun_study(
         "min_count": study.min_count,
         "dropna": study.dropna,
         "timeout": study.timeout,
+        "secure": study.secure,
         "sites": {},
         "started": utc_now(),
         "finished": None,
@@ -236,6 +239,8 @@ async def arun_study(
                 seed=study.seed,
                 dropna=study.dropna,
                 trace=TraceWriter(rd.path / TRACE_FILE) if trace else None,
+                secure=study.secure,
+                secure_threshold=study.secure_threshold,
             )
             outcome = await coordinator.run()
             run.params = app.params_to_dict(outcome.params)

@@ -66,8 +66,11 @@ def simulate(
     min_count: int = 5,
     dropna: bool = False,
     max_rounds: int = 10_000,
+    secure: bool = False,
+    secure_threshold: int | None = None,
 ) -> Simulation:
     """Run ``app`` on ``sites`` (name → Table) through the coordinator; return the outcome.
+    ``secure``: aggregate every summed phase securely (as a study's ``secure = true``).
 
     Raises what a run raises (AppError, DataError naming the site, SiteError, …).
     """
@@ -80,6 +83,8 @@ def simulate(
         min_count=min_count,
         dropna=dropna,
         max_rounds=max_rounds,
+        secure=secure,
+        secure_threshold=secure_threshold,
     )
     outcome = _run_sync(coordinator)
     return Simulation(

@@ -164,6 +164,13 @@ class Study(_Strict):
     """Drop rows with a missing value in a column the app needs (default: missing values are an error)."""
     trust_new_hosts: bool = False
     """Remote sites: accept and record host keys never seen before (changed keys are always refused)."""
+    secure: bool = False
+    """Secure aggregation: the coordinator receives only masked vectors and learns only the sum
+    over sites of each summed phase, exactly (docs/secure-aggregation.md). Apps that cannot run
+    so are refused with the reason ``fedflow apps`` shows."""
+    secure_threshold: int | None = Field(default=None, ge=2)
+    """With ``secure = true``: how many sites must take part to unmask a sum (Shamir threshold);
+    at least a majority of the sites, at most all of them (default: a majority)."""
 
     # Where the study came from (set by the loader, not by the file).
     source: Path | None = Field(default=None, exclude=True)
@@ -190,7 +197,24 @@ class Study(_Strict):
             raise ValueError('no app given: set app = "<name>" (see `fedflow apps`)')
         if self.platform == "featurecloud" and self.tool is None and self.project_id is None:
             raise ValueError("platform 'featurecloud' needs tool = \"<app slug>\" or project_id")
+        self._check_secure()
         return self
+
+    def _check_secure(self) -> None:
+        n = len(self.clients)
+        if self.secure_threshold is not None and not self.secure:
+            raise ValueError("secure_threshold is for secure = true; set secure = true or drop it")
+        if self.secure and self.platform != "native":
+            raise ValueError("secure = true runs on the native platform only")
+        if self.secure and self.clients and n < 2:
+            raise ValueError("secure = true needs at least two sites (a sum over one is its own)")
+        low = n // 2 + 1
+        if self.secure_threshold is not None and n and not low <= self.secure_threshold <= n:
+            raise ValueError(
+                f"secure_threshold = {self.secure_threshold} must lie in {low}..{n} for {n} "
+                "sites: at least a majority, so that no minority of sites (with the "
+                "coordinator) can unmask one site"
+            )
 
     @property
     def folder(self) -> Path:

@@ -8,6 +8,15 @@ Conversation (coordinator → node, node → coordinator), one answer per reques
     Task(round, phase, payload)             → Reply(round, payload, seconds)     one per round
     Finish(status)                          → Bye(peak_rss, cpu_seconds, outputs)
 
+With ``secure = true`` (``Prepare.secure``) a round of a summed phase is four exchanges instead of
+one ``Task`` (docs/secure-aggregation.md; the site keeps its own reply and sends it only masked)::
+
+    SecureTask(round, phase, payload, session, sites, threshold)
+                                            → SecureKeys(keys, layout, lsb, msb)  "keys"
+    RelayKeys(round, keys, lsb, msb, terms) → SecureShares(boxes, commitment)     "shares"
+    RelayShares(round, boxes)               → SecureMasked(vector)                "masked"
+    Unmask(round, survivors, dropped)       → SecureReveal(self_seeds, mask_keys) "reveal"
+
 Any request may instead be answered with ``Failure(kind, message, file, column)``. ``Prepare.app``
 is the app as the study names it (a built-in name or ``package.module:Class``). Payloads are maps
 of plain values and numpy arrays (see ``arrays``), typed per phase by the app; they never carry
@@ -34,16 +43,28 @@ __all__ = [
     "Hello",
     "Message",
     "MessageCodec",
+    "LayoutField",
     "Prepare",
     "Prepared",
+    "PublicKeys",
     "Ready",
+    "RelayKeys",
+    "RelayShares",
     "Reply",
+    "ROUND_REQUESTS",
+    "SECURE_REQUESTS",
+    "SecureKeys",
+    "SecureMasked",
+    "SecureReveal",
+    "SecureShares",
+    "SecureTask",
     "Setup",
     "Task",
+    "Unmask",
     "Welcome",
 ]
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True):
@@ -115,6 +136,9 @@ class Prepare(_Msg, tag="prepare", frozen=True):
     code: str | None = None
     """The source of a custom app's module (``package.module:Class``), for sites that run only
     code whose sha256 they approved; the site runs its own approved copy, never this text."""
+    secure: bool = False
+    """The study asked for ``secure = true``: the site answers only the secure steps of summed
+    phases (a plain ``Task`` is refused) and refuses an app that does not support it."""
 
 
 class Prepared(_Msg, tag="prepared", frozen=True):
@@ -150,10 +174,128 @@ class Failure(_Msg, tag="failure", frozen=True):
     message: str
     file: str | None = None
     column: str | None = None
+    blame: str | None = None
+    """Another site this failure is blamed on (a secure-aggregation share that does not open
+    names the site that sealed it)."""
+
+
+# -- secure aggregation (one round of a summed phase) -------------------------------------------
+
+
+class LayoutField(msgspec.Struct, frozen=True, array_like=True):
+    """One field of a flattened summed reply: name, kind (``int``, ``float``, ``exact``,
+    ``int64`` or ``float64``) and shape."""
+
+    name: str
+    kind: str
+    shape: list[int]
+
+
+class PublicKeys(msgspec.Struct, frozen=True, array_like=True):
+    """A site's two X25519 public keys (32 bytes each)."""
+
+    cipher_pk: bytes
+    mask_pk: bytes
+
+
+class SecureTask(_Msg, tag="secure_task", frozen=True):
+    """Step 1: compute ``phase`` and keep the reply; answer with keys and the reply's layout.
+    ``session`` is the run's random session id, ``sites`` every site of the sum."""
+
+    round: int
+    phase: str
+    payload: dict[str, Any]
+    session: bytes
+    sites: list[str]
+    threshold: int
+
+
+class SecureKeys(_Msg, tag="keys", frozen=True):
+    """Step 1's answer: the site's public keys, its reply's layout and the exponent range of its
+    values (``lsb``/``msb``; both None when every value is zero)."""
+
+    round: int
+    keys: PublicKeys
+    layout: list[LayoutField]
+    lsb: int | None
+    msb: int | None
+    seconds: float = 0.0
+
+
+class RelayKeys(_Msg, tag="relay_keys", frozen=True):
+    """Step 2: every site's public keys and the agreed encoding FixedPoint(lsb, msb, terms)."""
+
+    round: int
+    keys: dict[str, PublicKeys]
+    lsb: int
+    msb: int
+    terms: int
+
+
+class SecureShares(_Msg, tag="shares", frozen=True):
+    """Step 2's answer: sealed shares per recipient and the commitment to the self-mask seed."""
+
+    round: int
+    boxes: dict[str, bytes]
+    commitment: bytes
+
+
+class RelayShares(_Msg, tag="relay_shares", frozen=True):
+    """Step 3: the sealed shares addressed to this site (sender → box)."""
+
+    round: int
+    boxes: dict[str, bytes]
+
+
+class SecureMasked(_Msg, tag="masked", frozen=True):
+    """Step 3's answer: the site's encoded reply, masked (a (length, limbs) uint64 array)."""
+
+    round: int
+    vector: Any
+
+
+class Unmask(_Msg, tag="unmask", frozen=True):
+    """Step 4: who sent a masked vector and who dropped after sharing its keys."""
+
+    round: int
+    survivors: list[str]
+    dropped: list[str]
+
+
+class SecureReveal(_Msg, tag="reveal", frozen=True):
+    """Step 4's answer: shares of the survivors' self-mask seeds and the dropped sites' keys."""
+
+    round: int
+    self_seeds: dict[str, bytes]
+    mask_keys: dict[str, bytes]
+
+
+SECURE_REQUESTS = (SecureTask, RelayKeys, RelayShares, Unmask)
+"""What the coordinator sends during a secure round."""
+ROUND_REQUESTS = (Task, *SECURE_REQUESTS)
+"""Requests answered within the study's round timeout."""
 
 
 Message = (
-    Hello | Welcome | Setup | Ready | Prepare | Prepared | Task | Reply | Finish | Bye | Failure
+    Hello
+    | Welcome
+    | Setup
+    | Ready
+    | Prepare
+    | Prepared
+    | Task
+    | Reply
+    | Finish
+    | Bye
+    | Failure
+    | SecureTask
+    | SecureKeys
+    | RelayKeys
+    | SecureShares
+    | RelayShares
+    | SecureMasked
+    | Unmask
+    | SecureReveal
 )
 
 
