@@ -1,5 +1,6 @@
-"""cox: risk-set sums and the Efron/Breslow merge, the exact federated concordance protocol,
-parameters, min_count refusals and failure modes (no events, collinearity, no convergence)."""
+"""cox: risk-set sums and the Efron/Breslow merge, the exact concordance protocol on summed
+histograms, parameters, min_count refusals and failure modes (no events, collinearity, no
+convergence)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,16 @@ import pytest
 from fedflow.apps import get_app
 from fedflow.apps._survival import (
     SCORE_RANGE,
+    SPLIT,
+    _edges,
     cell_histograms,
+    count_cells,
     cox_terms,
-    cross_pairs,
     event_table,
     initial_cells,
     linear_scores,
-    local_concordance,
-    merge_cells,
     risk_set_sums,
+    total_pairs,
 )
 from fedflow.apps.base import Empty, SiteContext, Table
 from fedflow.apps.cox import Cox, RiskSetSums
@@ -84,65 +86,91 @@ def test_efron_equals_breslow_without_ties() -> None:
     np.testing.assert_allclose(i_e, i_b, rtol=1e-12)
 
 
-def test_local_concordance_matches_lifelines() -> None:
-    from lifelines.utils import concordance_index
-
-    durations, events, x = _data(4)
-    scores = linear_scores(x, np.array([0.5, 0.0, 0.0]))  # only the discrete feature: ties
-    correct, tied, pairs = local_concordance(durations, events, scores)
-    assert tied > 0
-    expected = concordance_index(durations, -scores.astype(float), events)
-    assert (correct + 0.5 * tied) / pairs == pytest.approx(expected, rel=1e-14)
-
-
-def _federated_concordance(
-    sites: list[tuple[np.ndarray, ...]], grid: np.ndarray
-) -> tuple[float, int]:
-    """Run the concordance rounds by hand; return (C, number of rounds)."""
-    counts = np.zeros(3, dtype=np.int64)
-    for durations, events, scores in sites:
-        counts += local_concordance(durations, events, scores)
+def _concordance(sites: list[tuple[np.ndarray, ...]], grid: np.ndarray) -> tuple[float, int]:
+    """Run the concordance rounds by hand on the sites' summed histograms; return (C, rounds)."""
     cell_k, bounds = initial_cells(len(grid))
+    counts = [0, 0, 0]
     rounds = 0
     while len(cell_k):
         rounds += 1
         replies = [cell_histograms(*site, grid, cell_k, bounds) for site in sites]
-        deaths = np.stack([r[0] for r in replies])
-        comparable = np.stack([r[1] for r in replies])
+        deaths = sum(r[0] for r in replies)
+        comparable = sum(r[1] for r in replies)
         if rounds == 1:
-            counts[2] += cross_pairs(deaths, comparable)
-        concordant, tied, cell_k, bounds = merge_cells(cell_k, bounds, deaths, comparable)
+            counts[2] = total_pairs(deaths, comparable)
+        concordant, tied, cell_k, bounds = count_cells(cell_k, bounds, deaths, comparable)
         counts[0] += concordant
         counts[1] += tied
     return (counts[0] + 0.5 * counts[1]) / counts[2], rounds
 
 
-@pytest.mark.parametrize("n_sites", [2, 5])
-def test_federated_concordance_is_exact(n_sites: int) -> None:
+@pytest.mark.parametrize("n_sites", [1, 2, 5])
+def test_concordance_from_summed_histograms_matches_lifelines(n_sites: int) -> None:
+    from lifelines.utils import concordance_index
+
     durations, events, x = _data(5, n=200)
     scores = linear_scores(x, np.array([0.7, -0.4, 0.25]))
     grid = np.unique(durations[events == 1])
-    pooled = local_concordance(durations, events, scores)
     rng = np.random.default_rng(n_sites)
     site_of = rng.integers(0, n_sites, len(durations))
     sites = [
         (durations[site_of == s], events[site_of == s], scores[site_of == s])
         for s in range(n_sites)
     ]
-    c, rounds = _federated_concordance(sites, grid)
-    assert c == (pooled[0] + 0.5 * pooled[1]) / pooled[2]
+    c, rounds = _concordance(sites, grid)
+    assert c == pytest.approx(concordance_index(durations, -scores, events), rel=1e-14)
     assert rounds <= 1 + int(np.ceil(np.log2(2 * SCORE_RANGE) / 6))
 
 
-def test_cross_site_ties_are_resolved_as_ties() -> None:
-    # every score equal: all cross-site pairs are ties, found after refining to width-1 cells
+def test_equal_scores_are_resolved_as_ties() -> None:
+    from lifelines.utils import concordance_index
+
+    # only the discrete feature: many equal scores, found after refining to width-1 cells
+    durations, events, x = _data(4)
+    scores = linear_scores(x, np.array([0.5, 0.0, 0.0]))
+    grid = np.unique(durations[events == 1])
+    c, _ = _concordance([(durations, events, scores)], grid)
+    assert c == pytest.approx(concordance_index(durations, -scores, events), rel=1e-14)
     durations = np.array([1.0, 2.0, 3.0, 4.0, 1.5, 2.5, 3.5, 4.5])
-    events = np.ones(8, dtype=np.int64)
-    scores = np.zeros(8, dtype=np.int64)
-    grid = np.unique(durations)
-    sites = [(durations[:4], events[:4], scores[:4]), (durations[4:], events[4:], scores[4:])]
-    c, _ = _federated_concordance(sites, grid)
+    ones = np.ones(8, dtype=np.int64)
+    c, _ = _concordance([(durations, ones, np.zeros(8, dtype=np.int64))], durations)
     assert c == 0.5
+
+
+def _brute_histograms(durations, events, scores, grid, cell_k, bounds):  # type: ignore[no-untyped-def]
+    """Count every (cell, record) by the definition: deaths at the cell's time, records later or
+    censored at it, in the sub-interval holding the score."""
+    edges = _edges(bounds)
+    deaths = np.zeros((len(cell_k), SPLIT), dtype=np.int64)
+    comparable = np.zeros_like(deaths)
+    for c, (k, (lo, hi)) in enumerate(zip(cell_k, bounds, strict=True)):
+        for t, e, s in zip(durations, events, scores, strict=True):
+            if lo <= s < hi:
+                j = np.searchsorted(edges[c], s, side="right") - 1
+                deaths[c, j] += e == 1 and t == grid[k]
+                comparable[c, j] += t > grid[k] or (t == grid[k] and e == 0)
+    return deaths, comparable
+
+
+def test_cell_histograms_count_by_the_definition_and_add_up_over_batches() -> None:
+    durations, events, x = _data(14, n=150)
+    scores = linear_scores(x, np.array([0.7, -0.4, 0.25]))
+    grid = np.unique(durations[events == 1])
+    cell_k, bounds = initial_cells(len(grid))
+    for _ in range(4):  # the first rounds, then narrower cells of several widths and times
+        got = cell_histograms(durations, events, scores, grid, cell_k, bounds)
+        expected = _brute_histograms(durations, events, scores, grid, cell_k, bounds)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+        parts = [
+            cell_histograms(durations[i::7], events[i::7], scores[i::7], grid, cell_k, bounds)
+            for i in range(7)
+        ]
+        np.testing.assert_array_equal(sum(p[0] for p in parts), got[0])
+        np.testing.assert_array_equal(sum(p[1] for p in parts), got[1])
+        _, _, cell_k, bounds = count_cells(cell_k, bounds, *got)
+        if not len(cell_k):
+            break
 
 
 def _frame(seed: int, n: int = 150) -> pd.DataFrame:
@@ -282,19 +310,6 @@ def test_tied_event_sums_travel_only_for_efron(ties: str, sent: bool) -> None:
     app = _RecordingCox()
     simulate(app, {"duration": "t", "event": "e", "ties": ties}, _sites(_frame(13), 3))
     assert app.tied_sums and (max(app.tied_sums) > 0) == sent
-
-
-def test_counting_from_a_position_below_a_bound_matches_brute_force() -> None:
-    from fedflow.apps._survival import _count_from
-
-    rng = np.random.default_rng(14)
-    for n in (0, 1, 63, 64, 65, 500):
-        values = rng.integers(-5, 6, n).astype(np.int64)
-        start = rng.integers(0, n + 2, 300)
-        bound = rng.integers(-7, 8, 300)
-        for side, op in (("left", np.less), ("right", np.less_equal)):
-            expected = [int(op(values[s:], b).sum()) for s, b in zip(start, bound, strict=True)]
-            assert _count_from(values, start, bound, side).tolist() == expected
 
 
 def test_site_replies_are_the_declared_payloads() -> None:

@@ -1,9 +1,12 @@
 """Pure survival maths shared by ``kaplan-meier`` and ``cox``: event tables, Kaplan–Meier curves,
-the log-rank test, Cox risk-set sums and their Efron/Breslow merge, and Harrell's concordance.
+the log-rank test, a grid of event times found from summed counts, Cox risk-set sums and their
+Efron/Breslow merge, and Harrell's concordance counted from summed score histograms.
 
-Functions used at the sites (``event_table``, ``risk_set_sums``, ``linear_scores``,
-``local_concordance``, ``cell_histograms``) use numpy only. The coordinator-side functions import
-scipy lazily where they need it.
+Everything a site computes is a sum over its rows, accumulated batch by batch (``event_table`` and
+``merge_event_tables``, ``count_time_cells``, ``RiskSets``, ``cell_histograms``): a site never
+needs all its rows at once, and the sums of several sites (or of several batches) are the sums of
+their union. The site-side functions use numpy only; the coordinator-side ones import scipy
+lazily where they need it.
 """
 
 from __future__ import annotations
@@ -13,25 +16,37 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedflow.apps._labels import value_label as group_label
+from fedflow.apps.base import Payload
 
 __all__ = [
+    "GRID_BUDGET",
     "SCORE_BITS",
     "SCORE_RANGE",
     "SPLIT",
+    "RiskSets",
+    "TimeCells",
+    "TimeCounts",
     "cell_histograms",
+    "check_cells",
+    "check_time_cells",
+    "count_cells",
+    "count_time_cells",
     "cox_terms",
-    "cross_pairs",
     "event_table",
+    "first_time_cells",
     "group_label",
     "initial_cells",
+    "key_times",
     "km_curve",
     "linear_scores",
-    "local_concordance",
     "logrank_test",
     "median_survival",
-    "merge_cells",
     "merge_event_tables",
+    "refine_time_cells",
     "risk_set_sums",
+    "split_bits",
+    "time_keys",
+    "total_pairs",
 ]
 
 # --- Kaplan–Meier ------------------------------------------------------------------------------
@@ -150,11 +165,184 @@ def logrank_test(
     return statistic, float(stats.chi2.sf(statistic, dof)), dof
 
 
+# --- a shared grid of times from summed counts --------------------------------------------------
+#
+# Under secure aggregation a site cannot send its distinct times: the coordinator would learn which
+# site holds which time. Instead the times are found as a binary trie over order-preserving 64-bit
+# keys of the float64 times: each round the coordinator names the key prefixes (cells) that hold
+# records, each site counts its records per cell and next few bits (a sum over sites), and the
+# coordinator keeps the non-empty sub-cells. When no bit is left, every cell is one exact time,
+# with the summed count of records at it. The coordinator learns only summed counts of records in
+# key intervals, all of which follow from the final summed counts per time.
+
+GRID_BUDGET = 1 << 18
+"""Counts per site and round while a time grid is refined, at most (2 MiB as int64)."""
+
+_FLIP = np.int64(0x7FFFFFFFFFFFFFFF)
+
+
+def time_keys(times: np.ndarray) -> np.ndarray:
+    """Return int64 keys in the order of the float64 ``times`` (no NaN): equal keys exactly for
+    equal times (−0.0 and 0.0 are one time)."""
+    bits = (np.asarray(times, dtype=np.float64) + 0.0).view(np.int64)
+    return np.where(bits < 0, bits ^ _FLIP, bits)
+
+
+def key_times(keys: np.ndarray) -> np.ndarray:
+    """Return the float64 times of ``time_keys`` keys."""
+    keys = np.asarray(keys, dtype=np.int64)
+    return np.ascontiguousarray(np.where(keys < 0, keys ^ _FLIP, keys)).view(np.float64)
+
+
+def split_bits(shift: int, n_cells: int, n_groups: int = 1) -> int:
+    """Return how many key bits to resolve next: as many as ``GRID_BUDGET`` counts allow for
+    ``n_cells`` cells per group, at least 1 and at most ``shift`` (the bits left)."""
+    room = GRID_BUDGET // max(1, n_cells * n_groups)
+    return max(1, min(shift, room.bit_length() - 1))
+
+
+class TimeCells(Payload, frozen=True):
+    """To the sites: count records in the key cells ``prefixes`` (the key bits above ``shift``),
+    split by their next ``bits`` bits (see ``count_time_cells``)."""
+
+    shift: int
+    bits: int
+    prefixes: np.ndarray
+
+
+class TimeCounts(Payload, frozen=True):
+    """A site's reply to ``TimeCells``: its records per group, cell and sub-cell (int64, groups ×
+    cells × 2^bits); summed over sites."""
+
+    counts: np.ndarray
+
+
+def first_time_cells() -> tuple[int, int, np.ndarray]:
+    """Return the first round's (shift, bits, prefixes): the negative and non-negative keys."""
+    return 63, split_bits(63, 2), np.array([-1, 0], dtype=np.int64)
+
+
+def check_time_cells(shift: int, bits: int, prefixes: np.ndarray, n_groups: int) -> None:
+    """Raise ValueError for a request a site should not answer (malformed or oversized)."""
+    if not 1 <= bits <= shift <= 63:
+        raise ValueError(f"time cells: bits {bits} and shift {shift} out of range")
+    if len(prefixes) and np.any(np.diff(prefixes) <= 0):
+        raise ValueError("time cells: prefixes are not strictly increasing")
+    if n_groups * len(prefixes) << bits > 4 * GRID_BUDGET:
+        raise ValueError("time cells: more counts asked than the grid budget allows")
+
+
+def count_time_cells(
+    keys: np.ndarray,
+    groups: np.ndarray,
+    n_groups: int,
+    shift: int,
+    bits: int,
+    prefixes: np.ndarray,
+) -> np.ndarray:
+    """Return the counts (groups × cells × 2^bits, int64) of records per cell and next ``bits``
+    bits of their key: cell c holds the keys whose bits above ``shift`` are ``prefixes[c]``.
+    ``groups`` is each record's group index (in ``range(n_groups)``)."""
+    keys = np.asarray(keys, dtype=np.int64)
+    prefixes = np.asarray(prefixes, dtype=np.int64)
+    size = 1 << bits
+    shape = (n_groups, len(prefixes), size)
+    if not len(prefixes) or not len(keys):
+        return np.zeros(shape, dtype=np.int64)
+    parent = keys >> shift
+    cell = np.searchsorted(prefixes, parent)
+    hit = cell < len(prefixes)
+    hit[hit] = prefixes[cell[hit]] == parent[hit]
+    sub = (keys[hit] >> (shift - bits)) & (size - 1)
+    flat = (np.asarray(groups, dtype=np.int64)[hit] * len(prefixes) + cell[hit]) * size + sub
+    counts = np.bincount(flat, minlength=n_groups * len(prefixes) * size)
+    return counts.astype(np.int64).reshape(shape)
+
+
+def refine_time_cells(
+    shift: int, bits: int, prefixes: np.ndarray, counts: np.ndarray
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Return (shift left, prefixes, counts per group × prefix) of the non-empty sub-cells of a
+    round's summed ``counts`` (groups × cells × 2^bits). At shift 0 each prefix is a key."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.shape[1:] != (len(prefixes), 1 << bits):
+        raise ValueError(f"time cells: counts of shape {counts.shape} for {len(prefixes)} cells")
+    cell, sub = np.nonzero(counts.sum(0))
+    prefixes = (np.asarray(prefixes, dtype=np.int64)[cell] << bits) | sub
+    return shift - bits, prefixes.astype(np.int64), counts[:, cell, sub]
+
+
 # --- Cox proportional hazards ------------------------------------------------------------------
 
 
 _CHUNK = 4096
 """Rows per block when forming x xᵀ products, so memory stays O(block · p²), not O(n · p²)."""
+
+
+class RiskSets:
+    """One site's risk-set and tied-event sums at the event times ``grid``, added up over batches.
+
+    ``S0[k] = Σ w``, ``S1[k] = Σ w x``, ``S2[k] = Σ w x xᵀ`` over rows with duration ≥ grid[k],
+    with w = exp(eta). ``E0``, ``E1``, ``E2`` are the same sums over the rows with an event at
+    ``grid[k]``, for the grid times selected by the boolean ``tied`` only (in that order).
+
+    Sort-free over the site: each batch adds its rows to the bucket of grid times they reach (a
+    histogram onto the grid); ``sums()`` takes the reverse cumulative sum once at the end.
+    """
+
+    def __init__(self, grid: np.ndarray, tied: np.ndarray, p: int) -> None:
+        self.grid = np.asarray(grid, dtype=np.float64)
+        self.tied_times = self.grid[np.asarray(tied, dtype=bool)]
+        k, m = len(self.grid), len(self.tied_times)
+        self.acc0, self.acc1, self.acc2 = (
+            np.zeros(k + 1),
+            np.zeros((k + 1, p)),
+            np.zeros((k + 1, p, p)),
+        )
+        self.e0, self.e1, self.e2 = np.zeros(m), np.zeros((m, p)), np.zeros((m, p, p))
+
+    def add(
+        self, durations: np.ndarray, events: np.ndarray, x: np.ndarray, eta: np.ndarray
+    ) -> None:
+        """Add a batch of rows: durations, 0/1 events, features x (centred) and eta = xβ."""
+        t = np.asarray(durations, dtype=np.float64)
+        # a row with duration t is at risk at grid[j] for every j < bucket = #{grid ≤ t}
+        bucket = np.searchsorted(self.grid, t, side="right")
+        order = np.argsort(bucket, kind="stable")
+        bucket, w, xs = bucket[order], np.exp(eta[order]), x[order]
+        for start in range(0, len(t), _CHUNK):
+            rows = slice(start, start + _CHUNK)
+            ids, first = np.unique(bucket[rows], return_index=True)  # buckets are sorted
+            wc = w[rows]
+            wx = xs[rows] * wc[:, None]
+            self.acc0[ids] += np.add.reduceat(wc, first)
+            self.acc1[ids] += np.add.reduceat(wx, first, axis=0)
+            self.acc2[ids] += np.add.reduceat(wx[:, :, None] * xs[rows][:, None, :], first, axis=0)
+        tied_times = self.tied_times
+        if len(tied_times):
+            t = t[order]
+            pos = np.searchsorted(tied_times, t)
+            hit = (np.asarray(events, dtype=np.float64)[order] == 1) & (pos < len(tied_times))
+            hit[hit] = tied_times[pos[hit]] == t[hit]
+            wx = xs[hit] * w[hit][:, None]
+            np.add.at(self.e0, pos[hit], w[hit])
+            np.add.at(self.e1, pos[hit], wx)
+            np.add.at(self.e2, pos[hit], wx[:, :, None] * xs[hit][:, None, :])
+
+    def sums(self) -> dict[str, np.ndarray]:
+        """Return ``S0`` … ``E2`` of every row added so far."""
+
+        def at_risk(acc: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(np.cumsum(acc[::-1], axis=0)[::-1][1:])
+
+        return {
+            "S0": at_risk(self.acc0),
+            "S1": at_risk(self.acc1),
+            "S2": at_risk(self.acc2),
+            "E0": self.e0,
+            "E1": self.e1,
+            "E2": self.e2,
+        }
 
 
 def risk_set_sums(
@@ -165,53 +353,11 @@ def risk_set_sums(
     grid: np.ndarray,
     tied: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """Return one sample's risk-set and tied-event sums at the event times ``grid``.
-
-    ``S0[k] = Σ w``, ``S1[k] = Σ w x``, ``S2[k] = Σ w x xᵀ`` over rows with duration ≥ grid[k],
-    with w = exp(eta). ``E0``, ``E1``, ``E2`` are the same sums over the rows with an event at
-    ``grid[k]``, for the grid times selected by the boolean ``tied`` only (in that order).
-    """
-    order = np.argsort(durations, kind="stable")
-    t = np.asarray(durations, dtype=np.float64)[order]
-    w = np.exp(eta[order])
-    xs = x[order]
-    n, p = xs.shape
-    k = len(grid)
-    # a row with duration t is at risk at grid[j] for every j < bucket = #{grid ≤ t}
-    bucket = np.searchsorted(grid, t, side="right")
-    acc0, acc1, acc2 = np.zeros(k + 1), np.zeros((k + 1, p)), np.zeros((k + 1, p, p))
-    for start in range(0, n, _CHUNK):
-        rows = slice(start, start + _CHUNK)
-        ids, first = np.unique(bucket[rows], return_index=True)  # buckets are sorted
-        wc = w[rows]
-        wx = xs[rows] * wc[:, None]
-        acc0[ids] += np.add.reduceat(wc, first)
-        acc1[ids] += np.add.reduceat(wx, first, axis=0)
-        acc2[ids] += np.add.reduceat(wx[:, :, None] * xs[rows][:, None, :], first, axis=0)
-
-    def at_risk(acc: np.ndarray) -> np.ndarray:
-        return np.cumsum(acc[::-1], axis=0)[::-1][1:]
-
-    tied_times = grid[tied]
-    e0 = np.zeros(len(tied_times))
-    e1 = np.zeros((len(tied_times), p))
-    e2 = np.zeros((len(tied_times), p, p))
-    if len(tied_times):
-        pos = np.searchsorted(tied_times, t)
-        hit = (np.asarray(events, dtype=np.float64)[order] == 1) & (pos < len(tied_times))
-        hit[hit] = tied_times[pos[hit]] == t[hit]
-        wx = xs[hit] * w[hit][:, None]
-        np.add.at(e0, pos[hit], w[hit])
-        np.add.at(e1, pos[hit], wx)
-        np.add.at(e2, pos[hit], wx[:, :, None] * xs[hit][:, None, :])
-    return {
-        "S0": at_risk(acc0),
-        "S1": at_risk(acc1),
-        "S2": at_risk(acc2),
-        "E0": e0,
-        "E1": e1,
-        "E2": e2,
-    }
+    """Return one sample's risk-set and tied-event sums at the event times ``grid`` (see
+    ``RiskSets``), from all its rows at once."""
+    sets = RiskSets(grid, tied, np.shape(x)[1])
+    sets.add(durations, events, x, eta)
+    return sets.sums()
 
 
 def cox_terms(
@@ -257,6 +403,13 @@ def cox_terms(
 
 
 # --- concordance -------------------------------------------------------------------------------
+#
+# Harrell's C counts, over pairs of records, those where one had an event strictly before the
+# other's time (or at the time the other was censored) and the earlier one had the higher risk
+# score. Per event time t_k the sites send histograms of the scores of their events at t_k
+# ("deaths") and of their records still comparable at t_k, over score intervals the coordinator
+# chooses; pairs in different sub-intervals are decided from the summed histograms alone, and
+# sub-intervals holding both are split further until each is a single score value (a tie).
 
 SCORE_BITS = 24
 """Linear predictors are compared on a grid of 2⁻²⁴ (about 6e-8): closer scores count as tied."""
@@ -273,81 +426,6 @@ def linear_scores(x: np.ndarray, beta: np.ndarray) -> np.ndarray:
     return np.clip(q, -SCORE_RANGE, SCORE_RANGE - 1).astype(np.int64)
 
 
-def _count_from(values: np.ndarray, start: np.ndarray, bound: np.ndarray, side: str) -> np.ndarray:
-    """Return, per query i, #{j ≥ start[i] : values[j] < bound[i]} (``side="left"``) or ≤ (right).
-
-    Square-root decomposition: whole blocks by binary search in their sorted copy, the partial
-    block element by element, all vectorised over the queries — O(q · (n/B + B)) with B ≈ √n.
-    """
-    n = len(values)
-    size = max(64, int(np.sqrt(max(n, 1))))
-    n_blocks = -(-n // size) if n else 0
-    padded = np.full(n_blocks * size, np.iinfo(np.int64).max, dtype=np.int64)
-    padded[:n] = values
-    blocks = np.sort(padded.reshape(n_blocks, size), axis=1)
-    start = np.asarray(start, dtype=np.int64)
-    bound = np.asarray(bound, dtype=np.int64)
-    first_block = start // size
-    counts = np.zeros(len(start), dtype=np.int64)
-    for b in range(n_blocks):
-        later = first_block < b
-        if later.any():
-            counts[later] += np.searchsorted(blocks[b], bound[later], side=side)  # type: ignore[call-overload]
-    head = first_block * size
-    less = np.less if side == "left" else np.less_equal
-    for offset in range(size):
-        index = head + offset
-        take = (index >= start) & (index < n)
-        if take.any():
-            counts[take] += less(padded[index[take]], bound[take])
-    return counts
-
-
-def _concordance_order(
-    durations: np.ndarray, events: np.ndarray, scores: np.ndarray, grid: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (scores in time order, first death position, first comparable position) per grid
-    time. Rows are ordered by time, events before censored rows at the same time, so the deaths
-    at grid[k] are positions [first, comparable) and the rows comparable with them the rest."""
-    t = np.asarray(durations, dtype=np.float64)
-    observed = np.asarray(events, dtype=np.float64) == 1
-    order = np.lexsort((~observed, t))
-    t_sorted = t[order]
-    deaths_at = np.searchsorted(t_sorted, grid, side="left")
-    n_deaths = np.zeros(len(grid), dtype=np.int64)
-    dead_times = t[observed]
-    if len(grid):
-        idx = np.searchsorted(grid, dead_times)
-        hit = idx < len(grid)
-        hit[hit] = grid[idx[hit]] == dead_times[hit]
-        n_deaths = np.bincount(idx[hit], minlength=len(grid)).astype(np.int64)
-    return scores[order], deaths_at, deaths_at + n_deaths
-
-
-def local_concordance(
-    durations: np.ndarray, events: np.ndarray, scores: np.ndarray
-) -> tuple[int, int, int]:
-    """Return (concordant, tied, comparable) pair counts of one sample, as lifelines counts them.
-
-    A pair is comparable when one record has an event strictly before the other's time, or an
-    event at the time the other is censored. It is concordant when the earlier event has the
-    higher score, tied when the scores are equal.
-    """
-    t = np.asarray(durations, dtype=np.float64)
-    observed = np.asarray(events, dtype=np.float64) == 1
-    grid = np.unique(t[observed])
-    ordered, first, after = _concordance_order(t, events, np.asarray(scores), grid)
-    per_time = after - first
-    k = np.repeat(np.arange(len(grid)), per_time)
-    offset = np.arange(len(k)) - np.repeat(np.cumsum(per_time) - per_time, per_time)
-    death_pos = (first[k] + offset).astype(np.int64)
-    start = after[k]
-    below = _count_from(ordered, start, ordered[death_pos], "left")
-    not_above = _count_from(ordered, start, ordered[death_pos], "right")
-    pairs = int(((len(t) - after) * (after - first)).sum())
-    return int(below.sum()), int((not_above - below).sum()), pairs
-
-
 def initial_cells(n_times: int) -> tuple[np.ndarray, np.ndarray]:
     """Return the first round's cells: every event-time index with the whole score range."""
     k = np.arange(n_times, dtype=np.int64)
@@ -362,6 +440,20 @@ def _edges(bounds: np.ndarray) -> np.ndarray:
     return lo + ((hi - lo) * j) // SPLIT
 
 
+def check_cells(cell_k: np.ndarray, bounds: np.ndarray, n_times: int) -> None:
+    """Raise ValueError for cells a site should not count (malformed request)."""
+    if len(cell_k) != len(bounds):
+        raise ValueError(f"cells: {len(cell_k)} times for {len(bounds)} intervals")
+    if len(cell_k) and (cell_k.min() < 0 or cell_k.max() >= n_times):
+        raise ValueError("cells: an event-time index is outside the grid")
+    if len(bounds) and (
+        np.any(bounds[:, 0] >= bounds[:, 1])
+        or bounds.min() < -SCORE_RANGE
+        or bounds.max() > SCORE_RANGE
+    ):
+        raise ValueError("cells: a score interval is empty or outside the score range")
+
+
 def cell_histograms(
     durations: np.ndarray,
     events: np.ndarray,
@@ -372,69 +464,86 @@ def cell_histograms(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return one sample's (deaths, comparable) counts per cell and sub-interval (cells × SPLIT).
 
-    Cell c is event time ``grid[cell_k[c]]`` and the score interval ``bounds[c]``; deaths are the
-    records with an event at that time, comparable ones those with a later time or censored at it.
-    Cells sharing an interval are counted together: O(n log n + cells · SPLIT) per call, as the
-    intervals of one round are disjoint or equal.
+    Cell c is event time ``grid[cell_k[c]]`` and the score interval ``bounds[c]`` split at
+    ``_edges``; its deaths are the records with an event at that time, its comparable records
+    those with a later time or censored at it. The counts are sums over records, so the counts of
+    batches (or sites) add up to those of their union. The intervals of one round are disjoint or
+    equal: cells sharing an interval are sorted by time, and a record adds one to the prefix of
+    them at which it is still comparable (a difference array), O(n log cells + cells · SPLIT).
     """
-    ordered, first, after = _concordance_order(durations, events, np.asarray(scores), grid)
-    by_score = np.argsort(ordered, kind="stable")  # time positions, in score order
-    sorted_scores = ordered[by_score]
-    cell_k = np.asarray(cell_k, dtype=np.int64)
-    edges = _edges(bounds)
-    deaths = np.zeros((len(cell_k), SPLIT), dtype=np.int64)
-    comparable = np.zeros((len(cell_k), SPLIT), dtype=np.int64)
-    if not len(cell_k):
+    n_cells = len(cell_k)
+    deaths = np.zeros((n_cells, SPLIT), dtype=np.int64)
+    comparable = np.zeros((n_cells, SPLIT), dtype=np.int64)
+    t = np.asarray(durations, dtype=np.float64)
+    if not n_cells or not len(t):
         return deaths, comparable
-    intervals, group_of = np.unique(bounds, axis=0, return_inverse=True)
-    by_group = np.argsort(group_of.reshape(-1), kind="stable")
-    splits = np.cumsum(np.bincount(group_of.reshape(-1), minlength=len(intervals)))[:-1]
-    for (lo, hi), cells in zip(intervals, np.split(by_group, splits), strict=True):
-        i0, i1 = np.searchsorted(sorted_scores, [lo, hi], side="left")
-        inside = by_score[i0:i1]
-        sub = np.searchsorted(edges[cells[0]], sorted_scores[i0:i1], side="right") - 1
-        order = np.argsort(inside, kind="stable")
-        positions, sub = inside[order], sub[order]
-        ks = cell_k[cells]
-        # rows (of this interval) before each breakpoint position, per sub-interval
-        cut = np.searchsorted(positions, np.concatenate([first[ks], after[ks]]), side="left")
-        cuts, which = np.unique(cut, return_inverse=True)
-        segment = np.searchsorted(cuts, np.arange(len(positions)), side="right")
-        hist = np.bincount(segment * SPLIT + sub, minlength=(len(cuts) + 1) * SPLIT)
-        before = np.cumsum(hist.reshape(len(cuts) + 1, SPLIT), axis=0)[which.reshape(-1)]
-        before_first, before_after = before[: len(ks)], before[len(ks) :]
-        comparable[cells] = np.bincount(sub, minlength=SPLIT) - before_after
-        deaths[cells] = before_after - before_first
+    grid = np.asarray(grid, dtype=np.float64)
+    cell_k = np.asarray(cell_k, dtype=np.int64)
+    bounds = np.asarray(bounds, dtype=np.int64).reshape(-1, 2)
+    order = np.lexsort((cell_k, bounds[:, 1], bounds[:, 0]))
+    lo, hi, ks = bounds[order, 0], bounds[order, 1], cell_k[order]
+    new = np.ones(n_cells, dtype=bool)
+    new[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
+    starts = np.flatnonzero(new)
+    group = np.cumsum(new) - 1  # each sorted cell's interval
+    stride = len(grid) + 1
+    cell_key = group * stride + ks  # ascending: by interval, then by time
+    g_lo, g_hi = lo[starts], hi[starts]
+    s = np.asarray(scores, dtype=np.int64)
+    g = np.searchsorted(g_lo, s, side="right") - 1
+    inside = g >= 0
+    inside[inside] = s[inside] < g_hi[g[inside]]
+    rows = np.flatnonzero(inside)
+    g, s, t = g[rows], s[rows], t[rows]
+    observed = np.asarray(events, dtype=np.float64)[rows] == 1
+    width = g_hi[g] - g_lo[g]
+    sub = (SPLIT * (s - g_lo[g] + 1) - 1) // width  # the sub-interval [edge_j, edge_j+1) of s
+    k = np.searchsorted(grid, t, side="left")
+    at_grid = k < len(grid)
+    at_grid[at_grid] = grid[k[at_grid]] == t[at_grid]
+    # deaths: the cell of the record's own time, if it is asked for
+    dead = observed & at_grid
+    query = g[dead] * stride + k[dead]
+    pos = np.searchsorted(cell_key, query)
+    found = pos < n_cells
+    found[found] = cell_key[pos[found]] == query[found]
+    np.add.at(deaths, (order[pos[found]], sub[dead][found]), 1)
+    # comparable at grid[j] for every j < k_max: earlier times, and its own time when censored
+    k_max = k + (~observed & at_grid)
+    first = starts[g]
+    stop = np.searchsorted(cell_key, g * stride + k_max, side="left")
+    size = (n_cells + 1) * SPLIT
+    diff = np.bincount(first * SPLIT + sub, minlength=size) - np.bincount(
+        stop * SPLIT + sub, minlength=size
+    )
+    comparable[order] = np.cumsum(diff.reshape(n_cells + 1, SPLIT), axis=0)[:n_cells]
     return deaths, comparable
 
 
-def cross_pairs(deaths: np.ndarray, comparable: np.ndarray) -> int:
-    """Return the number of comparable cross-site pairs in histograms covering whole score range.
-
-    ``deaths`` and ``comparable`` are (sites × cells × SPLIT), as from the first round's cells.
-    """
-    d_site, c_site = deaths.sum(2), comparable.sum(2)  # sites × cells
-    return int((d_site.sum(0) * c_site.sum(0)).sum() - (d_site * c_site).sum())
+def total_pairs(deaths: np.ndarray, comparable: np.ndarray) -> int:
+    """Return the number of comparable pairs, from summed histograms (cells × SPLIT) of cells that
+    cover the whole score range (the first round's)."""
+    return int((np.asarray(deaths).sum(1) * np.asarray(comparable).sum(1)).sum())
 
 
-def merge_cells(
+def count_cells(
     cell_k: np.ndarray, bounds: np.ndarray, deaths: np.ndarray, comparable: np.ndarray
 ) -> tuple[int, int, np.ndarray, np.ndarray]:
-    """Count the cross-site pairs the sites' cell histograms decide; return the cells to refine.
+    """Count the pairs that summed cell histograms decide; return the cells to refine.
 
-    ``deaths`` and ``comparable`` are (sites × cells × SPLIT). Returns the concordant and tied
-    cross-site pair counts decided here, and the cells (time index, bounds) whose sub-intervals
-    still hold cross-site pairs of unknown order. A sub-interval one unit wide holds equal scores
-    only, so its pairs are ties: refinement always ends.
+    ``deaths`` and ``comparable`` are summed over sites (cells × SPLIT). Returns the concordant
+    and tied pair counts decided here (a death above a comparable record's sub-interval is
+    concordant; both in one sub-interval one unit wide is a tie), and the cells (time index,
+    bounds) of the sub-intervals that hold both and are wider: refinement always ends.
     """
-    d_tot, c_tot = deaths.sum(0), comparable.sum(0)
-    below_tot = np.cumsum(c_tot, axis=1) - c_tot
-    below_site = np.cumsum(comparable, axis=2) - comparable
-    concordant = int((d_tot * below_tot).sum() - (deaths * below_site).sum())
-    same = d_tot * c_tot - (deaths * comparable).sum(0)  # cells × SPLIT, cross-site pairs only
-    edges = _edges(bounds)
+    deaths = np.asarray(deaths, dtype=np.int64)
+    comparable = np.asarray(comparable, dtype=np.int64)
+    below = np.cumsum(comparable, axis=1) - comparable
+    concordant = int((deaths * below).sum())
+    same = deaths * comparable
+    edges = _edges(np.asarray(bounds, dtype=np.int64).reshape(-1, 2))
     width = edges[:, 1:] - edges[:, :-1]
     tied = int(same[(same > 0) & (width == 1)].sum())
     cells, subs = np.nonzero((same > 0) & (width > 1))
     new_bounds = np.column_stack([edges[cells, subs], edges[cells, subs + 1]]).astype(np.int64)
-    return concordant, tied, cell_k[cells], new_bounds
+    return concordant, tied, np.asarray(cell_k, dtype=np.int64)[cells], new_bounds

@@ -1,37 +1,50 @@
 """``cox``: Cox proportional hazards by exact Newton–Raphson on per-event-time risk-set sums, and
-Harrell's concordance counted exactly across sites.
+Harrell's concordance counted exactly from summed score histograms.
 
 Phases (request → reply payload):
 
 1. ``setup`` (``Empty`` → ``Setup``, one round) — each site sends its row and event counts, per
-   feature Σx and the sum of squared deviations from its own mean (constant features are refused
-   by name), Σx over its events, and its distinct event times with the number of events at each.
-   The coordinator forms the global grid of event times t₁ < … < t_K and the number of events dₖ
-   at each, and the pooled means m of the features (the sites centre x at m, which changes
-   nothing in β but keeps exp(xβ) in range).
+   feature Σx, Σx over its events, and its distinct event times with the number of events at
+   each. The coordinator forms the global grid of event times t₁ < … < t_K and the number of
+   events dₖ at each, and the pooled means m of the features (the sites centre x at m, which
+   changes nothing in β but keeps exp(xβ) in range). With ``secure = true`` a site cannot send its
+   event times: ``totals`` (``Empty`` → ``Totals``, the same sums without the times) and
+   ``times`` (``TimeCells`` → ``TimeCounts``, a few rounds) replace it — the coordinator finds
+   the grid and dₖ from summed counts of events in cells of an order-preserving 64-bit key of
+   the times, refined until every cell is one exact time (``_survival.refine_time_cells``).
 2. ``fit`` (``Evaluate`` → ``RiskSetSums``, one round per Newton evaluation) — the coordinator
    sends β; each site returns, for every grid time, the risk-set sums over its rows with duration
-   ≥ tₖ: S0 = Σ exp(xβ), S1 = Σ x exp(xβ), S2 = Σ xxᵀ exp(xβ); and, at grid times with tied events
+   ≥ tₖ: S0 = Σ exp(xβ), S1 = Σ x exp(xβ), S2 = Σ xxᵀ exp(xβ); at grid times with tied events
    (dₖ > 1), the same three sums over its rows with an event at tₖ (needed by Efron's method only:
-   with Breslow's ties no grid time is marked tied and these arrays are empty). The coordinator
-   adds them up and gets the exact pooled log partial likelihood, gradient and information; it
-   takes the Newton step, halving it while the likelihood falls. It stops when the largest step
-   is below ``tol`` × (1 + max|β|) or after ``max_iter`` steps (then ``converged`` is false, with
-   a note).
-3. ``concordance`` (``Cells`` → ``FirstHistograms``, one round), then ``refine`` (``Cells`` →
-   ``Histograms``, a few rounds) — the coordinator sends the final β. Each site counts the
-   comparable pairs among its own rows exactly (as lifelines does: an event strictly before the
-   other's time, or at the time the other is censored; concordant when the earlier event has the
-   higher risk score, half a pair when the scores are equal). Pairs across sites are counted from
-   histograms: per grid time, the counts of the site's events at tₖ and of its rows still comparable
-   at tₖ in score intervals the coordinator sends (the whole score range in ``concordance``, whose
-   reply also carries the site's own pair counts). Intervals in which events of one site meet
-   comparable rows of another are split 64-fold in a ``refine`` round, until every such interval
-   holds a single score value; the count is then exact. Scores xβ are compared on a grid of 2⁻²⁴
-   (≈ 6e-8): scores closer than that may count as tied where the twin orders them (identical
-   covariate rows tie in both). The twin is ``lifelines.utils.concordance_index`` on scores computed row by row;
+   with Breslow's ties no grid time is marked tied and these arrays are empty); and Σ(x − m)²
+   per feature (constant features are refused by name after the first evaluation). The
+   coordinator adds them up and gets the exact pooled log partial likelihood, gradient and
+   information; it takes the Newton step, halving it while the likelihood falls. It stops when
+   the largest step is below ``tol`` × (1 + max|β|) or after ``max_iter`` steps (then
+   ``converged`` is false, with a note).
+3. ``concordance`` then ``refine`` (``Cells`` → ``Histograms``, a few rounds) — the coordinator
+   sends the final β and cells: an event-time index and a score interval. Each site returns, per
+   cell and 64 sub-intervals, how many of its events at tₖ and of its rows still comparable at tₖ
+   (a later time, or censored at tₖ) have their risk score there. Summed over sites, pairs in
+   different sub-intervals are decided (the earlier event with the higher score is concordant);
+   sub-intervals holding both are split 64-fold in a ``refine`` round, until each holds a single
+   score value (a tie); the count is then exact, as lifelines counts (half a pair for a tie).
+   Scores xβ are compared on a grid of 2⁻²⁴ (≈ 6e-8): scores closer than that may count as tied
+   where the twin orders them (identical covariate rows tie in both). The twin is
+   ``lifelines.utils.concordance_index`` on scores computed row by row;
    ``CoxPHFitter.concordance_index_`` itself can order identical rows by rounding noise of its
    matrix product (9e-6 relative on kidney_transplant in one row order), so it is not the twin.
+
+Every phase but ``setup`` needs only the sum of the sites' replies (``summed``), so with
+``secure = true`` the coordinator learns: the pooled number of rows and events, feature sums,
+the grid of distinct event times over all sites and the number of events at each (not which site
+had them), and per Newton evaluation the pooled risk-set sums per event time (at β = 0, S0 is the
+pooled number at risk) and the pooled score histograms of the concordance rounds. Both tie methods
+run securely.
+
+Streaming: every phase reads the site's rows batch by batch (``Table.batches``); the risk-set sums
+are per-batch histograms onto the grid followed by one reverse cumulative sum, and the histograms
+are sums over rows, so a site holds O(K·p²) numbers, never all its rows.
 
 Tolerance: coefficients, standard errors, hazard ratios, p-values, confidence bounds, the log
 partial likelihood and the concordance match the twin — lifelines' ``CoxPHFitter`` for Efron's
@@ -39,20 +52,20 @@ ties, statsmodels' ``PHReg(ties="breslow")`` for Breslow's (``reference_for``) �
 relative, the counts exactly (measured on the fidelity datasets: 1e-13 to 1e-9, the largest on a
 p-value of 1e-11). ``comparable`` selects these keys; a result without one of them fails.
 
-What a site reveals: the distinct times at which its records had events, with the number of events
-at each; per Newton evaluation and grid time, the sums above over its risk set (differences of
-consecutive sums are sums over the records that left the risk set in between, so when a single
-record of a site leaves between two grid times its covariates can be recovered) and, at tied event
-times, the sums over its events at that time; in the concordance rounds, per grid time, how many of
-its events and comparable rows fall into each score interval, down to single score values where its
-events meet another site's rows. This is inherent to an exact federated Cox model; use secure
-aggregation (or coarser data) where it matters. What ``min_count`` protects: a site refuses to
-answer when it holds fewer than ``min_count`` rows.
+What a site reveals without secure aggregation: the distinct times at which its records had events,
+with the number of events at each; per Newton evaluation and grid time, the sums above over its
+risk set (differences of consecutive sums are sums over the records that left the risk set in
+between, so when a single record of a site leaves between two grid times its covariates can be
+recovered) and, at tied event times, the sums over its events at that time; in the concordance
+rounds, per grid time, how many of its events and comparable rows fall into each score interval,
+down to single score values where events meet comparable rows. This is inherent to an exact
+federated Cox model; use secure aggregation (or coarser data) where it matters. What
+``min_count`` protects: a site refuses to answer when it holds fewer than ``min_count`` rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -60,18 +73,29 @@ import msgspec
 import numpy as np
 
 from fedflow.apps._survival import (
+    SPLIT,
+    RiskSets,
+    TimeCells,
+    TimeCounts,
     cell_histograms,
+    check_cells,
+    check_time_cells,
+    count_cells,
+    count_time_cells,
     cox_terms,
-    cross_pairs,
     event_table,
+    first_time_cells,
     initial_cells,
+    key_times,
     linear_scores,
-    local_concordance,
-    merge_cells,
     merge_event_tables,
-    risk_set_sums,
+    refine_time_cells,
+    split_bits,
+    time_keys,
+    total_pairs,
 )
 from fedflow.apps.base import (
+    SUM,
     App,
     ColumnKind,
     Continue,
@@ -130,18 +154,22 @@ class CoxParams(Params, frozen=True):
 
 
 # -- payloads -------------------------------------------------------------------------------------
-class Setup(Payload, frozen=True):
-    """Phase ``setup``, a site's reply: row and event counts, per feature Σx and the squared
-    deviations from the site's mean, Σx over its events, its distinct event times and the number
-    of events at each."""
+class Totals(Payload, frozen=True):
+    """Phase ``totals`` (secure), a site's reply: row and event counts, per feature Σx and Σx
+    over its events; summed over sites."""
 
     n: int
     n_events: int
+    x_sum: np.ndarray
+    event_x_sum: np.ndarray
+
+
+class Setup(Totals, frozen=True):
+    """Phase ``setup``, a site's reply: its ``Totals``, its distinct event times and the number
+    of events at each."""
+
     event_times: np.ndarray
     event_counts: np.ndarray
-    x_sum: np.ndarray
-    x_m2: np.ndarray
-    event_x_sum: np.ndarray
 
 
 class Evaluate(Payload, frozen=True):
@@ -154,10 +182,13 @@ class Evaluate(Payload, frozen=True):
     tied: np.ndarray
 
 
+_SUMS = ("s0", "s1", "s2", "e0", "e1", "e2")
+
+
 class RiskSetSums(Payload, frozen=True):
     """Phase ``fit``, a site's reply: per grid time the sums of exp(xβ), x·exp(xβ), xxᵀ·exp(xβ)
-    over its rows at risk (``s0``, ``s1``, ``s2``) and, at the tied grid times, over its rows
-    with an event there (``e0``, ``e1``, ``e2``)."""
+    over its rows at risk (``s0``, ``s1``, ``s2``); at the tied grid times, over its rows with an
+    event there (``e0``, ``e1``, ``e2``); and Σ(x − mean)² per feature (``x_m2``)."""
 
     s0: np.ndarray
     s1: np.ndarray
@@ -165,10 +196,7 @@ class RiskSetSums(Payload, frozen=True):
     e0: np.ndarray
     e1: np.ndarray
     e2: np.ndarray
-
-    def as_sums(self) -> dict[str, np.ndarray]:
-        """Return the sums under the names ``cox_terms`` reads (``S0`` … ``E2``)."""
-        return {name.upper(): getattr(self, name) for name in self.__struct_fields__}
+    x_m2: np.ndarray
 
 
 class Cells(Payload, frozen=True):
@@ -184,48 +212,59 @@ class Cells(Payload, frozen=True):
 
 
 class Histograms(Payload, frozen=True):
-    """Phase ``refine``, a site's reply: per cell and sub-interval, its events at the cell's time
-    and its rows still comparable there (int32: counts never exceed the site's rows)."""
+    """Phases ``concordance`` and ``refine``, a site's reply: per cell and sub-interval, its
+    events at the cell's time and its rows still comparable there (int64 under secure
+    aggregation, else int32: counts never exceed the site's rows); summed over sites."""
 
     deaths: np.ndarray
     comparable: np.ndarray
 
 
-class FirstHistograms(Histograms, frozen=True):
-    """Phase ``concordance`` (the first counting round), a site's reply: the histograms over the
-    whole score range and its own (concordant, tied, comparable) pair counts."""
-
-    concordant: int
-    tied: int
-    pairs: int
-
-
 # -- site -------------------------------------------------------------------------------------------
-def _site_arrays(data: Table, params: CoxParams, ctx: SiteContext) -> tuple[np.ndarray, ...]:
-    """Return (durations, events, x) of the site, built once per run and kept in ``ctx.state``."""
-    arrays: tuple[np.ndarray, ...] | None = ctx.state.get("arrays")
-    if arrays is None:
-        durations = np.asarray(data[params.duration], dtype=np.float64)
-        x = data.matrix(params.features or [])
+def _rows(
+    data: Table, params: CoxParams, ctx: SiteContext
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield the site's rows batch by batch as (durations, events, x), checking them."""
+    check_min_count(data.n_rows, ctx.min_count, "the risk sets")
+    features = list(params.features or [])
+    for batch in data.batches([params.duration, params.event, *features]):
+        durations = np.asarray(batch[params.duration], dtype=np.float64)
         if np.isnan(durations).any():
             raise DataError(
                 f"column '{params.duration}' has missing values", column=params.duration
             )
-        bad = [
-            f for f, ok in zip(params.features or [], np.isfinite(x).all(0), strict=True) if not ok
-        ]
+        x = batch.matrix(features)
+        bad = [f for f, ok in zip(features, np.isfinite(x).all(0), strict=True) if not ok]
         if bad:
             raise DataError(f"column '{bad[0]}' has missing or infinite values", column=bad[0])
-        events = np.asarray(data[params.event], dtype=np.float64)
-        arrays = ctx.state["arrays"] = (durations, events, x)
-    return arrays
+        yield durations, np.asarray(batch[params.event], dtype=np.float64), x
 
 
-def _centred(x: np.ndarray, request: Evaluate | Cells) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (x centred at the pooled means, β, grid) of a request."""
+def _totals(
+    data: Table, params: CoxParams, ctx: SiteContext, *, times: bool
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+    """Return the site's ``Totals`` fields and, if ``times``, the event table of its events."""
+    p = len(params.features or [])
+    n = n_events = 0
+    x_sum, event_x_sum = np.zeros(p), np.zeros(p)
+    table: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    for durations, events, x in _rows(data, params, ctx):
+        observed = events == 1
+        n += len(durations)
+        n_events += int(observed.sum())
+        x_sum += x.sum(0)
+        event_x_sum += x[observed].sum(0)
+        if times:
+            part = event_table(durations[observed], events[observed])
+            table = part if table is None else merge_event_tables([table, part])
+    totals = {"n": n, "n_events": n_events, "x_sum": x_sum, "event_x_sum": event_x_sum}
+    return totals, table
+
+
+def _centred(x: np.ndarray, request: Evaluate | Cells) -> tuple[np.ndarray, np.ndarray]:
+    """Return (x centred at the pooled means, β) of a request."""
     xc = x - np.asarray(request.mean, dtype=np.float64)[None, :]
-    beta = np.asarray(request.beta, dtype=np.float64)
-    return xc, beta, np.asarray(request.grid, dtype=np.float64)
+    return xc, np.asarray(request.beta, dtype=np.float64)
 
 
 # -- coordinator ----------------------------------------------------------------------------------
@@ -245,6 +284,7 @@ class _Run:
     """(β, loglik, step) of the last accepted evaluation."""
     halvings: int = 0
     iterations: int = 0
+    evaluations: int = 0
     # the fit, once Newton-Raphson has stopped
     final: np.ndarray | None = None
     cov: np.ndarray | None = None
@@ -272,9 +312,32 @@ class _Run:
         )
 
 
-def _total(parts: list[np.ndarray]) -> np.ndarray:
-    """Return the element-wise sum of the sites' arrays."""
-    return np.sum([np.asarray(p, dtype=np.float64) for p in parts], axis=0)
+@dataclass
+class _Grid:
+    """The coordinator's state while it finds the event times under secure aggregation."""
+
+    totals: Totals
+    shift: int
+    bits: int
+    prefixes: np.ndarray
+
+    def request(self) -> Continue:
+        return Continue(
+            "times", TimeCells(shift=self.shift, bits=self.bits, prefixes=self.prefixes)
+        )
+
+
+def _added(replies: Mapping[str, Any], names: tuple[str, ...], dtype: type) -> list[np.ndarray]:
+    """Return the fields ``names`` summed over the sites: the one summed reply under secure
+    aggregation (``{SUM: …}``), else the element-wise sum of the sites' arrays."""
+    if SUM in replies:
+        if len(replies) != 1:
+            raise AppError("app 'cox': a summed reply came with per-site replies")
+        return [np.asarray(getattr(replies[SUM], name), dtype=dtype) for name in names]
+    items = list(replies.values())
+    return [
+        np.sum([np.asarray(getattr(r, name), dtype=dtype) for r in items], axis=0) for name in names
+    ]
 
 
 def _check_information(information: np.ndarray) -> None:
@@ -313,10 +376,14 @@ class Cox(App[CoxParams]):
     Params = CoxParams
     phases = {
         "setup": Phase(Empty, Setup),
-        "fit": Phase(Evaluate, RiskSetSums),
-        "concordance": Phase(Cells, FirstHistograms),
-        "refine": Phase(Cells, Histograms),
+        "totals": Phase(Empty, Totals, summed=True),
+        "times": Phase(TimeCells, TimeCounts, summed=True),
+        "fit": Phase(Evaluate, RiskSetSums, summed=True),
+        "concordance": Phase(Cells, Histograms, summed=True),
+        "refine": Phase(Cells, Histograms, summed=True),
     }
+    secure = True
+    streaming = True
     tolerances = {
         "p_values": (1e-8, 0.0),  # relative only: p-values can be 1e-11
         "n_obs": (0.0, 0.0),
@@ -346,99 +413,141 @@ class Cox(App[CoxParams]):
     def reference_for(self, params: CoxParams) -> str:
         return _TIES_REFERENCE[params.ties]
 
+    def start(self, params: CoxParams, ctx: CoordinatorContext) -> Step:
+        return Continue("totals" if ctx.secure else "setup", Empty())
+
     # -- site -----------------------------------------------------------------------------------
     def local_setup(
         self, data: Table, params: CoxParams, request: Empty, ctx: SiteContext
     ) -> Setup:
-        durations, events, x = _site_arrays(data, params, ctx)
-        check_min_count(len(durations), ctx.min_count, "the risk sets")
-        observed = events == 1
-        times, counts, _ = event_table(durations[observed], events[observed])
-        return Setup(
-            n=len(durations),
-            n_events=int(observed.sum()),
-            event_times=times,
-            event_counts=counts,
-            x_sum=x.sum(0),
-            x_m2=((x - x.mean(0)) ** 2).sum(0) if len(x) else np.zeros(x.shape[1]),
-            event_x_sum=x[observed].sum(0),
-        )
+        totals, table = _totals(data, params, ctx, times=True)
+        assert table is not None
+        return Setup(**totals, event_times=table[0], event_counts=table[1])
+
+    def local_totals(
+        self, data: Table, params: CoxParams, request: Empty, ctx: SiteContext
+    ) -> Totals:
+        return Totals(**_totals(data, params, ctx, times=False)[0])
+
+    def local_times(
+        self, data: Table, params: CoxParams, request: TimeCells, ctx: SiteContext
+    ) -> TimeCounts:
+        prefixes = np.asarray(request.prefixes, dtype=np.int64)
+        try:
+            check_time_cells(request.shift, request.bits, prefixes, 1)
+        except ValueError as exc:
+            raise AppError(f"app 'cox': {exc}") from None
+        counts = np.zeros((1, len(prefixes), 1 << request.bits), dtype=np.int64)
+        for durations, events, _ in _rows(data, params, ctx):
+            keys = time_keys(durations[events == 1])
+            zeros = np.zeros(len(keys), dtype=np.int64)
+            counts += count_time_cells(keys, zeros, 1, request.shift, request.bits, prefixes)
+        return TimeCounts(counts=counts)
 
     def local_fit(
         self, data: Table, params: CoxParams, request: Evaluate, ctx: SiteContext
     ) -> RiskSetSums:
-        durations, events, x = _site_arrays(data, params, ctx)
-        xc, beta, grid = _centred(x, request)
-        sums = risk_set_sums(
-            durations, events, xc, xc @ beta, grid, np.asarray(request.tied, dtype=bool)
-        )
-        return RiskSetSums(**{name.lower(): value for name, value in sums.items()})
+        p = len(params.features or [])
+        sets = RiskSets(np.asarray(request.grid, dtype=np.float64), np.asarray(request.tied), p)
+        x_m2 = np.zeros(p)
+        for durations, events, x in _rows(data, params, ctx):
+            xc, beta = _centred(x, request)
+            sets.add(durations, events, xc, xc @ beta)
+            x_m2 += (xc**2).sum(0)
+        sums = sets.sums()
+        return RiskSetSums(**{name: sums[name.upper()] for name in _SUMS}, x_m2=x_m2)
 
     def _histograms(
         self, data: Table, params: CoxParams, request: Cells, ctx: SiteContext
-    ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
-        """Return the site's (deaths, comparable) int32 histograms of ``request``'s cells, and
-        (durations, events, scores)."""
-        durations, events, x = _site_arrays(data, params, ctx)
-        xc, beta, grid = _centred(x, request)
-        scores = ctx.state.get("scores")
-        if scores is None:
-            scores = ctx.state["scores"] = linear_scores(xc, beta)
-        deaths, comparable = cell_histograms(
-            durations,
-            events,
-            scores,
-            grid,
-            np.asarray(request.cell_k, dtype=np.int64),
-            np.asarray(request.bounds, dtype=np.int64).reshape(-1, 2),
-        )
-        # counts never exceed the site's rows: int32 halves the message
-        return deaths.astype(np.int32), comparable.astype(np.int32), (durations, events, scores)
+    ) -> Histograms:
+        grid = np.asarray(request.grid, dtype=np.float64)
+        cell_k = np.asarray(request.cell_k, dtype=np.int64)
+        bounds = np.asarray(request.bounds, dtype=np.int64).reshape(-1, 2)
+        try:
+            check_cells(cell_k, bounds, len(grid))
+        except ValueError as exc:
+            raise AppError(f"app 'cox': {exc}") from None
+        deaths = np.zeros((len(cell_k), SPLIT), dtype=np.int64)
+        comparable = np.zeros_like(deaths)
+        for durations, events, x in _rows(data, params, ctx):
+            xc, beta = _centred(x, request)
+            d, c = cell_histograms(durations, events, linear_scores(xc, beta), grid, cell_k, bounds)
+            deaths += d
+            comparable += c
+        # counts never exceed the site's rows: in the clear, int32 halves the message
+        kind = np.int64 if ctx.secure else np.int32
+        return Histograms(deaths=deaths.astype(kind), comparable=comparable.astype(kind))
 
     def local_concordance(
         self, data: Table, params: CoxParams, request: Cells, ctx: SiteContext
-    ) -> FirstHistograms:
-        deaths, comparable, sample = self._histograms(data, params, request, ctx)
-        concordant, tied, pairs = local_concordance(*sample)
-        return FirstHistograms(
-            deaths=deaths, comparable=comparable, concordant=concordant, tied=tied, pairs=pairs
-        )
+    ) -> Histograms:
+        return self._histograms(data, params, request, ctx)
 
     def local_refine(
         self, data: Table, params: CoxParams, request: Cells, ctx: SiteContext
     ) -> Histograms:
-        deaths, comparable, _ = self._histograms(data, params, request, ctx)
-        return Histograms(deaths=deaths, comparable=comparable)
+        return self._histograms(data, params, request, ctx)
 
     # -- coordinator ----------------------------------------------------------------------------
     def aggregate_setup(
         self, replies: Mapping[str, Setup], params: CoxParams, ctx: CoordinatorContext
     ) -> Step:
-        n = sum(int(r.n) for r in replies.values())
-        n_events = sum(int(r.n_events) for r in replies.values())
-        if n_events == 0:
-            raise AppError(f"app 'cox': column '{params.event}' holds no event at any site")
         tables = []
         for r in replies.values():
             counts = np.asarray(r.event_counts, dtype=np.int64)
             tables.append((np.asarray(r.event_times), counts, np.zeros_like(counts)))
         grid, deaths, _ = merge_event_tables(tables)
-        mean = _total([r.x_sum for r in replies.values()]) / n
-        m2 = _total([r.x_m2 for r in replies.values()]) + np.sum(
-            [
-                int(r.n) * (np.asarray(r.x_sum) / max(int(r.n), 1) - mean) ** 2
-                for r in replies.values()
-            ],
-            axis=0,
+        n = sum(int(r.n) for r in replies.values())
+        n_events = sum(int(r.n_events) for r in replies.values())
+        x_sum, event_x_sum = _added(replies, ("x_sum", "event_x_sum"), np.float64)
+        return self._begin(params, ctx, n, n_events, x_sum, event_x_sum, grid, deaths)
+
+    def aggregate_totals(
+        self, replies: Mapping[str, Totals], params: CoxParams, ctx: CoordinatorContext
+    ) -> Step:
+        if set(replies) != {SUM}:
+            raise AppError("app 'cox': phase 'totals' expects the summed reply only")
+        totals = replies[SUM]
+        if int(totals.n_events) == 0:
+            raise AppError(f"app 'cox': column '{params.event}' holds no event at any site")
+        shift, bits, prefixes = first_time_cells()
+        state = ctx.state["cox_grid"] = _Grid(totals, shift, bits, prefixes)
+        return state.request()
+
+    def aggregate_times(
+        self, replies: Mapping[str, TimeCounts], params: CoxParams, ctx: CoordinatorContext
+    ) -> Step:
+        state: _Grid = ctx.state["cox_grid"]
+        (counts,) = _added(replies, ("counts",), np.int64)
+        shift, prefixes, per_time = refine_time_cells(
+            state.shift, state.bits, state.prefixes, counts
         )
-        constant = [
-            f
-            for f, v, m in zip(params.features or [], m2, mean, strict=True)
-            if v <= 1e-24 * n * max(m * m, 1e-300)
-        ]
-        if constant:
-            raise AppError(f"app 'cox': feature '{constant[0]}' is constant; it cannot be fitted")
-        event_x = _total([r.event_x_sum for r in replies.values()])
+        if shift:
+            state.shift, state.prefixes = shift, prefixes
+            state.bits = split_bits(shift, len(prefixes))
+            return state.request()
+        t = state.totals
+        x_sum, event_x_sum = (np.asarray(v, dtype=np.float64) for v in (t.x_sum, t.event_x_sum))
+        grid, deaths = key_times(prefixes), per_time[0]
+        return self._begin(params, ctx, int(t.n), int(t.n_events), x_sum, event_x_sum, grid, deaths)
+
+    def _begin(
+        self,
+        params: CoxParams,
+        ctx: CoordinatorContext,
+        n: int,
+        n_events: int,
+        x_sum: np.ndarray,
+        event_x_sum: np.ndarray,
+        grid: np.ndarray,
+        deaths: np.ndarray,
+    ) -> Step:
+        """Start Newton–Raphson at β = 0 on the grid of event times."""
+        if n_events == 0:
+            raise AppError(f"app 'cox': column '{params.event}' holds no event at any site")
+        if int(deaths.sum()) != n_events:
+            raise AppError("app 'cox': the event counts per time do not add up to the events")
+        mean = x_sum / n
         run = ctx.state["cox"] = _Run(
             n=n,
             n_events=n_events,
@@ -446,7 +555,7 @@ class Cox(App[CoxParams]):
             deaths=deaths,
             tied=(deaths > 1) & (params.ties == "efron"),  # Breslow needs no tied-event sums
             mean=mean,
-            event_x=event_x - n_events * mean,
+            event_x=event_x_sum - n_events * mean,
             beta=np.zeros(len(params.features or [])),
         )
         return run.evaluate()
@@ -455,8 +564,19 @@ class Cox(App[CoxParams]):
         self, replies: Mapping[str, RiskSetSums], params: CoxParams, ctx: CoordinatorContext
     ) -> Step:
         run: _Run = ctx.state["cox"]
-        site_sums = [r.as_sums() for r in replies.values()]
-        sums = {key: _total([s[key] for s in site_sums]) for key in site_sums[0]}
+        *parts, m2 = _added(replies, (*_SUMS, "x_m2"), np.float64)
+        sums = {name.upper(): value for name, value in zip(_SUMS, parts, strict=True)}
+        if run.evaluations == 0:
+            constant = [
+                f
+                for f, v, m in zip(params.features or [], m2, run.mean, strict=True)
+                if v <= 1e-24 * run.n * max(m * m, 1e-300)
+            ]
+            if constant:
+                raise AppError(
+                    f"app 'cox': feature '{constant[0]}' is constant; it cannot be fitted"
+                )
+        run.evaluations += 1
         beta = run.beta
         with np.errstate(all="ignore"):
             loglik, gradient, information = cox_terms(
@@ -503,41 +623,27 @@ class Cox(App[CoxParams]):
         return run.cells("concordance", *initial_cells(len(run.grid)))
 
     def aggregate_concordance(
-        self, replies: Mapping[str, FirstHistograms], params: CoxParams, ctx: CoordinatorContext
+        self, replies: Mapping[str, Histograms], params: CoxParams, ctx: CoordinatorContext
     ) -> Step:
         run: _Run = ctx.state["cox"]
-        for reply in replies.values():
-            run.counts[0] += int(reply.concordant)
-            run.counts[1] += int(reply.tied)
-            run.counts[2] += int(reply.pairs)
-        deaths, comparable = self._stack(replies)
-        run.counts[2] += cross_pairs(deaths, comparable)
-        return self._merge(run, params, ctx, deaths, comparable)
+        deaths, comparable = _added(replies, ("deaths", "comparable"), np.int64)
+        run.counts[2] = total_pairs(deaths, comparable)
+        return self._merge(run, params, deaths, comparable)
 
     def aggregate_refine(
         self, replies: Mapping[str, Histograms], params: CoxParams, ctx: CoordinatorContext
     ) -> Step:
         run: _Run = ctx.state["cox"]
-        return self._merge(run, params, ctx, *self._stack(replies))
-
-    @staticmethod
-    def _stack(replies: Mapping[str, Histograms]) -> tuple[np.ndarray, np.ndarray]:
-        """Return the sites' (deaths, comparable) histograms as sites × cells × SPLIT arrays."""
-        names = sorted(replies)
-        deaths = np.stack([np.asarray(replies[s].deaths, dtype=np.int64) for s in names])
-        comparable = np.stack([np.asarray(replies[s].comparable, dtype=np.int64) for s in names])
-        return deaths, comparable
+        return self._merge(run, params, *_added(replies, ("deaths", "comparable"), np.int64))
 
     def _merge(
-        self,
-        run: _Run,
-        params: CoxParams,
-        ctx: CoordinatorContext,
-        deaths: np.ndarray,
-        comparable: np.ndarray,
+        self, run: _Run, params: CoxParams, deaths: np.ndarray, comparable: np.ndarray
     ) -> Step:
-        """Count the pairs the histograms decide; refine the cells that remain, or finish."""
-        concordant, tied, new_k, new_bounds = merge_cells(
+        """Count the pairs the summed histograms decide; refine the cells that remain, or finish."""
+        shape = (len(run.cell_k), SPLIT)
+        if deaths.shape != shape or comparable.shape != shape:
+            raise AppError(f"app 'cox': histograms of shape {deaths.shape}, expected {shape}")
+        concordant, tied, new_k, new_bounds = count_cells(
             run.cell_k, run.bounds, deaths, comparable
         )
         run.counts[0] += concordant

@@ -13,31 +13,62 @@ twin's table is lifelines' timeline at the same times. (lifelines' timeline also
 every censor-only time, repeating the row before it but for ``at_risk``; listing those and one
 dict per row made result.json grow to megabytes on tens of thousands of rows.)
 
-What a site reveals: its distinct durations and, at each, how many records had an event or were
-censored (per group when grouped), so a duration held by a single record is visible to the
-coordinator, with that record's event status. What ``min_count`` protects: a site refuses to answer
-when it holds fewer than ``min_count`` rows, or when a group it holds has fewer than ``min_count``
-rows (groups a site does not hold at all are simply absent from its answer).
+With ``secure = true`` (only sums leave a site) two summed phases replace ``events``:
+
+1. ``times`` (``TimeCells`` → ``TimeCounts``, a few rounds) finds each group's event times without
+   any site sending its own: the coordinator names cells of an order-preserving 64-bit key of the
+   times, every site counts its events per group, cell and next bits of the key, and the
+   coordinator keeps the cells whose summed count is not zero, until every cell is one exact time
+   (``_survival.refine_time_cells``). It ends with each group's event times and events at each.
+2. ``censored`` (``CensorGrid`` → ``Censored``, one round): per group, every site counts its
+   censored records before the group's first event time and between consecutive ones.
+
+These are the numbers of the published table (the events at each event time; the censored
+records between two event times are ``at_risk[k] − events[k] − at_risk[k+1]``), so the
+coordinator learns the result and ``n_obs`` and nothing else — no site's own counts. The group
+labels must then be listed in ``groups`` (a site cannot send its labels in the clear).
+
+What a site reveals without secure aggregation: its distinct durations and, at each, how many
+records had an event or were censored (per group when grouped), so a duration held by a single
+record is visible to the coordinator, with that record's event status. What ``min_count``
+protects: a site refuses to answer when it holds fewer than ``min_count`` rows, or when a group it
+holds has fewer than ``min_count`` rows (groups a site does not hold at all are simply absent from
+its answer, or zeros under secure aggregation).
+
+Streaming: every phase reads the site's rows batch by batch (``Table.batches``) and keeps only
+event tables or counts, whose size is bounded by the distinct times, not the rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedflow.apps._survival import (
+    TimeCells,
+    TimeCounts,
+    check_time_cells,
+    count_time_cells,
     event_table,
+    first_time_cells,
     group_label,
+    key_times,
     km_curve,
     logrank_test,
     median_survival,
     merge_event_tables,
+    refine_time_cells,
+    split_bits,
+    time_keys,
 )
 from fedflow.apps.base import (
+    SUM,
     App,
     ColumnKind,
+    Continue,
     CoordinatorContext,
     Done,
     Empty,
@@ -45,6 +76,7 @@ from fedflow.apps.base import (
     Payload,
     Phase,
     SiteContext,
+    Step,
     Table,
     check_min_count,
 )
@@ -57,11 +89,13 @@ __all__ = ["KaplanMeier", "KaplanMeierParams"]
 
 
 class KaplanMeierParams(Params, frozen=True):
-    """``duration`` and ``event`` (0/1) columns; optional ``group`` column; ``alpha`` of the CI."""
+    """``duration`` and ``event`` (0/1) columns; optional ``group`` column and the list of its
+    ``groups`` (needed with ``secure = true``); ``alpha`` of the CI."""
 
     duration: str
     event: str
     group: str | None = None
+    groups: list[str | int | float] | None = None
     alpha: float = 0.05
 
     def __post_init__(self) -> None:
@@ -70,6 +104,19 @@ class KaplanMeierParams(Params, frozen=True):
         names = [self.duration, self.event] + ([self.group] if self.group else [])
         if len(set(names)) < len(names):
             raise ValueError("duration, event and group must be three different columns")
+        if self.groups is not None:
+            if self.group is None:
+                raise ValueError("groups lists the labels of the group column; set group too")
+            labels = self.labels()
+            if len(labels) < 2:
+                raise ValueError("groups must list at least two labels (the log-rank test)")
+            dupes = sorted({label for label in labels if labels.count(label) > 1})
+            if dupes:
+                raise ValueError(f"groups lists the label {dupes[0]!r} twice")
+
+    def labels(self) -> list[str]:
+        """Return the labels of ``groups`` as the result names them (``1.0`` is ``"1"``)."""
+        return [group_label(v) for v in self.groups or []]
 
 
 def _check_durations(durations: np.ndarray, column: str) -> np.ndarray:
@@ -138,6 +185,16 @@ def _summarise(
     }
 
 
+def _check_listed(tables: Mapping[str, Any], params: KaplanMeierParams) -> None:
+    """Raise AppError for a group listed in ``groups`` that no site holds."""
+    for label in params.labels():
+        if label not in tables:
+            raise AppError(
+                f"app 'kaplan-meier': the group '{label}' listed in params.groups has no rows "
+                "at any site"
+            )
+
+
 class EventTable(Payload, frozen=True):
     """One sample's event table: its distinct durations (ascending) and, at each, the number of
     events and of censored records."""
@@ -154,13 +211,58 @@ class EventTables(Payload, frozen=True):
     tables: dict[str, EventTable]
 
 
+class CensorGrid(Payload, frozen=True):
+    """Phase ``censored``, to the sites: the event times of all groups (ascending)."""
+
+    grid: np.ndarray
+
+
+class Censored(Payload, frozen=True):
+    """Phase ``censored``, a site's reply: per group, its censored records before the first event
+    time and from each event time to the next (groups × (times + 1), int64); summed over sites."""
+
+    counts: np.ndarray
+
+
+@dataclass
+class _Grid:
+    """The coordinator's state while it finds the event times (``ctx.state["km"]``)."""
+
+    labels: list[str]
+    shift: int
+    bits: int
+    prefixes: np.ndarray
+    rounds: int = 0
+    times: np.ndarray = field(default_factory=lambda: np.empty(0))
+    events: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.int64))
+    """The event times of all groups, and each group's events at them (groups × times)."""
+
+    def request(self) -> Continue:
+        return Continue(
+            "times", TimeCells(shift=self.shift, bits=self.bits, prefixes=self.prefixes)
+        )
+
+
+def _summed(replies: Mapping[str, Any], what: str) -> Any:
+    """Return the one summed reply a summed phase's aggregate receives under ``secure = true``."""
+    if set(replies) != {SUM}:
+        raise AppError(f"app 'kaplan-meier': phase '{what}' expects the summed reply only")
+    return replies[SUM]
+
+
 class KaplanMeier(App[KaplanMeierParams]):
     """Kaplan–Meier survival curves (per group), median survival, multivariate log-rank test."""
 
     name = "kaplan-meier"
     reference = "lifelines KaplanMeierFitter"
     Params = KaplanMeierParams
-    phases = {"events": Phase(Empty, EventTables)}
+    phases = {
+        "events": Phase(Empty, EventTables),
+        "times": Phase(TimeCells, TimeCounts, summed=True),
+        "censored": Phase(CensorGrid, Censored, summed=True),
+    }
+    secure = True
+    streaming = True
     tolerances = {
         "logrank.p_value": (1e-8, 0.0),  # relative only: p-values can be 1e-28
         "logrank.dof": (0.0, 0.0),
@@ -183,31 +285,118 @@ class KaplanMeier(App[KaplanMeierParams]):
             needed[params.group] = "any"
         return needed
 
+    def start(self, params: KaplanMeierParams, ctx: CoordinatorContext) -> Step:
+        if not ctx.secure:
+            return Continue("events", Empty())
+        if params.group is not None and params.groups is None:
+            raise AppError(
+                "app 'kaplan-meier': with secure = true and params.group, list the group labels "
+                "in params.groups (a site cannot send its labels in the clear)"
+            )
+        shift, bits, prefixes = first_time_cells()
+        labels = params.labels() if params.group is not None else [""]
+        bits = split_bits(shift, len(prefixes), len(labels))
+        state = ctx.state["km"] = _Grid(labels=labels, shift=shift, bits=bits, prefixes=prefixes)
+        return state.request()
+
     # -- site -----------------------------------------------------------------------------------
+    def _batches(
+        self, data: Table, params: KaplanMeierParams, ctx: SiteContext
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]:
+        """Yield each batch's (durations, events, group label -> row mask), checking the rows,
+        and check ``min_count`` once every batch was read (a generator: the caller reads all)."""
+        names = [params.duration, params.event] + ([params.group] if params.group else [])
+        listed = set(params.labels()) if params.groups is not None else None
+        sizes: dict[str, int] = {}
+        for batch in data.batches(names):
+            durations = _check_durations(batch[params.duration], params.duration)
+            events = np.asarray(batch[params.event], dtype=np.float64)
+            if params.group is None:
+                groups = {"": np.ones(len(durations), dtype=bool)}
+            else:
+                values, inverse = np.unique(batch[params.group], return_inverse=True)
+                groups = {}
+                for i, value in enumerate(values):
+                    label = group_label(value)
+                    if listed is not None and label not in listed:
+                        raise DataError(
+                            f"column '{params.group}' holds the group '{label}', which "
+                            "params.groups does not list",
+                            column=params.group,
+                        )
+                    mask = inverse.reshape(-1) == i
+                    groups[label] = groups[label] | mask if label in groups else mask
+            for label, mask in groups.items():
+                sizes[label] = sizes.get(label, 0) + int(mask.sum())
+            yield durations, events, groups
+        check_min_count(data.n_rows, ctx.min_count, "the event table")
+        if params.group is not None:
+            for label, size in sorted(sizes.items()):
+                if size:
+                    what = f"group '{label}' of column '{params.group}'"
+                    check_min_count(size, ctx.min_count, what)
+
     def local_events(
         self, data: Table, params: KaplanMeierParams, request: Empty, ctx: SiteContext
     ) -> EventTables:
         check_min_count(data.n_rows, ctx.min_count, "the event table")
-        durations = _check_durations(data[params.duration], params.duration)
-        events = np.asarray(data[params.event], dtype=np.float64)
-        if params.group is None:
-            groups: dict[str, np.ndarray] = {"": np.ones(len(durations), dtype=bool)}
-        else:
-            values, inverse = np.unique(data[params.group], return_inverse=True)
-            groups = {}
-            for i, value in enumerate(values):
-                label = group_label(value)
-                mask = inverse.reshape(-1) == i
-                groups[label] = groups[label] | mask if label in groups else mask
-            groups = dict(sorted(groups.items()))
-        tables: dict[str, EventTable] = {}
-        for label, mask in groups.items():
-            if params.group is not None:
-                what = f"group '{label}' of column '{params.group}'"
-                check_min_count(int(mask.sum()), ctx.min_count, what)
-            times, n_events, n_censored = event_table(durations[mask], events[mask])
-            tables[label] = EventTable(time=times, events=n_events, censored=n_censored)
+        merged: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for durations, events, groups in self._batches(data, params, ctx):
+            for label, mask in groups.items():
+                table = event_table(durations[mask], events[mask])
+                merged[label] = (
+                    merge_event_tables([merged[label], table]) if label in merged else table
+                )
+        tables = {
+            label: EventTable(time=times, events=n_events, censored=n_censored)
+            for label, (times, n_events, n_censored) in sorted(merged.items())
+            if len(times)
+        }
         return EventTables(tables=tables)
+
+    def local_times(
+        self, data: Table, params: KaplanMeierParams, request: TimeCells, ctx: SiteContext
+    ) -> TimeCounts:
+        labels = params.labels() if params.group is not None else [""]
+        prefixes = np.asarray(request.prefixes, dtype=np.int64)
+        try:
+            check_time_cells(request.shift, request.bits, prefixes, len(labels))
+        except ValueError as exc:
+            raise AppError(f"app 'kaplan-meier': {exc}") from None
+        index = {label: g for g, label in enumerate(labels)}
+        counts = np.zeros((len(labels), len(prefixes), 1 << request.bits), dtype=np.int64)
+        for durations, events, groups in self._batches(data, params, ctx):
+            group = np.zeros(len(durations), dtype=np.int64)
+            for label, mask in groups.items():
+                group[mask] = index[label]
+            dead = events == 1
+            counts += count_time_cells(
+                time_keys(durations[dead]),
+                group[dead],
+                len(labels),
+                request.shift,
+                request.bits,
+                prefixes,
+            )
+        return TimeCounts(counts=counts)
+
+    def local_censored(
+        self, data: Table, params: KaplanMeierParams, request: CensorGrid, ctx: SiteContext
+    ) -> Censored:
+        labels = params.labels() if params.group is not None else [""]
+        grid = np.asarray(request.grid, dtype=np.float64)
+        if np.any(np.diff(grid) <= 0):
+            raise AppError("app 'kaplan-meier': the censoring grid is not increasing")
+        index = {label: g for g, label in enumerate(labels)}
+        size = len(grid) + 1
+        counts = np.zeros(len(labels) * size, dtype=np.int64)
+        for durations, events, groups in self._batches(data, params, ctx):
+            for label, mask in groups.items():
+                censored = durations[mask & (events == 0)]
+                # bin 0: before the first event time; bin k + 1: from event time k to the next
+                bins = np.searchsorted(grid, censored, side="right") + index[label] * size
+                counts += np.bincount(bins, minlength=len(counts))
+        return Censored(counts=counts.reshape(len(labels), size))
 
     # -- coordinator ----------------------------------------------------------------------------
     def aggregate_events(
@@ -224,7 +413,47 @@ class KaplanMeier(App[KaplanMeierParams]):
                     )
                 )
         merged = {label: merge_event_tables(parts) for label, parts in collected.items()}
+        _check_listed(merged, params)
         return Done(_summarise(merged, params))
+
+    def aggregate_times(
+        self, replies: Mapping[str, TimeCounts], params: KaplanMeierParams, ctx: CoordinatorContext
+    ) -> Step:
+        state: _Grid = ctx.state["km"]
+        counts = np.asarray(_summed(replies, "times").counts, dtype=np.int64)
+        shift, prefixes, per_group = refine_time_cells(
+            state.shift, state.bits, state.prefixes, counts
+        )
+        state.rounds += 1
+        if shift:
+            state.shift, state.prefixes = shift, prefixes
+            state.bits = split_bits(shift, len(prefixes), len(state.labels))
+            return state.request()
+        state.times, state.events = key_times(prefixes), per_group
+        return Continue("censored", CensorGrid(grid=state.times))
+
+    def aggregate_censored(
+        self, replies: Mapping[str, Censored], params: KaplanMeierParams, ctx: CoordinatorContext
+    ) -> Done:
+        state: _Grid = ctx.state["km"]
+        counts = np.asarray(_summed(replies, "censored").counts, dtype=np.int64)
+        times = state.times
+        if counts.shape != (len(state.labels), len(times) + 1):
+            raise AppError("app 'kaplan-meier': the summed censoring counts do not fit the grid")
+        tables: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for label, events, censored in zip(state.labels, state.events, counts, strict=True):
+            if not events.sum() + censored.sum():
+                continue  # a listed group no site holds
+            if len(times) and times[0] == 0.0:  # nothing is censored before time 0
+                tables[label] = (times, events, censored[1:])
+            else:  # the records censored before the first event time leave at time 0
+                tables[label] = (
+                    np.concatenate([[0.0], times]),
+                    np.concatenate([np.zeros(1, dtype=np.int64), events]),
+                    censored,
+                )
+        _check_listed(tables, params)
+        return Done(_summarise(tables, params))
 
     # -- reference ------------------------------------------------------------------------------
     def centralized(self, pooled: pd.DataFrame, params: KaplanMeierParams) -> dict[str, Any]:
