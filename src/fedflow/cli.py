@@ -55,6 +55,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    resume = sub.add_parser(
+        "resume",
+        help="continue an interrupted training run in its run directory",
+        description="Continue a training run from its last checkpoint, in the same directory; "
+        "it ends with the weights the run would have had uninterrupted.",
+    )
+    resume.add_argument(
+        "run_dir", type=Path, help="the run directory (holds checkpoint.safetensors)"
+    )
+    resume.add_argument("--json", action="store_true", help="print result.json instead of tables")
+    resume.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    resume.add_argument("--debug", action="store_true", help="show tracebacks")
+
     val = sub.add_parser("validate", help="check a study without running it")
     val.add_argument("study", type=Path)
     val.add_argument("--debug", action="store_true")
@@ -249,6 +262,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             force=args.force,
             compare=args.compare,
             trace=args.trace,
+            resume=getattr(args, "resume", None),
             observer=observer,
             command=["fedflow", *args.argv],
         )
@@ -288,6 +302,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if mismatch is not None:
         print(f"fedflow: error: {mismatch}", file=sys.stderr)
     return code
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    """``fedflow resume RUN_DIR``: ``fedflow run`` of the run's own study.toml, from its
+    checkpoint, into the same directory."""
+    run_dir = args.run_dir.expanduser().absolute()
+    if not (run_dir / "study.toml").is_file():
+        raise StudyError(f"{run_dir}: no study.toml (not a run directory?)")
+    args.study, args.out, args.force, args.resume = run_dir / "study.toml", None, False, run_dir
+    args.compare = args.trace = args.secure = False
+    return _cmd_run(args)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -474,6 +499,7 @@ def _cmd_split(args: argparse.Namespace) -> int:
 
 _COMMANDS: dict[str, Any] = {
     "run": _cmd_run,
+    "resume": _cmd_resume,
     "split": _cmd_split,
     "validate": _cmd_validate,
     "template": _cmd_template,

@@ -66,6 +66,7 @@ BUILTIN_APPS: dict[str, str] = {
     "kaplan-meier": "fedflow.apps.kaplan_meier:KaplanMeier",
     "cox": "fedflow.apps.cox:Cox",
     "random-forest": "fedflow.apps.forest:RandomForest",
+    "train": "fedflow.training.app:Train",  # torch at work: lives outside the sans-I/O layer
 }
 
 

@@ -258,7 +258,10 @@ class NodeAgent:
                     f"this site does not allow app '{msg.app}' "
                     f"(allowed: {', '.join(sorted(allowed)) or 'none'})"
                 )
-            return get_app(msg.app)
+            app = get_app(msg.app)
+            if msg.code is not None:  # a built-in app that runs the study's code (train's plan)
+                self._approve_study_code(app, msg)
+            return app
         if msg.code is not None:
             self._code_hash = source_hash(msg.code.encode("utf-8"))
         if self.owned:
@@ -273,6 +276,27 @@ class NodeAgent:
         return load_approved_app(
             approved_store(self.config.path), self._code_hash, msg.app.partition(":")[2]
         )
+
+    def _approve_study_code(self, app: App[Any], msg: Prepare) -> None:
+        """Let a built-in app run the study code sent with ``msg`` (train's plan): at a defended
+        site only the site's own approved copy with the same sha256, at an owned site the file
+        the study names (the app checks its hash)."""
+        assert msg.code is not None
+        self._code_hash = source_hash(msg.code.encode("utf-8"))
+        use = getattr(app, "use_code", None)
+        if not callable(use):
+            raise PolicyError(f"app '{msg.app}' runs no study code, yet code was sent")
+        if self.owned:
+            use(self._code_hash, None)
+            return
+        if self._code_hash not in self.config.approved_code:
+            raise PolicyError(
+                f"the study's code for app '{msg.app}' ({self._code_hash}) is not approved here "
+                "(the site operator approves code with: fedflow site approve FILE)"
+            )
+        assert self.config.path is not None
+        copy = approved_store(self.config.path) / f"{self._code_hash.partition(':')[2]}.py"
+        use(self._code_hash, copy)
 
     def _prepare(self, msg: Prepare) -> Prepared:
         self._expect("loaded")

@@ -14,7 +14,7 @@ import hashlib
 import importlib
 import importlib.util
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -116,6 +116,7 @@ class Coordinator:
         dropna: bool = False,
         max_rounds: int = 10_000,
         trace: TraceWriter | None = None,
+        after_round: Callable[[Driver, int], None] | None = None,
         secure: bool = False,
         secure_threshold: int | None = None,
     ) -> None:
@@ -153,6 +154,8 @@ class Coordinator:
         self.codec = MessageCodec()
         self.trace = trace
         """Where every received message is recorded (``--trace``), or None."""
+        self.after_round = after_round
+        """Called with the driver and the round after every aggregated round (checkpoints)."""
         for name in self.sites:
             self.metrics["sites"][name] = {"bytes_to_site": 0, "bytes_from_site": 0}
 
@@ -237,8 +240,10 @@ class Coordinator:
             if s.ready is not None
         }
         prepare = driver.prepare(infos)
-        if driver.ref not in BUILTIN_APPS:
-            source = plugin_source(driver.ref)
+        source = plugin_source(driver.ref) if driver.ref not in BUILTIN_APPS else None
+        if source is None:
+            source = study_code(self.app, driver.params)
+        if source is not None:
             self.code_sha256 = "sha256:" + hashlib.sha256(source.encode("utf-8")).hexdigest()
             prepare = msgspec.structs.replace(prepare, code=source)
         with self._phase("prepare"):
@@ -284,11 +289,17 @@ class Coordinator:
                 self.metrics["rounds"].append(entry)
                 entry = None
                 obs.round_done(round_, finished - started, driver.phase is None)
+                self._after_round(round_)
         outcome = driver.outcome()
         await self._finish("completed")
         with self._phase("collect outputs"):
             await self._each(self._collect)
         return outcome
+
+    def _after_round(self, round_: int) -> None:
+        """Call the ``after_round`` hook (a training run's checkpoint) once a round is aggregated."""
+        if self.after_round is not None:
+            self.after_round(self.driver, round_)
 
     def _round_entry(self, round_: int, phase: str | None) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -425,6 +436,13 @@ def plugin_source(ref: str) -> str:
         raise AppError(f"app '{ref}': cannot find the source of module '{module}'")
     with open(spec.origin, encoding="utf-8") as handle:
         return handle.read()
+
+
+def study_code(app: App[Any], params: Any) -> str | None:
+    """Return the study's own code a built-in app runs at the sites (train's plan), sent like a
+    plug-in's source so that a defended site runs it only if approved; None for other apps."""
+    hook = getattr(app, "study_code", None)
+    return hook(params) if callable(hook) else None
 
 
 def _failure_error(reply: Failure, site: str) -> FedflowError:

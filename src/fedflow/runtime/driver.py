@@ -87,6 +87,8 @@ class Driver:
         self.max_rounds = max_rounds
         self.ctx: CoordinatorContext | None = None
         self.step: Step | None = None
+        self.resumed: tuple[int, dict[str, Any]] | None = None
+        """Rounds done and the app's state of an interrupted run to continue (``restore``)."""
         self.secure = secure
         """Secure aggregation: only summed phases, each round a ``SecureRound``."""
         self.threshold = threshold
@@ -95,6 +97,11 @@ class Driver:
         """Fresh per run: no secure message of another run opens in this one."""
         self.secure_round: SecureRound | None = None
         """The secure round in flight, if any."""
+
+    def restore(self, rounds: int, state: Mapping[str, Any]) -> None:
+        """Continue an interrupted run: ``begin`` starts after ``rounds`` rounds, with the app's
+        ``ctx.state`` as checkpointed (the app's ``start`` picks up from there)."""
+        self.resumed = (rounds, dict(state))
 
     @property
     def rounds(self) -> int:
@@ -146,6 +153,9 @@ class Driver:
         self.ctx = CoordinatorContext(
             sites=dict(sites), seed=self.seed, min_count=self.min_count, secure=self.secure
         )
+        if self.resumed is not None:
+            self.ctx.round, saved = self.resumed
+            self.ctx.state.update(saved)
         self.step = self.app.start(self.params, self.ctx)
         if isinstance(self.step, Continue):
             self.app.check_phase(self.step.phase)

@@ -150,11 +150,16 @@ async def arun_study(
     observer: Observer | None = None,
     command: list[str] | None = None,
     trace: bool = False,
+    resume: Path | None = None,
 ) -> Run:
     """Run ``study`` and return the Run. Raises the run's error after writing its directory
     (the exception carries ``run_dir``). ``trace`` writes ``trace.jsonl``: every message the
     coordinator receives, decoded, in order, with its site, round and phase."""
     observer = observer or Observer()
+    resumed = None
+    if study.app == "train" and study.platform == "native":
+        study, resumed = _training(study, resume)
+        out, force = (resume, True) if resume is not None else (out, force)
     app = check_study(study, compare=compare)
     started = time.perf_counter()
     rd = RunDirectory.create(study.resolve(study.outdir), study.name, out=out, force=force)
@@ -239,9 +244,12 @@ async def arun_study(
                 seed=study.seed,
                 dropna=study.dropna,
                 trace=TraceWriter(rd.path / TRACE_FILE) if trace else None,
+                after_round=_checkpointer(study, rd, observer),
                 secure=study.secure,
                 secure_threshold=study.secure_threshold,
             )
+            if resumed is not None:
+                coordinator.driver.restore(*resumed)
             outcome = await coordinator.run()
             run.params = app.params_to_dict(outcome.params)
             run.result = json_ready(outcome.done.result)
@@ -308,6 +316,29 @@ async def arun_study(
         rd.write_json("manifest.json", manifest)
         rd.write_metrics()
     return run
+
+
+def _training(study: Study, resume: Path | None) -> tuple[Study, Any]:
+    """A training study: its plan's path and hash in the parameters; with ``resume`` (a run
+    directory) the checkpoint to continue from, the interrupted attempt's files set aside."""
+    from fedflow.training.checkpoint import load_checkpoint, set_aside_attempt
+    from fedflow.training.study import prepare_training
+
+    study = prepare_training(study)
+    if resume is None:
+        return study, None
+    saved = load_checkpoint(resume)
+    set_aside_attempt(resume)
+    return study, saved
+
+
+def _checkpointer(study: Study, rd: RunDirectory, observer: Observer) -> Any:
+    """The after-round hook of a training run (checkpoint and progress line), else None."""
+    if study.app != "train":
+        return None
+    from fedflow.training.checkpoint import Checkpointer
+
+    return Checkpointer(rd, observer.message)
 
 
 def _cancel_on_signals(received: list[int]) -> Callable[[], None]:

@@ -1,0 +1,376 @@
+"""``app = "train"``: a model from the study's plan trained across sites (docs/training.md).
+
+The coordinator builds the plan's model with the study's seed and sends its weights; each
+exchange k validates W_{k-1} at every site (validate-global), trains it at the sampled sites and
+validates their own updated weights (validate-local); the server aggregates (FedAvg weighted by
+rows, or an adaptive server optimiser) into W_k. Exchange ``rounds + 1`` validates the last
+model. The coordinator's whole state is ``ctx.state["checkpoint"]`` (arrays and JSON), which the
+run saves after every exchange and ``fedflow resume`` restores; sites keep nothing between
+exchanges (their random streams are derived from the seed, the site and the round), so a resumed
+run ends with the same bits as one left alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import numpy as np
+
+from fedflow.apps.base import (
+    App,
+    ColumnKind,
+    Continue,
+    CoordinatorContext,
+    Done,
+    Phase,
+    SiteContext,
+    Table,
+    check_min_count,
+    numeric_columns,
+)
+from fedflow.apps.train import (
+    RoundReply,
+    RoundTask,
+    ServerOptimizer,
+    TrainParams,
+    derive_seed,
+    global_record,
+    is_better,
+    lower_is_better,
+    sample_sites,
+    train_record,
+    weighted_average,
+)
+from fedflow.errors import AppError, DataError, PolicyError
+from fedflow.training.plan import Plan, load_plan, plan_hash, read_plan
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["Train", "TrainedModel"]
+
+CHECKPOINT = "checkpoint"
+"""The key of the coordinator's resumable state in ``ctx.state``."""
+
+
+class Train(App[TrainParams]):
+    """Federated training of a torch model defined by the study's plan."""
+
+    name = "train"
+    Params = TrainParams
+    reference = "torch, centralized on the pooled rows"
+    phases = {"round": Phase(RoundTask, RoundReply)}
+    secure = "federated training sends each site's weights; secure aggregation of weights is not wired yet"
+    tolerance = float("inf")  # --compare shows federated and centralized metrics side by side
+
+    def __init__(self) -> None:
+        self._plan: Plan | None = None
+        self._approved: tuple[str, Path | None] | None = None
+
+    # -- the plan ------------------------------------------------------------------------------
+    def use_code(self, code_hash: str, approved_copy: Path | None) -> None:
+        """At a site: the hash of the plan the coordinator sent, and the site's own approved copy
+        to run (None at a site the study's user owns: the plan file the study names runs)."""
+        self._approved = (code_hash, approved_copy)
+
+    def study_code(self, params: TrainParams) -> str:
+        """The plan's source, sent to the sites (defended sites match its hash to approvals)."""
+        return read_plan(Path(params.plan)).decode("utf-8")
+
+    def plan(self, params: TrainParams) -> Plan:
+        """Return the plan, loaded once: the approved copy at a defended site, else the file the
+        study names; always checked against the study's hash."""
+        if self._plan is None:
+            expected = params.plan_sha256 or None
+            path = Path(params.plan)
+            if self._approved is not None:
+                sent, copy = self._approved
+                if expected is not None and sent != expected:
+                    raise PolicyError(f"the plan sent has hash {sent}, the study's {expected}")
+                expected = sent
+                path = copy if copy is not None else path
+            self._plan = load_plan(path, expected)
+        return self._plan
+
+    # -- parameters ----------------------------------------------------------------------------
+    def resolve(self, params: TrainParams, columns: Mapping[str, str]) -> TrainParams:
+        if params.target not in columns:
+            raise AppError(
+                f"app 'train': target column '{params.target}' is not in the sites' data"
+            )
+        if params.features is None:
+            features = numeric_columns(columns, exclude=[params.target])
+            if not features:
+                raise AppError(f"app 'train': no numeric column besides '{params.target}'")
+            params = msgspec.structs.replace(params, features=features)
+        digest = plan_hash(read_plan(Path(params.plan)))
+        if params.plan_sha256 and params.plan_sha256 != digest:
+            raise AppError(
+                f"plan {params.plan} has hash {digest}, not {params.plan_sha256} as the study says"
+            )
+        return msgspec.structs.replace(params, plan_sha256=digest)
+
+    def columns(self, params: TrainParams) -> dict[str, ColumnKind]:
+        needed: dict[str, ColumnKind] = {params.target: "numeric"}
+        for f in params.features or []:
+            needed[f] = "numeric"
+        return needed
+
+    # -- the coordinator -----------------------------------------------------------------------
+    def start(self, params: TrainParams, ctx: CoordinatorContext) -> Continue:
+        from fedflow.training.engine import initial_weights
+
+        saved = ctx.state.get(CHECKPOINT)
+        weights, layout = initial_weights(self.plan(params), ctx.seed)
+        if saved is not None:
+            self._check_resumable(saved, params, ctx, weights.size)
+            return self._next(params, ctx)
+        ctx.state[CHECKPOINT] = {
+            "arrays": {"weights": weights},
+            "meta": {
+                "round": 0,
+                "params": self.params_to_dict(params),
+                "seed": ctx.seed,
+                "sites": list(ctx.sites),
+                "layout": {n: list(s) for n, s in zip(layout.names, layout.shapes, strict=True)},
+                "dtype": str(layout.dtype),
+                "best_round": None,
+                "best_value": None,
+                "history": [{"round": 0, "sampled": [], "global": {}, "sites": {}}],
+            },
+        }
+        return self._next(params, ctx)
+
+    def _check_resumable(
+        self, saved: Mapping[str, Any], params: TrainParams, ctx: CoordinatorContext, size: int
+    ) -> None:
+        meta = saved["meta"]
+        if meta["params"] != self.params_to_dict(params):
+            raise AppError("the checkpoint was written with other parameters (or another plan)")
+        if meta["seed"] != ctx.seed or meta["sites"] != list(ctx.sites):
+            raise AppError("the checkpoint was written with another seed or other sites")
+        if meta["round"] != ctx.round or saved["arrays"]["weights"].size != size:
+            raise AppError("the checkpoint does not fit this run")
+
+    def _next(self, params: TrainParams, ctx: CoordinatorContext) -> Continue:
+        saved = ctx.state[CHECKPOINT]
+        weights = saved["arrays"]["weights"]
+        k = ctx.round + 1
+        everyone = RoundTask(weights=weights, train=False, validate=params.validation > 0)
+        if k > params.rounds:
+            return Continue("round", everyone)
+        sampled = sample_sites(list(ctx.sites), params.fraction, params.min_sites, ctx.seed, k)
+        saved["meta"]["sampling"] = {**saved["meta"].get("sampling", {}), str(k): sampled}
+        trains = RoundTask(weights=weights, train=True, validate=params.validation > 0)
+        return Continue("round", everyone, per_site={s: trains for s in sampled})
+
+    def aggregate_round(
+        self, replies: Mapping[str, RoundReply], params: TrainParams, ctx: CoordinatorContext
+    ) -> Continue | Done:
+        saved = ctx.state[CHECKPOINT]
+        arrays, meta = saved["arrays"], saved["meta"]
+        k = ctx.round
+        history = meta["history"]
+        # validate-global: the metrics of W_{k-1}, the weights this exchange carried
+        pooled, per_site = global_record(replies)
+        history[k - 1]["global"] = pooled
+        history[k - 1]["global_sites"] = per_site
+        if params.validation > 0:
+            if params.metric not in pooled:
+                raise AppError(
+                    f"app 'train': metric '{params.metric}' is not among the plan's metrics "
+                    f"({', '.join(pooled) or 'none'})"
+                )
+            if is_better(pooled[params.metric], meta["best_value"], lower_is_better(params)):
+                meta["best_value"], meta["best_round"] = pooled[params.metric], k - 1
+                arrays["best"] = arrays["weights"]
+        if k > params.rounds:
+            return self._done(params, meta, arrays)
+        sampled = meta["sampling"][str(k)]
+        updates = []
+        for name in ctx.sites:  # study order
+            reply = replies[name]
+            if name in sampled:
+                if reply.weights is None or reply.rows <= 0:
+                    raise AppError(f"app 'train': site '{name}' was sampled but sent no weights")
+                if reply.weights.shape != arrays["weights"].shape:
+                    raise AppError(
+                        f"app 'train': site '{name}' sent {reply.weights.shape} weights, "
+                        f"the model has {arrays['weights'].shape}"
+                    )
+                updates.append((reply.rows, reply.weights))
+            elif reply.weights is not None:
+                raise AppError(f"app 'train': site '{name}' trained though not sampled")
+        server = ServerOptimizer(params, arrays)
+        new = server.step(arrays["weights"], weighted_average(updates))
+        arrays["weights"] = new.astype(arrays["weights"].dtype)
+        arrays.update(server.state())
+        history.append(train_record(k, sampled, {n: replies[n] for n in sampled}))
+        meta["round"] = k
+        if params.validation == 0:  # no held-out rows: the last model is the best one known
+            arrays["best"], meta["best_round"] = arrays["weights"], k
+        return self._next(params, ctx)
+
+    def _done(
+        self, params: TrainParams, meta: dict[str, Any], arrays: dict[str, np.ndarray]
+    ) -> Done:
+        from fedflow.training.engine import Layout
+        from fedflow.training.weights import to_safetensors
+
+        meta["round"] = params.rounds + 1
+        layout = Layout(
+            tuple(meta["layout"]),
+            tuple(tuple(s) for s in meta["layout"].values()),
+            np.dtype(meta["dtype"]),
+        )
+        info = {"plan_sha256": params.plan_sha256, "features": json.dumps(params.features)}
+        history = meta["history"]
+        best_round = meta["best_round"]
+        last, best = arrays["weights"], arrays.get("best", arrays["weights"])
+        result = {
+            "rounds": params.rounds,
+            "strategy": params.strategy,
+            "metric": params.metric,
+            "better": "lower" if lower_is_better(params) else "higher",
+            "best_round": best_round,
+            "best": history[best_round]["global"] if best_round is not None else {},
+            "last": history[params.rounds]["global"],
+            "last_train_loss": history[params.rounds].get("train_loss"),
+            "plan_sha256": params.plan_sha256,
+            "weights": {"values": int(last.size), "dtype": str(last.dtype)},
+            "history": history,
+        }
+        return Done(
+            result,
+            artifacts={
+                "model-last.safetensors": to_safetensors(
+                    layout.named(last), {**info, "round": str(params.rounds)}
+                ),
+                "model-best.safetensors": to_safetensors(
+                    layout.named(best), {**info, "round": str(best_round)}
+                ),
+                "plan.py": self.plan(params).source,
+            },
+        )
+
+    # -- the site ------------------------------------------------------------------------------
+    def local_round(
+        self, data: Table, params: TrainParams, request: RoundTask, ctx: SiteContext
+    ) -> RoundReply:
+        from fedflow.training.engine import evaluate, local_train, model_with
+
+        site = ctx.state.get("train")
+        if site is None:
+            site = ctx.state["train"] = self._site_data(data, params, ctx)
+        plan = self.plan(params)
+        x, y, train_rows, held = site["x"], site["y"], site["train"], site["held"]
+        model, layout = model_with(plan, request.weights, ctx.seed)
+        xv, yv = x[held], y[held]
+        global_metrics = evaluate(plan, model, xv, yv) if request.validate else {}
+        if not request.train:
+            return RoundReply(val_rows=len(held), global_metrics=global_metrics)
+        seed = derive_seed(ctx.seed, "train", ctx.site, ctx.round)
+        weights, loss = local_train(plan, model, layout, x[train_rows], y[train_rows], params, seed)
+        local_metrics = evaluate(plan, model, xv, yv) if request.validate else {}
+        return RoundReply(
+            val_rows=len(held),
+            global_metrics=global_metrics,
+            rows=len(train_rows),
+            weights=weights,
+            train_loss=loss,
+            local_metrics=local_metrics,
+        )
+
+    def _site_data(self, data: Table, params: TrainParams, ctx: SiteContext) -> dict[str, Any]:
+        import torch
+
+        from fedflow.training.engine import layout_of, split_rows, to_tensors
+
+        plan = self.plan(params)
+        train_rows, held = split_rows(data.n_rows, params.validation, ctx.seed, ctx.site)
+        check_min_count(len(train_rows), ctx.min_count, "the site's training rows")
+        if params.validation > 0:
+            check_min_count(len(held), ctx.min_count, "the site's held-out rows")
+        target = np.asarray(data[params.target], dtype=np.float64)
+        classes = bool(getattr(plan.module, "classification", False))
+        if classes and not np.all((target == np.round(target)) & (target >= 0)):
+            raise DataError(
+                f"column '{params.target}' must hold class numbers 0, 1, 2, … "
+                "(the plan says classification = True)",
+                column=params.target,
+            )
+        torch.manual_seed(0)
+        dtype = layout_of(plan.model()).dtype
+        x, y = to_tensors(data.matrix(list(params.features or [])), target, dtype, classes)
+        return {
+            "x": x,
+            "y": y,
+            "train": torch.from_numpy(train_rows),
+            "held": torch.from_numpy(held),
+        }
+
+    # -- the centralized twin and predict ------------------------------------------------------
+    def centralized(self, pooled: pd.DataFrame, params: TrainParams) -> dict[str, Any]:
+        raise AppError("app 'train': --compare is not available yet")
+
+    @classmethod
+    def load_model(cls, artifacts: Mapping[str, bytes], where: str = "") -> TrainedModel:
+        """The best model of a training run (model-best.safetensors, the plan beside it)."""
+        return TrainedModel.load(artifacts, where, "model-best.safetensors")
+
+
+class TrainedModel:
+    """A trained plan's model that scores rows: ``prediction`` (argmax over the outputs when the
+    model has several, else its one output) and every raw ``output_<j>``."""
+
+    def __init__(self, plan: Plan, weights: np.ndarray, features: list[str]) -> None:
+        from fedflow.training.engine import model_with
+
+        self.plan = plan
+        self.model, _ = model_with(plan, weights)
+        self._features = features
+
+    @property
+    def features(self) -> list[str]:
+        return self._features
+
+    @classmethod
+    def load(cls, artifacts: Mapping[str, bytes], where: str, name: str) -> TrainedModel:
+        from fedflow.training.engine import layout_of
+        from fedflow.training.weights import from_safetensors
+
+        named, meta = from_safetensors(artifacts[name], f"{where}/{name}")
+        plan_path = Path(where) / "plan.py"
+        artifacts["plan.py"]  # a missing plan raises DataError naming it
+        plan = load_plan(plan_path, meta.get("plan_sha256") or None)
+        features = json.loads(meta.get("features", "null"))
+        if not isinstance(features, list):
+            raise DataError(f"{where}/{name}: names no features", file=f"{where}/{name}")
+        import torch
+
+        torch.manual_seed(0)
+        layout = layout_of(plan.model())
+        return cls(plan, layout.flat(named), [str(f) for f in features])
+
+    def predict_columns(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
+        from fedflow.training.engine import layout_of
+
+        dtype = layout_of(self.model).dtype
+        self.model.eval()
+        with torch.no_grad():
+            out = self.model(torch.from_numpy(np.ascontiguousarray(x, dtype=dtype))).numpy()
+        out = out.reshape(len(x), -1).astype(np.float64)
+        columns: dict[str, np.ndarray] = {}
+        if out.shape[1] == 1:
+            columns["prediction"] = out[:, 0]
+        else:
+            columns["prediction"] = out.argmax(axis=1).astype(np.int64)
+            for j in range(out.shape[1]):
+                columns[f"output_{j}"] = out[:, j]
+        return columns

@@ -1,0 +1,105 @@
+"""Checkpoints: after every round the coordinator's whole training state, atomically, in the run
+directory (``checkpoint.safetensors``), and what ``fedflow resume RUN_DIR`` reads back.
+
+The file holds the app's arrays (global weights, best weights, the server optimiser's moments)
+as safetensors and, in its metadata, the rounds done and the app's JSON state (parameters with
+the plan's hash, seed, sites, history of metrics, the sampling of every round, the best round).
+Sites keep nothing between rounds — every random stream (validation split, shuffling, dropout,
+sampling) is derived from the study's seed, the site and the round — so the coordinator's file
+is all a resumed run needs to end with the same bits as the run left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedflow.errors import DataError, StudyError
+from fedflow.results.rundir import RunDirectory
+from fedflow.training.app import CHECKPOINT
+from fedflow.training.weights import atomic_write, from_safetensors, to_safetensors
+
+__all__ = ["CHECKPOINT_FILE", "Checkpointer", "load_checkpoint", "set_aside_attempt"]
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+_KEY = "fedflow-checkpoint"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) and math.isfinite(value) else "-"
+
+
+class Checkpointer:
+    """The coordinator's ``after_round`` hook for training runs: write the checkpoint, the
+    training metrics into metrics.json, and one progress line."""
+
+    def __init__(self, rundir: RunDirectory, say: Callable[[str], None] | None = None) -> None:
+        self.rundir = rundir
+        self.path = rundir.path / CHECKPOINT_FILE
+        self.say = say
+
+    def __call__(self, driver: Any, round_: int) -> None:
+        ctx = driver.ctx
+        saved = ctx.state.get(CHECKPOINT) if ctx is not None else None
+        if saved is None:
+            return
+        meta = saved["meta"]
+        doc = json.dumps({"rounds": ctx.round, "state": meta}, allow_nan=True)
+        atomic_write(self.path, to_safetensors(saved["arrays"], {_KEY: doc}))
+        self.rundir.metrics["training"] = meta["history"]
+        self.rundir.write_metrics()
+        if self.say is not None:
+            self.say(progress_line(meta, ctx.round))
+
+
+def progress_line(meta: dict[str, Any], exchange: int) -> str:
+    """One line after exchange ``exchange``: round k/N, training loss, and the validation metric
+    of the previous global model (the one this exchange validated)."""
+    params = meta["params"]
+    rounds, metric = params["rounds"], params["metric"]
+    history = meta["history"]
+    validated = history[exchange - 1]["global"].get(metric) if exchange - 1 < len(history) else None
+    if exchange > rounds:
+        return f"validated the last model: {metric} {_fmt(validated)}"
+    loss = history[exchange]["train_loss"] if exchange < len(history) else None
+    return (
+        f"round {exchange}/{rounds}: train loss {_fmt(loss)}, "
+        f"{metric} of round {exchange - 1}'s model {_fmt(validated)}"
+    )
+
+
+def load_checkpoint(run_dir: Path) -> tuple[int, dict[str, Any]]:
+    """Return the rounds done and the app state saved in ``run_dir``'s checkpoint; StudyError
+    when there is none, DataError when it is unreadable."""
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise StudyError(f"{run_dir}: no {CHECKPOINT_FILE} (only training runs can be resumed)")
+    arrays, metadata = from_safetensors(path.read_bytes(), str(path))
+    try:
+        doc = json.loads(metadata[_KEY])
+        rounds, meta = int(doc["rounds"]), doc["state"]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise DataError(f"{path}: not a fedflow checkpoint ({exc})", file=str(path)) from None
+    return rounds, {CHECKPOINT: {"arrays": arrays, "meta": meta}}
+
+
+def set_aside_attempt(run_dir: Path) -> Path:
+    """Move what the interrupted attempt wrote (manifest, metrics, logs, trace) into
+    ``attempts/<n>/`` so that resuming loses nothing; return that folder."""
+    attempts = Path(run_dir) / "attempts"
+    n = 1
+    while (attempts / str(n)).exists():
+        n += 1
+    target = attempts / str(n)
+    target.mkdir(parents=True)
+    names = ("manifest.json", "metrics.json", "trace.jsonl", "study.toml", "study.original.toml")
+    for name in (*names, "logs"):
+        source = Path(run_dir) / name
+        if source.exists():
+            shutil.move(str(source), str(target / name))
+    shutil.copy2(Path(run_dir) / CHECKPOINT_FILE, target / CHECKPOINT_FILE)
+    return target
