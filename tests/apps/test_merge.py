@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -15,7 +16,12 @@ from fedflow.apps._merge import (
     bisection_candidates,
     combine_comoments,
     combine_moments,
+    combine_moments4,
     cut_count_bounds,
+    exact_moments,
+    exact_power_sums,
+    exact_product_sum,
+    exact_to_float,
     float_keys,
     float_to_key,
     interpolate,
@@ -226,3 +232,74 @@ def test_merge_count_tables_unions_levels_sorted_as_strings() -> None:
     assert table.tolist() == [[2, 0], [8, 5]]
     with pytest.raises(ValueError, match="shape"):
         merge_count_tables([(["x"], ["y", "z"], np.array([[1]]))])
+
+
+# --- higher moments and exact sums ----------------------------------------------------------
+def _central(x: np.ndarray) -> tuple[float, float, float, float, float]:
+    mean = float(x.mean())
+    d = x - mean
+    return float(len(x)), mean, float((d**2).sum()), float((d**3).sum()), float((d**4).sum())
+
+
+def test_combine_moments4_matches_scipy_skew_and_kurtosis_of_the_pooled_values() -> None:
+    from scipy import stats as sps
+
+    rng = np.random.default_rng(5)
+    x = 1e4 + rng.gamma(2.0, 3.0, 400)  # skewed, with an offset
+    merged: tuple[float, float, float, float, float] = (0, 0.0, 0.0, 0.0, 0.0)
+    for part in _split(x, [1, 7, 300, 2, 90]):
+        merged = combine_moments4(merged, _central(part))
+    n, mean, m2, m3, m4 = merged
+    assert n == 400
+    assert mean == pytest.approx(x.mean(), rel=1e-15)
+    assert m2 / n == pytest.approx(sps.moment(x, 2), rel=1e-10)
+    assert m3 / n == pytest.approx(sps.moment(x, 3), rel=1e-8)
+    assert m4 / n == pytest.approx(sps.moment(x, 4), rel=1e-9)
+    # one part comes back unchanged, bit for bit
+    assert combine_moments4((0, 0.0, 0.0, 0.0, 0.0), _central(x)) == _central(x)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [1.5, -2.25, 3.0, 0.0, -0.0],
+        [1e300, -1e300, 5e-324, 2.2250738585072014e-308, 1.0],  # huge, subnormal, tiny normal
+        [0.1, 0.2, 0.3, 1e16, -1e16, 1.0],  # float sums lose every digit here
+    ],
+)
+def test_exact_power_sums_and_products_equal_fraction_arithmetic(values: list[float]) -> None:
+    x = np.array(values)
+    expected = [sum((Fraction(v) ** k for v in values), Fraction(0)) for k in range(1, 5)]
+    assert exact_power_sums(x, 4) == expected
+    y = x[::-1].copy()
+    assert exact_product_sum(x, y) == sum(
+        (Fraction(a) * Fraction(b) for a, b in zip(values, y.tolist(), strict=True)), Fraction(0)
+    )
+    assert all(s.denominator & (s.denominator - 1) == 0 for s in expected)  # dyadic, as sent
+
+
+def test_exact_power_sums_of_many_values_and_of_none() -> None:
+    rng = np.random.default_rng(6)
+    x = rng.normal(0.0, 1e3, 5000) * 2.0 ** rng.integers(-40, 40, 5000)
+    s1, s2 = exact_power_sums(x, 2)
+    assert s1 == sum((Fraction(v) for v in x.tolist()), Fraction(0))
+    assert s2 == sum((Fraction(v) ** 2 for v in x.tolist()), Fraction(0))
+    assert exact_power_sums(np.array([]), 3) == [0, 0, 0]
+    with pytest.raises(ValueError, match="finite"):
+        exact_power_sums(np.array([1.0, math.inf]), 2)
+
+
+def test_exact_moments_and_rounding_once() -> None:
+    values = [1e16, 1.0, -1e16, 3.0, 2.0]
+    x = np.array(values)
+    mean, m2, m3, m4 = exact_moments(len(values), exact_power_sums(x, 4))
+    exact_mean = sum((Fraction(v) for v in values), Fraction(0)) / 5
+    assert mean == exact_mean
+    assert m2 == sum(((Fraction(v) - exact_mean) ** 2 for v in values), Fraction(0))
+    assert m3 == sum(((Fraction(v) - exact_mean) ** 3 for v in values), Fraction(0))
+    assert m4 == sum(((Fraction(v) - exact_mean) ** 4 for v in values), Fraction(0))
+    assert exact_to_float(mean) == 1.2  # float arithmetic gives 0.0 or 0.8 here
+    assert exact_to_float(Fraction(10) ** 400) == math.inf
+    assert exact_to_float(-(Fraction(10) ** 400)) == -math.inf
+    with pytest.raises(ValueError, match="no records"):
+        exact_moments(0, [Fraction(0)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,11 @@ __all__ = [
     "bisection_candidates",
     "combine_comoments",
     "combine_moments",
+    "combine_moments4",
+    "exact_moments",
+    "exact_power_sums",
+    "exact_product_sum",
+    "exact_to_float",
     "cut_count_bounds",
     "float_keys",
     "float_to_key",
@@ -40,6 +46,103 @@ def combine_moments(parts: list[tuple[float, float, float]]) -> tuple[float, flo
         m2 += m2b + delta * delta * n * nb / total
         n = total
     return n, mean, m2
+
+
+def combine_moments4(
+    a: tuple[float, float, float, float, float], b: tuple[float, float, float, float, float]
+) -> tuple[float, float, float, float, float]:
+    """Merge two (count, mean, M2, M3, M4) tuples (Mₖ: sum of k-th powers of deviations from
+    the mean) as if their records were pooled: Pébay's (2008) pairwise update, which extends
+    Chan's. A part with no records returns the other unchanged, so one part merges exactly."""
+    na, ma, m2a, m3a, m4a = a
+    nb, mb, m2b, m3b, m4b = b
+    if nb == 0:
+        return a
+    if na == 0:
+        return b
+    n = na + nb
+    delta = mb - ma
+    d_n = delta / n
+    d_n2 = d_n * d_n
+    cross = delta * d_n * na * nb  # δ² na nb / n
+    mean = ma + d_n * nb
+    m2 = m2a + m2b + cross
+    m3 = m3a + m3b + cross * d_n * (na - nb) + 3.0 * d_n * (na * m2b - nb * m2a)
+    m4 = (
+        m4a
+        + m4b
+        + cross * d_n2 * (na * na - na * nb + nb * nb)
+        + 6.0 * d_n2 * (na * na * m2b + nb * nb * m2a)
+        + 4.0 * d_n * (na * m3b - nb * m3a)
+    )
+    return n, mean, m2, m3, m4
+
+
+# --- exact sums of float64 values, their powers and products --------------------------------
+def _mantissas(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (m, e) with x = m · 2^e exactly: m an int64 with |m| < 2⁵³, e an int64."""
+    fraction, exponent = np.frexp(np.asarray(x, dtype=np.float64))
+    if not np.isfinite(fraction).all():
+        raise ValueError("exact sums need finite values")
+    return np.ldexp(fraction, 53).astype(np.int64), exponent.astype(np.int64) - 53
+
+
+def _exact_total(mantissas: np.ndarray, exponents: np.ndarray) -> Fraction:
+    """Return Σ mᵢ · 2^eᵢ exactly (``mantissas``: Python ints in an object array)."""
+    if mantissas.size == 0:
+        return Fraction(0)
+    order = np.argsort(exponents, kind="stable")
+    ordered = exponents[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    sums = np.add.reduceat(mantissas[order], starts)  # exact: Python ints per exponent
+    low = int(ordered[0])
+    total = 0
+    for value, exponent in zip(sums.tolist(), ordered[starts].tolist(), strict=True):
+        total += int(value) << (exponent - low)
+    return Fraction(total, 1 << -low) if low < 0 else Fraction(total << low)
+
+
+def exact_power_sums(x: np.ndarray, k: int) -> list[Fraction]:
+    """Return [Σx, Σx², …, Σxᵏ] of float64 values exactly (no rounding anywhere): each value
+    split into an integer mantissa times a power of two, powers taken as Python integers and
+    summed per exponent. Raises ValueError for non-finite values."""
+    m, e = _mantissas(x)
+    base = m.astype(object)
+    power = base
+    out = []
+    for j in range(1, k + 1):
+        if j > 1:
+            power = power * base
+        out.append(_exact_total(power, e * j))
+    return out
+
+
+def exact_product_sum(x: np.ndarray, y: np.ndarray) -> Fraction:
+    """Return Σ xᵢ·yᵢ of two float64 vectors exactly (see ``exact_power_sums``)."""
+    mx, ex = _mantissas(x)
+    my, ey = _mantissas(y)
+    return _exact_total(mx.astype(object) * my.astype(object), ex + ey)
+
+
+def exact_to_float(value: Fraction) -> float:
+    """Return ``value`` rounded once to the nearest float64 (±inf beyond the float range)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def exact_moments(n: int, sums: list[Fraction]) -> tuple[Fraction, ...]:
+    """Return (mean, M2, M3, M4)[: len(sums)] exactly from n and the power sums [Σx, Σx², …]
+    (Mₖ: the sum of k-th powers of deviations from the mean)."""
+    if n < 1:
+        raise ValueError("no records")
+    s = list(sums) + [Fraction(0)] * (4 - len(sums))
+    mean = s[0] / n
+    m2 = s[1] - s[0] * mean
+    m3 = s[2] - 3 * mean * s[1] + 2 * n * mean**3
+    m4 = s[3] - 4 * mean * s[2] + 6 * mean**2 * s[1] - 3 * n * mean**4
+    return (mean, m2, m3, m4)[: len(sums)]
 
 
 # --- covariance ------------------------------------------------------------------------------

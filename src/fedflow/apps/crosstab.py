@@ -33,8 +33,10 @@ import numpy as np
 from fedflow.apps._labels import category_labels, value_label
 from fedflow.apps._merge import merge_count_tables
 from fedflow.apps.base import (
+    SUM,
     App,
     ColumnKind,
+    Continue,
     CoordinatorContext,
     Done,
     Empty,
@@ -42,26 +44,50 @@ from fedflow.apps.base import (
     Payload,
     Phase,
     SiteContext,
+    Step,
     Table,
     check_min_count,
+    sum_replies,
 )
-from fedflow.errors import AppError
+from fedflow.errors import AppError, DataError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["CountTable", "Crosstab", "CrosstabParams", "chi_square"]
+__all__ = ["CountTable", "Crosstab", "CrosstabParams", "Grid", "GridCounts", "chi_square"]
 
 
 class CrosstabParams(Params, frozen=True):
-    """``row`` and ``column``: the two categorical columns (any kind) to cross."""
+    """``row`` and ``column``: the two categorical columns (any kind) to cross; ``row_levels``
+    and ``column_levels``: every category of each (both or neither; needed with ``secure``)."""
 
     row: str
     column: str
+    row_levels: list[str | int | float] | None = None
+    column_levels: list[str | int | float] | None = None
 
     def __post_init__(self) -> None:
         if self.row == self.column:
             raise ValueError(f"row and column are both '{self.row}'")
+        if (self.row_levels is None) != (self.column_levels is None):
+            raise ValueError("give both row_levels and column_levels, or neither")
+        for key, levels in (("row_levels", self.row_levels), ("column_levels", self.column_levels)):
+            labels = [value_label(v) for v in levels or []]
+            if levels is not None and not labels:
+                raise ValueError(f"{key} is empty")
+            twice = sorted({v for v in labels if labels.count(v) > 1})
+            if twice:
+                raise ValueError(f"{key} names the level '{twice[0]}' twice")
+
+    @property
+    def grid(self) -> tuple[list[str], list[str]] | None:
+        """The given (row, column) level labels, sorted as strings (None when not given)."""
+        if self.row_levels is None or self.column_levels is None:
+            return None
+        return (
+            sorted(value_label(v) for v in self.row_levels),
+            sorted(value_label(v) for v in self.column_levels),
+        )
 
 
 class CountTable(Payload, frozen=True):
@@ -70,6 +96,20 @@ class CountTable(Payload, frozen=True):
 
     rows: np.ndarray
     columns: np.ndarray
+    counts: np.ndarray
+
+
+class Grid(Payload, frozen=True):
+    """The study's level labels (phase ``grid``): rows and columns of the shared table."""
+
+    rows: list[str]
+    columns: list[str]
+
+
+class GridCounts(Payload, frozen=True):
+    """A site's counts on the shared grid (phase ``grid``), rows × columns (int64; every
+    non-zero cell ≥ min_count): summed over sites, so ``secure = true`` can aggregate it."""
+
     counts: np.ndarray
 
 
@@ -99,8 +139,13 @@ class Crosstab(App[CrosstabParams]):
     name = "crosstab"
     reference = "scipy chi2_contingency"
     Params = CrosstabParams
-    phases = {"count": Phase(Empty, CountTable)}
+    phases = {
+        "count": Phase(Empty, CountTable),
+        "grid": Phase(Grid, GridCounts, summed=True),
+    }
     tolerances = {"table": (0.0, 0.0), "n": (0.0, 0.0), "dof": (0.0, 0.0)}
+    secure = True
+    streaming = True
 
     def columns(self, params: CrosstabParams) -> dict[str, ColumnKind]:
         return {params.row: "any", params.column: "any"}
@@ -109,19 +154,79 @@ class Crosstab(App[CrosstabParams]):
         self, data: Table, params: CrosstabParams, request: Empty, ctx: SiteContext
     ) -> CountTable:
         check_min_count(data.n_rows, ctx.min_count, "the table")
-        rows = category_labels(data[params.row])
-        cols = category_labels(data[params.column])
-        row_levels, row_index = np.unique(rows, return_inverse=True)
-        col_levels, col_index = np.unique(cols, return_inverse=True)
-        counts = np.zeros((len(row_levels), len(col_levels)), dtype=np.int64)
-        np.add.at(counts, (row_index, col_index), 1)
-        for i, j in zip(*np.nonzero(counts), strict=True):
-            check_min_count(
-                int(counts[i, j]),
-                ctx.min_count,
-                f"cell {params.row} = '{row_levels[i]}', {params.column} = '{col_levels[j]}'",
+        rows: list[str] = []
+        cols: list[str] = []
+        counts = np.zeros((0, 0), dtype=np.int64)
+        for batch in data.batches([params.row, params.column]):
+            row_levels, row_index = np.unique(
+                category_labels(batch[params.row]), return_inverse=True
             )
-        return CountTable(rows=row_levels, columns=col_levels, counts=counts)
+            col_levels, col_index = np.unique(
+                category_labels(batch[params.column]), return_inverse=True
+            )
+            part = np.zeros((len(row_levels), len(col_levels)), dtype=np.int64)
+            np.add.at(part, (row_index, col_index), 1)
+            rows, cols, counts = merge_count_tables(
+                [(rows, cols, counts), (row_levels.tolist(), col_levels.tolist(), part)]
+            )
+        _check_cells(counts, rows, cols, params, ctx.min_count)
+        return CountTable(
+            rows=np.array(rows, dtype=str), columns=np.array(cols, dtype=str), counts=counts
+        )
+
+    def local_grid(
+        self, data: Table, params: CrosstabParams, request: Grid, ctx: SiteContext
+    ) -> GridCounts:
+        check_min_count(data.n_rows, ctx.min_count, "the table")
+        if params.grid != (request.rows, request.columns):
+            raise AppError("app 'crosstab': asked to count on levels other than the study's")
+        grid_rows = np.array(request.rows, dtype=str)
+        grid_cols = np.array(request.columns, dtype=str)
+        counts = np.zeros((len(grid_rows), len(grid_cols)), dtype=np.int64)
+        for batch in data.batches([params.row, params.column]):
+            i = _grid_index(batch[params.row], grid_rows, params.row, "row_levels")
+            j = _grid_index(batch[params.column], grid_cols, params.column, "column_levels")
+            np.add.at(counts, (i, j), 1)
+        _check_cells(counts, request.rows, request.columns, params, ctx.min_count)
+        return GridCounts(counts=counts)
+
+    def start(self, params: CrosstabParams, ctx: CoordinatorContext) -> Step:
+        grid = params.grid
+        if grid is not None:
+            ctx.state["grid"] = grid
+            return Continue("grid", Grid(rows=grid[0], columns=grid[1]))
+        if ctx.secure:
+            raise AppError(
+                "app 'crosstab': with secure = true give params.row_levels and "
+                "params.column_levels (every category of each column); each site's own labels "
+                "would reveal which site holds which"
+            )
+        return Continue("count", Empty())
+
+    def aggregate_grid(
+        self, replies: Mapping[str, GridCounts], params: CrosstabParams, ctx: CoordinatorContext
+    ) -> Done:
+        rows, cols = ctx.state["grid"]
+        if ctx.secure:
+            if set(replies) != {SUM}:
+                raise AppError("app 'crosstab': phase 'grid' expects only the sum over sites")
+            total = replies[SUM].counts
+        else:
+            total = sum_replies(replies, GridCounts).counts
+        table = np.asarray(total, dtype=np.int64)
+        if table.shape != (len(rows), len(cols)):
+            raise AppError(
+                f"app 'crosstab': the summed table is {table.shape}, "
+                f"not {len(rows)} × {len(cols)} levels"
+            )
+        # levels no record holds are left out, as when each site sends its own levels
+        keep_rows = table.sum(axis=1) > 0
+        keep_cols = table.sum(axis=0) > 0
+        table = table[keep_rows][:, keep_cols]
+        rows = [r for r, keep in zip(rows, keep_rows, strict=True) if keep]
+        cols = [c for c, keep in zip(cols, keep_cols, strict=True) if keep]
+        chi2, dof, p_value = chi_square(table)
+        return Done(_result(rows, cols, table, chi2, dof, p_value))
 
     def aggregate_count(
         self, replies: Mapping[str, CountTable], params: CrosstabParams, ctx: CoordinatorContext
@@ -152,6 +257,37 @@ class Crosstab(App[CrosstabParams]):
             int(dof),
             float(p_value),
         )
+
+
+def _check_cells(
+    counts: np.ndarray,
+    rows: list[str],
+    cols: list[str],
+    params: CrosstabParams,
+    min_count: int,
+) -> None:
+    """Refuse (DataError naming the cell) when a non-empty cell holds fewer than min_count."""
+    for i, j in zip(*np.nonzero(counts), strict=True):
+        check_min_count(
+            int(counts[i, j]),
+            min_count,
+            f"cell {params.row} = '{rows[i]}', {params.column} = '{cols[j]}'",
+        )
+
+
+def _grid_index(values: np.ndarray, levels: np.ndarray, column: str, key: str) -> np.ndarray:
+    """Return each value's index among the sorted ``levels`` (DataError for a value not there;
+    the message does not name the value, which would reveal it)."""
+    labels = category_labels(values)
+    index = np.searchsorted(levels, labels)
+    index = np.minimum(index, len(levels) - 1)
+    if len(labels) and not (levels[index] == labels).all():
+        raise DataError(
+            f"column '{column}' holds a value that params.{key} does not list; "
+            "list every level of the column",
+            column=column,
+        )
+    return index
 
 
 def _result(

@@ -25,11 +25,14 @@ values (the study's ``min_count``: the app's records are values, not lines).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
+from fedflow.apps._merge import exact_power_sums, exact_to_float
 from fedflow.apps.base import (
+    SUM,
     App,
     ColumnKind,
     Continue,
@@ -67,9 +70,13 @@ class MeanAppParams(Params, frozen=True):
 
 
 class SiteSums(Payload, frozen=True):
+    """A site's sum of values, their number, its number of columns and its *local mean* (the
+    sum over the number of columns, as the app computes it): each a sum over sites is enough."""
+
     total: float
     values: int
     columns: int
+    local_mean: float
 
 
 class GlobalMean(Payload, frozen=True):
@@ -82,7 +89,12 @@ class FeatureCloudMean(App[MeanAppParams]):
     name = "mean-app"
     Params = MeanAppParams
     reference = "numpy mean"
-    phases = {"sums": Phase(Empty, SiteSums), "write": Phase(GlobalMean, Empty)}
+    phases = {
+        "sums": Phase(Empty, SiteSums, summed=True),
+        "write": Phase(GlobalMean, Empty, summed=True),
+    }
+    secure = True
+    streaming = True
 
     def columns(self, params: MeanAppParams) -> dict[str, ColumnKind]:
         return {}  # every column of the file, as the app reads them all
@@ -98,17 +110,37 @@ class FeatureCloudMean(App[MeanAppParams]):
             )
         values = data.n_rows * len(data.columns)
         check_min_count(values, max(ctx.min_count, params.min_values), "the site's values")
-        total = float(sum(np.asarray(data[c], dtype=np.float64).sum() for c in data.columns))
-        return SiteSums(total=total, values=values, columns=len(data.columns))
+        exact = Fraction(0)  # the sum of the finite values without rounding, rounded once below
+        other = 0.0  # inf / nan, as a float sum gives them
+        for batch in data.batches(data.columns):
+            for column in data.columns:
+                x = np.asarray(batch[column], dtype=np.float64)
+                finite = np.isfinite(x)
+                exact += exact_power_sums(x[finite], 1)[0]
+                other += float(x[~finite].sum())
+        return SiteSums(
+            total=exact_to_float(exact) + other,
+            values=values,
+            columns=len(data.columns),
+            local_mean=exact_to_float(exact / len(data.columns)) + other,
+        )
 
     def aggregate_sums(
         self, replies: Mapping[str, SiteSums], params: MeanAppParams, ctx: CoordinatorContext
     ) -> Continue:
-        local_means = [r.total / r.columns for r in replies.values()]
-        mean = float(np.sum(local_means) / len(local_means))  # the app's formula, as it is
-        n = sum(r.values for r in replies.values())
-        pooled = sum(r.total for r in replies.values()) / n
-        ctx.state.update(mean=mean, pooled_mean=pooled, values=n, sites=len(replies))
+        if ctx.secure:  # only the sum over sites: Σ local means, Σ totals, Σ values
+            summed = replies[SUM]
+            sites = len(ctx.sites)
+            mean = summed.local_mean / sites
+            n = summed.values
+            pooled = summed.total / n
+        else:
+            local_means = [r.total / r.columns for r in replies.values()]
+            mean = float(np.sum(local_means) / len(local_means))  # the app's formula, as it is
+            n = sum(r.values for r in replies.values())
+            pooled = sum(r.total for r in replies.values()) / n
+            sites = len(replies)
+        ctx.state.update(mean=mean, pooled_mean=pooled, values=n, sites=sites)
         if not np.isclose(mean, pooled, rtol=1e-12, atol=0.0):
             ctx.notes.append(
                 f"mean-app's global mean ({mean:g}) averages the sites' local means unweighted, "

@@ -57,6 +57,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -68,7 +69,12 @@ from fedflow.apps._merge import (
     bisection_candidates,
     combine_comoments,
     combine_moments,
+    combine_moments4,
     cut_count_bounds,
+    exact_moments,
+    exact_power_sums,
+    exact_product_sum,
+    exact_to_float,
     float_keys,
     float_to_key,
     interpolate,
@@ -78,11 +84,13 @@ from fedflow.apps._merge import (
     suppress_cut_counts,
 )
 from fedflow.apps.base import (
+    SUM,
     App,
     ColumnKind,
     Continue,
     CoordinatorContext,
     Done,
+    Exact,
     Params,
     Payload,
     Phase,
@@ -92,6 +100,7 @@ from fedflow.apps.base import (
     check_min_count,
     check_unique,
     numeric_columns,
+    sum_replies,
 )
 from fedflow.errors import AppError, DataError, RemoteProtocolError
 
@@ -104,16 +113,18 @@ __all__ = [
     "ColumnSummary",
     "Comoments",
     "CutCounts",
+    "Counts",
     "Cuts",
     "Refine",
     "Refinement",
     "Stats",
     "StatsParams",
+    "Sums",
     "Summary",
 ]
 
 BASIC_STATISTICS = ("count", "mean", "variance", "std")
-COLUMN_STATISTICS = (*BASIC_STATISTICS, "sum", "sem", "min", "max")
+COLUMN_STATISTICS = (*BASIC_STATISTICS, "sum", "sem", "min", "max", "skew", "kurtosis")
 MATRIX_STATISTICS = ("covariance", "correlation")
 STATISTICS = (*COLUMN_STATISTICS, *MATRIX_STATISTICS)
 """Every name ``statistics`` accepts, in the order results list them."""
@@ -212,6 +223,11 @@ class StatsParams(Params, frozen=True):
         )
 
     @property
+    def powers(self) -> int:
+        """The highest moment needed: 4 with ``skew`` or ``kurtosis``, else 2."""
+        return 4 if "skew" in self.statistics or "kurtosis" in self.statistics else 2
+
+    @property
     def matrices(self) -> list[str]:
         """The matrix statistics asked for (``covariance``, ``correlation``)."""
         return [s for s in MATRIX_STATISTICS if s in self.statistics]
@@ -246,6 +262,8 @@ class ColumnSummary(Payload, frozen=True, omit_defaults=True):
     n: int
     mean: float
     m2: float
+    m3: float | None = None
+    m4: float | None = None
     min: float | None = None
     max: float | None = None
     histogram: np.ndarray | None = None
@@ -284,6 +302,34 @@ class Refinement(Payload, frozen=True, omit_defaults=True):
     cuts: dict[str, CutCounts] = {}
 
 
+class Sums(Payload, frozen=True):
+    """Reply of phase ``sums`` (``secure = true``; request ``Cuts``), every field a sum over
+    records, so the coordinator needs only the sum over sites.
+
+    ``n``: records; ``powers``: per column (in the order of ``params.columns``) the exact
+    Σx, Σx² (and Σx³, Σx⁴ for skew / kurtosis); ``cross``: the exact Σxᵢxⱼ of every pair of
+    columns i < j (matrices only); ``histograms``: [below, counts per bin…, above] of every column
+    with given ``bin_edges``, one after the other; ``cut_low`` / ``cut_high``: per asked column
+    (in sorted order) and candidate, the least and most records at or below it that the site's
+    answer allows (equal when exact; see ``_merge.cut_count_bounds``)."""
+
+    n: int
+    powers: Exact
+    cross: Exact
+    histograms: np.ndarray
+    cut_low: np.ndarray
+    cut_high: np.ndarray
+
+
+class Counts(Payload, frozen=True):
+    """Reply of phase ``counts`` (``secure = true``; request ``Refine``): histogram cells of
+    the asked columns (sorted, one after the other) and the cut-count bounds as in ``Sums``."""
+
+    histograms: np.ndarray
+    cut_low: np.ndarray
+    cut_high: np.ndarray
+
+
 # -- the coordinator's state --------------------------------------------------------------------
 @dataclass
 class _Column:
@@ -292,9 +338,13 @@ class _Column:
     n: int
     mean: float
     m2: float
+    m3: float = math.nan
+    m4: float = math.nan
     min: float | None = None
     max: float | None = None
     histogram: dict[str, Any] | None = None
+    exact: tuple[Fraction, ...] | None = None
+    """Under ``secure = true``: the exact (mean, M2[, M3, M4]) from the summed power sums."""
 
 
 @dataclass
@@ -310,6 +360,11 @@ class _Run:
     sent_edges: dict[str, np.ndarray] = field(default_factory=dict)
     sent_candidates: dict[str, list[int]] = field(default_factory=dict)
     comoments: tuple[float, np.ndarray] | None = None
+    secure: bool = False
+    extremes: bool = False
+    """Whether ``min`` / ``max`` are found as order statistics (``secure = true``)."""
+    exact_matrix: tuple[int, list[list[Fraction]]] | None = None
+    """Under ``secure = true``: n and the exact centred cross-product matrix."""
 
 
 class Stats(App[StatsParams]):
@@ -318,7 +373,14 @@ class Stats(App[StatsParams]):
     name = "stats"
     reference = "numpy"
     Params = StatsParams
-    phases = {"summary": Phase(Cuts, Summary), "refine": Phase(Refine, Refinement)}
+    phases = {
+        "summary": Phase(Cuts, Summary),
+        "refine": Phase(Refine, Refinement),
+        "sums": Phase(Cuts, Sums, summed=True),
+        "counts": Phase(Refine, Counts, summed=True),
+    }
+    secure = True
+    streaming = True
 
     def resolve(self, params: StatsParams, columns: Mapping[str, str]) -> StatsParams:
         if params.columns is not None:
@@ -351,40 +413,87 @@ class Stats(App[StatsParams]):
     def local_summary(
         self, data: Table, params: StatsParams, request: Cuts, ctx: SiteContext
     ) -> Summary:
-        values = _values(data, params, ctx)
+        scan = _scan(data, params, ctx, _given_edges(params), request.candidates, exact=False)
+        limit = _cut_limit(params, ctx)
         return Summary(
-            columns={c: _summary(c, x, params, ctx.min_count) for c, x in values.items()},
-            comoments=_comoments(values) if params.matrices else None,
-            cuts=_cut_counts(values, request.candidates, params, ctx),
+            columns={
+                c: ColumnSummary(
+                    n=scan.n,
+                    mean=acc.moments[1],
+                    m2=acc.moments[2],
+                    m3=acc.moments[3] if params.powers > 2 else None,
+                    m4=acc.moments[4] if params.powers > 2 else None,
+                    min=acc.min if params.needs_extremes else None,
+                    max=acc.max if params.needs_extremes else None,
+                    histogram=acc.histogram,
+                )
+                for c, acc in scan.columns.items()
+            },
+            comoments=Comoments(n=scan.n, mean=scan.comoments[1], c=scan.comoments[2])
+            if scan.comoments is not None
+            else None,
+            cuts={
+                c: CutCounts(
+                    at_or_below=suppress_cut_counts(counts, scan.n, limit), min_count=limit
+                )
+                for c, counts in scan.cuts.items()
+            },
         )
 
     def local_refine(
         self, data: Table, params: StatsParams, request: Refine, ctx: SiteContext
     ) -> Refinement:
-        values = _values(data, params, ctx)
+        edges = {c: np.asarray(e, dtype=np.float64) for c, e in request.edges.items()}
+        scan = _scan(data, params, ctx, edges, request.candidates, exact=False, moments=False)
+        limit = _cut_limit(params, ctx)
         return Refinement(
-            histograms={
-                column: _histogram(
-                    _asked(values, column),
-                    np.asarray(edges, dtype=np.float64),
-                    column,
-                    ctx.min_count,
+            histograms={c: scan.columns[c].histogram for c in edges},  # type: ignore[misc]
+            cuts={
+                c: CutCounts(
+                    at_or_below=suppress_cut_counts(counts, scan.n, limit), min_count=limit
                 )
-                for column, edges in request.edges.items()
+                for c, counts in scan.cuts.items()
             },
-            cuts=_cut_counts(values, request.candidates, params, ctx),
+        )
+
+    def local_sums(self, data: Table, params: StatsParams, request: Cuts, ctx: SiteContext) -> Sums:
+        edges = _given_edges(params)
+        scan = _scan(data, params, ctx, edges, request.candidates, exact=True, moments=False)
+        low, high = _cut_bounds(scan, sorted(request.candidates), _cut_limit(params, ctx))
+        return Sums(
+            n=scan.n,
+            powers=tuple(s for acc in scan.columns.values() for s in acc.powers),
+            cross=tuple(scan.cross),
+            histograms=_cells([scan.columns[c].histogram for c in edges]),
+            cut_low=low,
+            cut_high=high,
+        )
+
+    def local_counts(
+        self, data: Table, params: StatsParams, request: Refine, ctx: SiteContext
+    ) -> Counts:
+        edges = {c: np.asarray(request.edges[c], dtype=np.float64) for c in sorted(request.edges)}
+        scan = _scan(data, params, ctx, edges, request.candidates, exact=False, moments=False)
+        low, high = _cut_bounds(scan, sorted(request.candidates), _cut_limit(params, ctx))
+        return Counts(
+            histograms=_cells([scan.columns[c].histogram for c in edges]),
+            cut_low=low,
+            cut_high=high,
         )
 
     # -- coordinator --------------------------------------------------------------------------
     def start(self, params: StatsParams, ctx: CoordinatorContext) -> Step:
-        run = ctx.state["stats"] = _Run()
-        if params.quantiles is None:
-            return Continue("summary", Cuts())
+        run = ctx.state["stats"] = _Run(secure=ctx.secure)
+        # min / max under secure aggregation: order statistics 0 and n − 1, found by bisection
+        run.extremes = ctx.secure and params.share_extremes and _wants_range(params)
+        phase = "sums" if ctx.secure else "summary"
+        if params.quantiles is None and not run.extremes:
+            return Continue(phase, Cuts())
         # the first bisection round needs no data: it cuts the whole float line
         first = bisection_candidates(*KEY_RANGE, CANDIDATES_PER_ROUND)
         run.sent_candidates = {c: first for c in params.columns or []}
         return Continue(
-            "summary",
+            phase,
             Cuts(candidates={c: np.array(first, dtype=np.uint64) for c in params.columns or []}),
         )
 
@@ -399,8 +508,24 @@ class Stats(App[StatsParams]):
         run.site_n = {site: int(c[names[0]].n) for site, c in columns.items()}
         for column in names:
             summaries = {site: c[column] for site, c in columns.items()}
-            n, mean, m2 = combine_moments([(float(s.n), s.mean, s.m2) for s in summaries.values()])
-            entry = run.columns[column] = _Column(n=int(n), mean=mean, m2=m2)
+            if params.powers > 2:
+                merged: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0)
+                for site, s in summaries.items():
+                    part = (
+                        float(s.n),
+                        s.mean,
+                        s.m2,
+                        _given(site, s.m3, "third moment", column),
+                        _given(site, s.m4, "fourth moment", column),
+                    )
+                    merged = combine_moments4(merged, part)  # type: ignore[arg-type]
+                n, mean, m2, m3, m4 = merged
+            else:
+                n, mean, m2 = combine_moments(
+                    [(float(s.n), s.mean, s.m2) for s in summaries.values()]
+                )
+                m3 = m4 = math.nan
+            entry = run.columns[column] = _Column(n=int(n), mean=mean, m2=m2, m3=m3, m4=m4)
             if params.needs_extremes:
                 entry.min = min(_given(site, s.min, "min", column) for site, s in summaries.items())
                 entry.max = max(_given(site, s.max, "max", column) for site, s in summaries.items())
@@ -446,17 +571,99 @@ class Stats(App[StatsParams]):
         _merge_cut_counts(cuts, params, run, strict=True)
         return self._next(params, run)
 
+    def aggregate_sums(
+        self, replies: Mapping[str, Sums], params: StatsParams, ctx: CoordinatorContext
+    ) -> Step:
+        run: _Run = ctx.state["stats"]
+        total = _total(replies, Sums, ctx)
+        names = list(params.columns or [])
+        k = params.powers
+        _check_length("power sums", len(total.powers), k * len(names))
+        n = int(total.n)
+        if n < 1:
+            raise AppError("app 'stats': the sites hold no records")
+        given = [c for c in names if params.edges_for(c) is not None]
+        cells = _split(total.histograms, [len(params.edges_for(c) or []) + 1 for c in given])
+        for j, column in enumerate(names):
+            exact = exact_moments(n, list(total.powers[j * k : (j + 1) * k]))
+            entry = run.columns[column] = _Column(
+                n=n, mean=exact_to_float(exact[0]), m2=exact_to_float(exact[1]), exact=exact
+            )
+            if column in given:
+                edges = [float(e) for e in params.edges_for(column) or []]
+                entry.histogram = _sum_histograms({SUM: cells[given.index(column)]}, edges)
+            ranks: set[int] = {0, n - 1} if run.extremes else set()
+            if params.quantiles is not None:
+                if not run.positions:
+                    run.positions = quantile_positions(n, params.quantiles, params.quantile_method)
+                ranks |= set(_initial_intervals(entry, run.positions))
+            if ranks:
+                run.intervals[column] = {rank: KEY_RANGE for rank in sorted(ranks)}
+        if params.matrices:
+            p = len(names)
+            _check_length("cross-products", len(total.cross), p * (p - 1) // 2)
+            sums = [total.powers[j * k] for j in range(p)]
+            squares = [total.powers[j * k + 1] for j in range(p)]
+            pairs = iter(total.cross)
+            c = [[Fraction(0)] * p for _ in range(p)]
+            for i in range(p):
+                c[i][i] = squares[i] - sums[i] * sums[i] / n
+                for j in range(i + 1, p):
+                    c[i][j] = c[j][i] = next(pairs) - sums[i] * sums[j] / n
+            run.exact_matrix = (n, c)
+        run.site_n = {}
+        self._merge_summed_cuts(total, params, run, strict=False)
+        return self._next(params, run)
+
+    def aggregate_counts(
+        self, replies: Mapping[str, Counts], params: StatsParams, ctx: CoordinatorContext
+    ) -> Step:
+        run: _Run = ctx.state["stats"]
+        total = _total(replies, Counts, ctx)
+        asked = sorted(run.sent_edges)
+        cells = _split(total.histograms, [len(run.sent_edges[c]) + 1 for c in asked])
+        for column, counts in zip(asked, cells, strict=True):
+            run.columns[column].histogram = _sum_histograms(
+                {SUM: counts}, [float(e) for e in run.sent_edges[column]]
+            )
+        run.sent_edges = {}
+        self._merge_summed_cuts(total, params, run, strict=True)
+        return self._next(params, run)
+
+    def _merge_summed_cuts(
+        self, total: Sums | Counts, params: StatsParams, run: _Run, *, strict: bool
+    ) -> None:
+        """Narrow the intervals by summed cut bounds; then, under ``secure`` with ``bins``, ask
+        for the histogram once the federated minimum and maximum are known."""
+        sent, run.sent_candidates = run.sent_candidates, {}
+        asked = sorted(sent)
+        sizes = [len(sent[c]) for c in asked]
+        lows = _split(total.cut_low, sizes)
+        highs = _split(total.cut_high, sizes)
+        bounds = {c: (low, high) for c, low, high in zip(asked, lows, highs, strict=True)}
+        _narrow_all(bounds, sent, params, run, strict=strict)
+        if run.extremes and params.bins is not None:
+            for column, entry in run.columns.items():
+                if entry.histogram is None and column not in run.pending_edges:
+                    low, high = _extremes(run, column)
+                    if low is not None and high is not None:
+                        run.pending_edges[column] = np.histogram_bin_edges(
+                            np.array([low, high]), bins=params.bins
+                        )
+
     def _next(self, params: StatsParams, run: _Run) -> Step:
         """Return the next ``refine`` round, or the result when nothing is left to ask."""
         request = _next_round(run)
         if request is not None:
-            return Continue("refine", request)
+            return Continue("counts" if run.secure else "refine", request)
         return Done(self._result(params, run))
 
     def _result(self, params: StatsParams, run: _Run) -> dict[str, Any]:
         result: dict[str, Any] = {}
         for column in params.columns or []:
             entry = run.columns[column]
+            if run.extremes:
+                entry.min, entry.max = _extremes(run, column)
             out = _column_statistics(entry, params.statistics)
             if entry.histogram is not None:
                 out["histogram"] = entry.histogram
@@ -469,13 +676,16 @@ class Stats(App[StatsParams]):
             if out:
                 result[column] = out
         if params.matrices:
-            assert run.comoments is not None
-            n, c = run.comoments
             names = list(params.columns or [])
-            with np.errstate(divide="ignore", invalid="ignore"):
-                covariance = c / (n - 1) if n > 1 else np.full_like(c, np.nan)
-                scale = np.sqrt(np.diag(c))
-                correlation = np.clip(c / scale[:, None] / scale[None, :], -1.0, 1.0)
+            if run.exact_matrix is not None:
+                covariance, correlation = _exact_matrices(*run.exact_matrix)
+            else:
+                assert run.comoments is not None
+                n, c = run.comoments
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    covariance = c / (n - 1) if n > 1 else np.full_like(c, np.nan)
+                    scale = np.sqrt(np.diag(c))
+                    correlation = np.clip(c / scale[:, None] / scale[None, :], -1.0, 1.0)
             if "covariance" in params.statistics:
                 result["covariance"] = _matrix(names, covariance)
             if "correlation" in params.statistics:
@@ -498,6 +708,8 @@ class Stats(App[StatsParams]):
                 "sem": lambda x=x: float(sps.sem(x, ddof=1)),
                 "min": lambda x=x: float(np.min(x)),
                 "max": lambda x=x: float(np.max(x)),
+                "skew": lambda x=x: float(sps.skew(x, bias=False)),
+                "kurtosis": lambda x=x: float(sps.kurtosis(x, fisher=True, bias=False)),
             }
             out: dict[str, Any] = {
                 s: every[s]() for s in COLUMN_STATISTICS if s in params.statistics
@@ -529,87 +741,173 @@ class Stats(App[StatsParams]):
         return result
 
 
+def _wants_range(params: StatsParams) -> bool:
+    """Whether the result needs the federated minimum and maximum (``min``, ``max``, ``bins``)."""
+    return "min" in params.statistics or "max" in params.statistics or params.bins is not None
+
+
 # --- site helpers (numpy only) ---------------------------------------------------------------
-def _values(data: Table, params: StatsParams, ctx: SiteContext) -> dict[str, np.ndarray]:
-    """Return the described columns as float64 (refusing missing values and too few records)."""
-    values: dict[str, np.ndarray] = {}
+@dataclass
+class _Acc:
+    """One column's running reduction over a site's batches."""
+
+    moments: tuple[float, ...] = (0, 0.0, 0.0, 0.0, 0.0)  # (n, mean, M2, M3, M4)
+    min: float = math.inf
+    max: float = -math.inf
+    histogram: np.ndarray | None = None
+    powers: list[Fraction] = field(default_factory=list)
+
+
+@dataclass
+class _Scan:
+    """A site's pass over its batches: per column ``_Acc``, the (unsuppressed) counts at or
+    below each candidate, the comoments and the exact cross-products."""
+
+    n: int
+    columns: dict[str, _Acc]
+    cuts: dict[str, np.ndarray]
+    comoments: tuple[float, np.ndarray, np.ndarray] | None
+    cross: list[Fraction]
+
+
+def _given_edges(params: StatsParams) -> dict[str, np.ndarray]:
+    """Return the given ``bin_edges`` per described column that has them (params order)."""
+    out = {}
     for column in params.columns or []:
-        x = values[column] = np.asarray(data[column], dtype=np.float64)
-        if np.isnan(x).any():
-            raise DataError(f"column '{column}' has missing values", column=column)
-    for column, x in values.items():
-        check_min_count(len(x), ctx.min_count, f"column '{column}'")
-    return values
-
-
-def _asked(values: Mapping[str, np.ndarray], column: str) -> np.ndarray:
-    """Return the values of a column the coordinator asks about (AppError for another one)."""
-    try:
-        return values[column]
-    except KeyError:
-        raise AppError(
-            f"app 'stats': asked about column '{column}', which is not described"
-        ) from None
-
-
-def _summary(column: str, x: np.ndarray, params: StatsParams, min_count: int) -> ColumnSummary:
-    with np.errstate(over="ignore"):  # values near ±1e308: the variance is inf, as numpy's
-        mean = float(x.mean())
-        m2 = float(((x - mean) ** 2).sum())
-    extremes = params.needs_extremes
-    edges = params.edges_for(column)
-    return ColumnSummary(
-        n=len(x),
-        mean=mean,
-        m2=m2,
-        min=float(x.min()) if extremes else None,
-        max=float(x.max()) if extremes else None,
-        histogram=None
-        if edges is None
-        else _histogram(x, np.asarray(edges, dtype=np.float64), column, min_count),
-    )
-
-
-def _comoments(values: Mapping[str, np.ndarray]) -> Comoments:
-    x = np.column_stack(list(values.values()))
-    mean_vector = x.mean(axis=0)
-    centred = x - mean_vector
-    return Comoments(n=len(x), mean=mean_vector, c=centred.T @ centred)
-
-
-def _cut_counts(
-    values: Mapping[str, np.ndarray],
-    candidates: Mapping[str, np.ndarray],
-    params: StatsParams,
-    ctx: SiteContext,
-) -> dict[str, CutCounts]:
-    """Return, per column asked, the (suppressed) counts of records at or below each candidate."""
-    limit = 1 if params.share_extremes else ctx.min_count
-    out: dict[str, CutCounts] = {}
-    for column, keys_asked in candidates.items():
-        x = _asked(values, column)
-        keys = np.sort(float_keys(x))
-        counts = np.searchsorted(keys, np.asarray(keys_asked, dtype=np.uint64), side="right")
-        out[column] = CutCounts(
-            at_or_below=suppress_cut_counts(counts, len(x), limit), min_count=limit
-        )
+        edges = params.edges_for(column)
+        if edges is not None:
+            out[column] = np.asarray(edges, dtype=np.float64)
     return out
 
 
-def _histogram(x: np.ndarray, edges: np.ndarray, column: str, min_count: int) -> np.ndarray:
-    """Return [below, bin counts…, above] as int64; refuse when a non-empty cell is too small."""
+def _cut_limit(params: StatsParams, ctx: SiteContext) -> int:
+    return 1 if params.share_extremes else ctx.min_count
+
+
+def _scan(
+    data: Table,
+    params: StatsParams,
+    ctx: SiteContext,
+    edges: Mapping[str, np.ndarray],
+    candidates: Mapping[str, np.ndarray],
+    *,
+    exact: bool,
+    moments: bool = True,
+) -> _Scan:
+    """Reduce the described columns batch by batch (``data.batches``): moments merged with
+    Pébay's update, extremes, histogram cells, counts at or below candidates, comoments, and
+    (``exact``) the exact power sums and cross-products. Refuses missing values, too few
+    records, an undescribed column asked about, and histogram cells under ``min_count``."""
+    names = list(params.columns or [])
+    for column in [*edges, *candidates]:
+        if column not in names:
+            raise AppError(f"app 'stats': asked about column '{column}', which is not described")
+    for column in names:
+        check_min_count(data.n_rows, ctx.min_count, f"column '{column}'")
+    accs = {c: _Acc() for c in names}
+    keys_asked = {c: np.asarray(k, dtype=np.uint64) for c, k in candidates.items()}
+    cuts = {c: np.zeros(len(k), dtype=np.int64) for c, k in keys_asked.items()}
+    for column, e in edges.items():
+        accs[column].histogram = np.zeros(len(e) + 1, dtype=np.int64)
+    matrices = bool(params.matrices) and moments
+    comoments: tuple[float, np.ndarray, np.ndarray] | None = None
+    if matrices:
+        comoments = (0.0, np.zeros(len(names)), np.zeros((len(names), len(names))))
+    pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
+    cross = [Fraction(0)] * (len(pairs) if exact and params.matrices else 0)
+    if exact:
+        for acc in accs.values():
+            acc.powers = [Fraction(0)] * params.powers
+    n = 0
+    for batch in data.batches(names):
+        values = {c: np.asarray(batch[c], dtype=np.float64) for c in names}
+        for column, x in values.items():
+            if np.isnan(x).any():
+                raise DataError(f"column '{column}' has missing values", column=column)
+        size = batch.n_rows
+        if size == 0:
+            continue
+        n += size
+        for column, x in values.items():
+            acc = accs[column]
+            if moments:
+                acc.moments = combine_moments4(
+                    acc.moments,  # type: ignore[arg-type]
+                    _batch_moments(x, params.powers),
+                )
+            acc.min = min(acc.min, float(x.min()))
+            acc.max = max(acc.max, float(x.max()))
+            if acc.histogram is not None:
+                acc.histogram += _histogram_cells(x, edges[column])
+            if column in cuts:
+                keys = np.sort(float_keys(x))
+                cuts[column] += np.searchsorted(keys, keys_asked[column], side="right")
+            if exact:
+                acc.powers = [
+                    a + b
+                    for a, b in zip(acc.powers, exact_power_sums(x, params.powers), strict=True)
+                ]
+        if comoments is not None:
+            x = np.column_stack([values[c] for c in names])
+            mean_vector = x.mean(axis=0)
+            centred = x - mean_vector
+            comoments = combine_comoments(
+                [comoments, (float(size), mean_vector, centred.T @ centred)]
+            )
+        for index, (i, j) in enumerate(pairs if cross else []):
+            cross[index] += exact_product_sum(values[names[i]], values[names[j]])
+    for column, e in edges.items():
+        _check_cells(accs[column].histogram, e, column, ctx.min_count)  # type: ignore[arg-type]
+    return _Scan(n=n, columns=accs, cuts=cuts, comoments=comoments, cross=cross)
+
+
+def _batch_moments(x: np.ndarray, powers: int) -> tuple[float, float, float, float, float]:
+    """Return (n, mean, M2, M3, M4) of one batch (M3, M4 as 0 when ``powers`` is 2)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # values near ±1e308: inf, as numpy's
+        mean = float(x.mean())
+        d = x - mean
+        d2 = d * d
+        m2 = float(d2.sum())
+        if powers <= 2:
+            return float(len(x)), mean, m2, 0.0, 0.0
+        return float(len(x)), mean, m2, float((d2 * d).sum()), float((d2 * d2).sum())
+
+
+def _histogram_cells(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Return [below the first edge, counts per bin…, above the last edge] of ``x`` (int64)."""
     counts, _ = np.histogram(x, bins=edges)
     below = int((x < edges[0]).sum())
     above = int((x > edges[-1]).sum())
-    cells = [("below the first edge", below), ("above the last edge", above)]
-    cells += [
+    return np.concatenate([[below], counts, [above]]).astype(np.int64)
+
+
+def _check_cells(cells: np.ndarray, edges: np.ndarray, column: str, min_count: int) -> None:
+    """Refuse (DataError) when a non-empty histogram cell holds fewer than ``min_count``."""
+    counts = cells[1:-1]
+    where = [("below the first edge", int(cells[0])), ("above the last edge", int(cells[-1]))]
+    where += [
         (f"bin [{edges[i]:g}, {edges[i + 1]:g}{']' if i == len(counts) - 1 else ')'}", int(c))
         for i, c in enumerate(counts)
     ]
-    for where, count in cells:
+    for label, count in where:
         if count:
-            check_min_count(count, min_count, f"column '{column}': histogram {where}")
-    return np.concatenate([[below], counts, [above]]).astype(np.int64)
+            check_min_count(count, min_count, f"column '{column}': histogram {label}")
+
+
+def _cut_bounds(scan: _Scan, asked: list[str], limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the summable bounds of a site's counts at or below the candidates of ``asked``
+    columns, one after the other: what ``suppress_cut_counts`` lets the coordinator infer."""
+    lows, highs = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for column in asked:
+        coded = suppress_cut_counts(scan.cuts[column], scan.n, limit)
+        low, high = cut_count_bounds(coded, scan.n, limit)
+        lows.append(low)
+        highs.append(high)
+    return np.concatenate(lows), np.concatenate(highs)
+
+
+def _cells(parts: list[np.ndarray | None]) -> np.ndarray:
+    return np.concatenate([np.zeros(0, dtype=np.int64), *[p for p in parts if p is not None]])
 
 
 # --- coordinator helpers -----------------------------------------------------------------------
@@ -634,6 +932,28 @@ def _given(site: str, value: Any, what: str, column: str) -> Any:
     return value
 
 
+def _total(replies: Mapping[str, Any], kind: type[Any], ctx: CoordinatorContext) -> Any:
+    """Return the sum over sites of a summed phase's replies (delivered as ``{SUM: …}`` under
+    ``secure = true``; summed here otherwise)."""
+    if ctx.secure:
+        if set(replies) != {SUM}:
+            raise AppError("app 'stats': a summed phase expects only the sum over sites")
+        return replies[SUM]
+    return sum_replies(replies, kind)
+
+
+def _check_length(what: str, got: int, expected: int) -> None:
+    if got != expected:
+        raise AppError(f"app 'stats': the summed {what} hold {got} values, expected {expected}")
+
+
+def _split(values: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """Cut a concatenated summed array into parts of ``sizes`` (AppError when it does not fit)."""
+    values = np.asarray(values, dtype=np.int64)
+    _check_length("counts", values.size, sum(sizes))
+    return np.split(values, np.cumsum(sizes)[:-1]) if sizes else []
+
+
 def _sum_histograms(parts: Mapping[str, np.ndarray], edges: list[float]) -> dict[str, Any]:
     """Sum the sites' [below, bins…, above] counts; return the result's ``{edges, counts}``."""
     total = np.zeros(len(edges) + 1, dtype=np.int64)
@@ -654,14 +974,10 @@ def _merge_cut_counts(
     *,
     strict: bool,
 ) -> None:
-    """Narrow every order statistic's interval by the sites' answers to the sent candidates.
-
-    ``strict``: an interval the answers could not narrow means the sites withheld every count
-    that would decide it (raise AppError). Not in the first round, whose candidates cut the whole
-    float line and may all miss an interval already narrowed by the federated range.
-    """
+    """Narrow every order statistic's interval by the sites' answers to the sent candidates."""
     sent, run.sent_candidates = run.sent_candidates, {}
     answers = {site: _answers(site, "cut counts", r, list(sent)) for site, r in replies.items()}
+    bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for column, candidates in sent.items():
         low = np.zeros(len(candidates), dtype=np.int64)
         high = np.zeros(len(candidates), dtype=np.int64)
@@ -678,16 +994,48 @@ def _merge_cut_counts(
             )
             low += site_low
             high += site_high
+        bounds[column] = (low, high)
+    _narrow_all(bounds, sent, params, run, strict=strict)
+
+
+def _narrow_all(
+    bounds: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    sent: Mapping[str, list[int]],
+    params: StatsParams,
+    run: _Run,
+    *,
+    strict: bool,
+) -> None:
+    """Narrow every order statistic's interval by the pooled (lowest, highest) counts at or
+    below the sent candidates.
+
+    ``strict``: an interval the answers could not narrow means the sites withheld every count
+    that would decide it (raise AppError). Not in the first round, whose candidates cut the whole
+    float line and may all miss an interval already narrowed by the federated range.
+    """
+    for column, (low, high) in bounds.items():
+        candidates = sent[column]
         intervals = run.intervals[column]
         for rank, (lo, hi) in intervals.items():
             intervals[rank] = narrow(lo, hi, rank, candidates, low.tolist(), high.tolist())
             if strict and lo < hi and intervals[rank] == (lo, hi):
                 which = _quantiles_of(rank, params, run.positions)
+                if not which:
+                    which = "0 (the minimum)" if rank == 0 else "1 (the maximum)"
                 raise AppError(
                     f"app 'stats': quantile {which} of column '{column}' lies where a site "
                     "holds fewer than min_count records beyond it, so it cannot be found "
                     "exactly; set share_extremes = true or ask for a less extreme quantile"
                 )
+
+
+def _extremes(run: _Run, column: str) -> tuple[float | None, float | None]:
+    """Return the federated (min, max) of a column found by bisection (None until known)."""
+    intervals = run.intervals[column]
+    n = run.columns[column].n
+    found = [intervals[r] for r in (0, n - 1)]
+    low, high = (key_to_float(lo) if lo == hi else None for lo, hi in found)
+    return low, high
 
 
 def _initial_intervals(
@@ -736,20 +1084,79 @@ def _next_round(run: _Run) -> Refine | None:
 
 
 def _column_statistics(entry: _Column, wanted: list[str]) -> dict[str, Any]:
-    n, mean, m2 = entry.n, entry.mean, entry.m2
-    variance = m2 / (n - 1) if n > 1 else float("nan")
-    std = float(np.sqrt(variance))
-    every: dict[str, Any] = {
-        "count": int(n),
-        "mean": mean,
-        "variance": variance,
-        "std": std,
-        "sum": mean * n,
-        "sem": std / math.sqrt(n),
-        "min": entry.min,
-        "max": entry.max,
-    }
+    n = entry.n
+    if entry.exact is not None:
+        every = _exact_statistics(n, entry.exact)
+    else:
+        mean, m2, m3, m4 = entry.mean, entry.m2, entry.m3, entry.m4
+        variance = m2 / (n - 1) if n > 1 else float("nan")
+        std = float(np.sqrt(variance))
+        every = {
+            "count": int(n),
+            "mean": mean,
+            "variance": variance,
+            "std": std,
+            "sum": mean * n,
+            "sem": std / math.sqrt(n),
+        }
+        if "skew" in wanted or "kurtosis" in wanted:
+            usable = m2 > 0.0 and math.isfinite(m2)
+            every["skew"] = (
+                math.sqrt(n * (n - 1)) / (n - 2) * (m3 / n) / (m2 / n) ** 1.5
+                if usable and n > 2
+                else math.nan
+            )
+            every["kurtosis"] = (
+                ((n + 1) * (n * m4 / (m2 * m2) - 3.0) + 6.0) * (n - 1) / ((n - 2) * (n - 3))
+                if usable and n > 3
+                else math.nan
+            )
+    every["min"] = entry.min
+    every["max"] = entry.max
     return {s: every[s] for s in COLUMN_STATISTICS if s in wanted}
+
+
+def _exact_statistics(n: int, exact: tuple[Fraction, ...]) -> dict[str, Any]:
+    """Return the column statistics from exact (mean, M2[, M3, M4]), each rounded once (square
+    roots: of a value rounded once)."""
+    mean, m2 = exact[0], exact[1]
+    variance = m2 / (n - 1) if n > 1 else None
+    out: dict[str, Any] = {
+        "count": n,
+        "mean": exact_to_float(mean),
+        "variance": math.nan if variance is None else exact_to_float(variance),
+        "std": math.nan if variance is None else math.sqrt(exact_to_float(variance)),
+        "sum": exact_to_float(mean * n),
+        "sem": math.nan if variance is None else math.sqrt(exact_to_float(variance / n)),
+    }
+    if len(exact) == 4:
+        m3, m4 = exact[2], exact[3]
+        out["skew"] = math.nan
+        out["kurtosis"] = math.nan
+        if m2 > 0 and n > 2:
+            squared = Fraction(n * n * (n - 1)) * m3 * m3 / (m2**3 * (n - 2) ** 2)
+            out["skew"] = math.copysign(math.sqrt(exact_to_float(squared)), m3)
+        if m2 > 0 and n > 3:
+            g2 = n * m4 / (m2 * m2) - 3
+            out["kurtosis"] = exact_to_float(((n + 1) * g2 + 6) * (n - 1) / ((n - 2) * (n - 3)))
+    return out
+
+
+def _exact_matrices(n: int, c: list[list[Fraction]]) -> tuple[np.ndarray, np.ndarray]:
+    """Return (covariance, correlation) from the exact centred cross-products, each entry
+    rounded once (a correlation: the square root of its square rounded once, clipped to ±1)."""
+    p = len(c)
+    covariance = np.full((p, p), np.nan)
+    correlation = np.full((p, p), np.nan)
+    for i in range(p):
+        for j in range(p):
+            if n > 1:
+                covariance[i, j] = exact_to_float(c[i][j] / (n - 1))
+            if c[i][i] > 0 and c[j][j] > 0:
+                squared = c[i][j] * c[i][j] / (c[i][i] * c[j][j])
+                value = math.copysign(math.sqrt(exact_to_float(squared)), c[i][j])
+                correlation[i, j] = min(max(value, -1.0), 1.0)
+    return covariance, correlation
 
 
 def _matrix(names: list[str], values: np.ndarray) -> dict[str, dict[str, float]]:

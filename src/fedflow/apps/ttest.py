@@ -28,20 +28,29 @@ group counts are integers and agree exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedflow.apps._labels import category_labels, value_label
-from fedflow.apps._merge import combine_moments
+from fedflow.apps._merge import (
+    combine_moments,
+    combine_moments4,
+    exact_moments,
+    exact_power_sums,
+    exact_to_float,
+)
 from fedflow.apps.base import (
+    SUM,
     App,
     ColumnKind,
     Continue,
     CoordinatorContext,
     Done,
     Empty,
+    Exact,
     Params,
     Payload,
     Phase,
@@ -49,13 +58,23 @@ from fedflow.apps.base import (
     Step,
     Table,
     check_min_count,
+    sum_replies,
 )
 from fedflow.errors import AppError, DataError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["GroupMoments", "Groups", "Levels", "Moments", "TTest", "TTestParams", "welch_test"]
+__all__ = [
+    "GroupMoments",
+    "GroupSums",
+    "Groups",
+    "Levels",
+    "Moments",
+    "TTest",
+    "TTestParams",
+    "welch_test",
+]
 
 
 class TTestParams(Params, frozen=True):
@@ -131,13 +150,28 @@ class GroupMoments(Payload, frozen=True):
     b: Moments
 
 
+class GroupSums(Payload, frozen=True):
+    """A site's sums in the two groups (phase ``sums``, ``secure = true``): the counts and the
+    exact (Σx, Σx²) of group a then group b; the coordinator needs only their sum over sites."""
+
+    n_a: int
+    n_b: int
+    sums: Exact
+
+
 class TTest(App[TTestParams]):
     """Welch's two-sample t-test: t, dof, p value, mean difference and per-group summaries."""
 
     name = "t-test"
     reference = "scipy ttest_ind"
     Params = TTestParams
-    phases = {"levels": Phase(Empty, Levels), "moments": Phase(Groups, GroupMoments)}
+    phases = {
+        "levels": Phase(Empty, Levels),
+        "moments": Phase(Groups, GroupMoments),
+        "sums": Phase(Groups, GroupSums, summed=True),
+    }
+    secure = True
+    streaming = True
 
     def resolve(self, params: TTestParams, columns: Mapping[str, str]) -> TTestParams:
         kind = columns.get(params.column)
@@ -153,22 +187,58 @@ class TTest(App[TTestParams]):
         self, data: Table, params: TTestParams, request: Empty, ctx: SiteContext
     ) -> Levels:
         check_min_count(data.n_rows, ctx.min_count, "the table")
-        return Levels(levels=np.unique(category_labels(data[params.group])).tolist())
+        levels: set[str] = set()
+        for batch in data.batches([params.group]):
+            levels.update(np.unique(category_labels(batch[params.group])).tolist())
+        return Levels(levels=sorted(levels))
 
     def local_moments(
         self, data: Table, params: TTestParams, request: Groups, ctx: SiteContext
     ) -> GroupMoments:
         check_min_count(data.n_rows, ctx.min_count, "the table")
-        labels = category_labels(data[params.group])
-        x = np.asarray(data[params.column], dtype=np.float64)
-        if np.isnan(x).any():
-            raise DataError(f"column '{params.column}' has missing values", column=params.column)
-        a, b = (_moments(x[labels == g], params.group, g, ctx.min_count) for g in request.groups)
+        parts: list[tuple[float, ...]] = [(0, 0.0, 0.0, 0.0, 0.0)] * 2
+        for x, labels in _batches(data, params):
+            for k, g in enumerate(request.groups):
+                values = x[labels == g]
+                if values.size:
+                    mean = float(values.mean())
+                    m2 = float(((values - mean) ** 2).sum())
+                    parts[k] = combine_moments4(
+                        parts[k],  # type: ignore[arg-type]
+                        (float(values.size), mean, m2, 0.0, 0.0),
+                    )
+        a, b = (
+            _moments(part, params.group, g, ctx.min_count)
+            for part, g in zip(parts, request.groups, strict=True)
+        )
         return GroupMoments(a=a, b=b)
+
+    def local_sums(
+        self, data: Table, params: TTestParams, request: Groups, ctx: SiteContext
+    ) -> GroupSums:
+        check_min_count(data.n_rows, ctx.min_count, "the table")
+        counts = [0, 0]
+        sums = [Fraction(0)] * 4
+        for x, labels in _batches(data, params):
+            for k, g in enumerate(request.groups):
+                values = x[labels == g]
+                counts[k] += int(values.size)
+                s1, s2 = exact_power_sums(values, 2)
+                sums[2 * k] += s1
+                sums[2 * k + 1] += s2
+        for count, g in zip(counts, request.groups, strict=True):
+            if count:
+                check_min_count(count, ctx.min_count, f"group {params.group} = '{g}'")
+        return GroupSums(n_a=counts[0], n_b=counts[1], sums=tuple(sums))
 
     # -- coordinator --------------------------------------------------------------------------
     def start(self, params: TTestParams, ctx: CoordinatorContext) -> Step:
         if params.labels is None:
+            if ctx.secure:
+                raise AppError(
+                    "app 't-test': with secure = true give params.groups (the two groups to "
+                    "compare); finding them would reveal each site's group labels"
+                )
             return Continue("levels", Empty())
         return _moments_round(params.labels, ctx)
 
@@ -196,16 +266,28 @@ class TTest(App[TTestParams]):
             groups, ([r.a for r in ordered], [r.b for r in ordered]), strict=True
         ):
             n, mean, m2 = combine_moments([(float(m.n), m.mean, m.m2) for m in parts])
-            if n == 0:
-                raise AppError(
-                    f"app 't-test': no site holds records with {params.group} = '{label}'"
-                )
-            if n < 2:
-                raise AppError(
-                    f"app 't-test': {params.group} = '{label}' has a single record; "
-                    "a t-test needs at least two per group"
-                )
+            _check_group(n, label, params)
             summaries.append((n, mean, m2 / (n - 1)))
+        t, dof, p_value = welch_test(summaries[0], summaries[1])
+        return Done(_result(groups, summaries, t, dof, p_value))
+
+    def aggregate_sums(
+        self, replies: Mapping[str, GroupSums], params: TTestParams, ctx: CoordinatorContext
+    ) -> Done:
+        groups: list[str] = ctx.state["groups"]
+        if ctx.secure:
+            if set(replies) != {SUM}:
+                raise AppError("app 't-test': phase 'sums' expects only the sum over sites")
+            total = replies[SUM]
+        else:
+            total = sum_replies(replies, GroupSums)
+        if len(total.sums) != 4:
+            raise AppError(f"app 't-test': the summed sums hold {len(total.sums)} values, not 4")
+        summaries = []
+        for k, (label, n) in enumerate(zip(groups, (total.n_a, total.n_b), strict=True)):
+            _check_group(n, label, params)
+            mean, m2 = exact_moments(n, list(total.sums[2 * k : 2 * k + 2]))
+            summaries.append((float(n), exact_to_float(mean), exact_to_float(m2 / (n - 1))))
         t, dof, p_value = welch_test(summaries[0], summaries[1])
         return Done(_result(groups, summaries, t, dof, p_value))
 
@@ -226,19 +308,40 @@ class TTest(App[TTestParams]):
 
 
 def _moments_round(groups: list[str], ctx: CoordinatorContext) -> Continue:
-    """Ask the sites for the moments of ``groups`` (kept in the state for the aggregation)."""
+    """Ask the sites for the moments of ``groups`` (kept in the state for the aggregation); for
+    their exact sums under ``secure = true``."""
     a, b = groups
     ctx.state["groups"] = [a, b]
-    return Continue("moments", Groups(groups=(a, b)))
+    return Continue("sums" if ctx.secure else "moments", Groups(groups=(a, b)))
 
 
-def _moments(values: np.ndarray, group: str, label: str, min_count: int) -> Moments:
-    """Return the moments of one group's values at a site (zeros for none; refuse a small one)."""
-    if len(values) == 0:
+def _batches(data: Table, params: TTestParams) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (the column as float64, the group labels) batch by batch; refuse missing values."""
+    for batch in data.batches([params.column, params.group]):
+        x = np.asarray(batch[params.column], dtype=np.float64)
+        if np.isnan(x).any():
+            raise DataError(f"column '{params.column}' has missing values", column=params.column)
+        yield x, category_labels(batch[params.group])
+
+
+def _moments(part: tuple[float, ...], group: str, label: str, min_count: int) -> Moments:
+    """Return one group's merged (n, mean, M2) at a site (zeros for none; refuse a small one)."""
+    n = int(part[0])
+    if n == 0:
         return Moments(n=0, mean=0.0, m2=0.0)
-    check_min_count(len(values), min_count, f"group {group} = '{label}'")
-    mean = float(values.mean())
-    return Moments(n=len(values), mean=mean, m2=float(((values - mean) ** 2).sum()))
+    check_min_count(n, min_count, f"group {group} = '{label}'")
+    return Moments(n=n, mean=part[1], m2=part[2])
+
+
+def _check_group(n: float, label: str, params: TTestParams) -> None:
+    """Refuse a group no site holds, or one with a single record."""
+    if n == 0:
+        raise AppError(f"app 't-test': no site holds records with {params.group} = '{label}'")
+    if n < 2:
+        raise AppError(
+            f"app 't-test': {params.group} = '{label}' has a single record; "
+            "a t-test needs at least two per group"
+        )
 
 
 def _result(
