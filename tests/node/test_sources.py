@@ -101,20 +101,27 @@ def test_memory_limit_is_parsed_and_refuses_before_loading(tmp_path: Path) -> No
     data.write_text("x,y,event,group\n" + ROWS)
     agent = _agent(f'memory_limit = 512\n[datasets.c]\npath = "{data}"\n', tmp_path)
     assert isinstance(agent.handle(Setup(dataset="c", min_count=5)), Ready)
+    forest = {"target": "event", "features": ["x", "y"], "task": "classification"}
     reply = agent.handle(
         Prepare(
-            app="stats",
-            params={"columns": ["x", "y", "event"]},
-            columns={"x": "numeric", "y": "numeric", "event": "numeric"},
+            app="random-forest",
+            params=forest,
+            columns={"event": "any", "x": "numeric", "y": "numeric"},
         )
     )
     assert isinstance(reply, Failure) and reply.kind == "policy"
-    assert "app 'stats' needs 40 rows × 3 column(s) (x, y, event)" in reply.message
+    assert "app 'random-forest' needs 40 rows × 3 column(s) (event, x, y)" in reply.message
     assert "960 B as float64, above this site's memory_limit of 512 B" in reply.message
     agent = _agent(f'memory_limit = "1MiB"\n[datasets.c]\npath = "{data}"\n', tmp_path)
     agent.handle(Setup(dataset="c", min_count=5))
     assert isinstance(
-        agent.handle(Prepare(app="stats", params={"columns": ["x"]}, columns={"x": "numeric"})),
+        agent.handle(
+            Prepare(
+                app="random-forest",
+                params=forest,
+                columns={"event": "any", "x": "numeric", "y": "numeric"},
+            )
+        ),
         Prepared,
     )
 

@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -30,7 +30,15 @@ from fedflow.apps import BUILTIN_APPS, get_app
 from fedflow.apps.base import App, SiteContext, Table, decode_payload, encode_payload
 from fedflow.errors import AppError, DataError, PolicyError, ProtocolError, RemoteProtocolError
 from fedflow.node.audit import AuditLog
-from fedflow.node.data import LoadedData, MemorySource, Source, open_files, prepare_source
+from fedflow.node.data import (
+    LoadedData,
+    MemorySource,
+    Source,
+    StreamedTable,
+    open_files,
+    prepare_source,
+    prepare_streamed,
+)
 from fedflow.node.databases import open_dataset
 from fedflow.node.secure_site import SecureSite
 from fedflow.node.siteconfig import (
@@ -320,11 +328,11 @@ class NodeAgent:
                 )
         floor = self.config.floor(owned=self.owned)
         min_count = max(self._setup.min_count, floor)
-        self._check_memory(msg.app, list(needed) or self._source.columns)
         started = time.perf_counter()
-        table = prepare_source(self._source, needed, dropna=self._setup.dropna, min_count=min_count)
+        table = self._prepare_table(app, msg.app, needed, min_count)
         log.info(
-            "loaded %d column(s) in %.1f ms",
+            "%s %d column(s) in %.1f ms",
+            "checked (streamed)" if isinstance(table, StreamedTable) else "loaded",
             len(table.columns),
             1000 * (time.perf_counter() - started),
         )
@@ -339,6 +347,21 @@ class NodeAgent:
         log.info("prepared app '%s' on %d rows (min_count %d)", msg.app, table.n_rows, min_count)
         self.state = "prepared"
         return Prepared(rows=table.n_rows)
+
+    def _prepare_table(
+        self, app: App[Any], name: str, needed: Mapping[str, str], min_count: int
+    ) -> Table:
+        """Return the table the app sees: for a streaming app, one whose batches re-read the
+        site's source; else the whole table, refused when it exceeds ``memory_limit``."""
+        assert self._setup is not None and self._source is not None
+        dropna = self._setup.dropna
+        if app.streaming and not isinstance(self._source, MemorySource):
+            limit = self.config.memory_bytes()
+            return prepare_streamed(
+                self._source, needed, dropna=dropna, min_count=min_count, memory_limit=limit
+            )
+        self._check_memory(name, list(needed) or self._source.columns)
+        return prepare_source(self._source, needed, dropna=dropna, min_count=min_count)
 
     def _check_memory(self, app: str, columns: Sequence[str]) -> None:
         """Refuse, before loading, an app whose columns as float64 exceed the site's

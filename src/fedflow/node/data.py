@@ -36,8 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from fedflow.apps.base import Table, check_columns, require_columns
-from fedflow.errors import DataError
+from fedflow.apps.base import BATCH_ROWS, Table, check_columns, require_columns
+from fedflow.errors import AppError, DataError
 
 __all__ = [
     "NA_VALUES",
@@ -50,7 +50,10 @@ __all__ = [
     "open_files",
     "prepare_source",
     "prepare_table",
-    "read_batches",
+    "StreamedTable",
+    "nulls",
+    "prepare_streamed",
+    "to_numpy",
     "read_table",
     "type_strings",
 ]
@@ -72,7 +75,60 @@ def _strings(values: Sequence[str]) -> pa.Array:
     )
 
 
+_NUMPY = {
+    pa.int8(): np.int8,
+    pa.int16(): np.int16,
+    pa.int32(): np.int32,
+    pa.int64(): np.int64,
+    pa.uint8(): np.uint8,
+    pa.uint16(): np.uint16,
+    pa.uint32(): np.uint32,
+    pa.uint64(): np.uint64,
+    pa.float16(): np.float16,
+    pa.float32(): np.float32,
+    pa.float64(): np.float64,
+}
+
+
+def to_numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Return a numeric or boolean Arrow array's values as a new numpy array, read from its
+    buffers (``Array.to_numpy`` imports pandas on first use: 0.45 s in every site). Values under
+    a null are whatever the buffer holds: see ``nulls``."""
+    if isinstance(array, pa.ChunkedArray):
+        parts = [to_numpy(chunk) for chunk in array.chunks]
+        if parts:
+            return np.concatenate(parts)
+        return np.zeros(0, dtype=bool if pa.types.is_boolean(array.type) else _NUMPY[array.type])
+    n, offset = len(array), array.offset
+    data = array.buffers()[1]
+    if pa.types.is_boolean(array.type):
+        return _bits(data, offset, n)
+    dtype = np.dtype(_NUMPY[array.type])
+    if data is None or n == 0:
+        return np.zeros(n, dtype=dtype)
+    return np.frombuffer(data, dtype=dtype, count=n, offset=offset * dtype.itemsize).copy()
+
+
+def nulls(array: pa.Array) -> np.ndarray:
+    """Return the mask of an Arrow array's nulls, read from its validity bitmap."""
+    validity = array.buffers()[0]
+    if array.null_count == 0 or validity is None:
+        return np.zeros(len(array), dtype=bool)
+    return ~_bits(validity, array.offset, len(array))
+
+
+def _bits(buffer: pa.Buffer | None, offset: int, n: int) -> np.ndarray:
+    """Return ``n`` bits of an Arrow bitmap from bit ``offset`` as booleans."""
+    if buffer is None or n == 0:
+        return np.zeros(n, dtype=bool)
+    first, last = offset // 8, (offset + n + 7) // 8
+    raw = np.frombuffer(buffer, dtype=np.uint8, count=last - first, offset=first)
+    return np.unpackbits(raw, bitorder="little")[offset % 8 : offset % 8 + n].astype(bool)
+
+
 _NA = _strings(sorted(NA_VALUES))
+_EMPTY = _strings([""])[0]
+"""The empty text cell (``fill_null("")`` would build it through pandas at every call)."""
 _DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 _PARQUET = {".parquet", ".pq"}
 _CHUNK = 1 << 20
@@ -166,6 +222,17 @@ class Source(ABC):
     def _load(self, names: list[str]) -> LoadedData:
         """Return the named columns, checked and typed."""
 
+    def stream(self, names: list[str], text: set[str]) -> Iterator[Batch]:
+        """Yield the columns ``names`` one record batch at a time, re-read from the source
+        (``text``: columns delimited files read as text cells). Raises DataError for data that
+        changed since Setup."""
+        raise AppError(f"{type(self).__name__} cannot stream its rows")
+
+    @property
+    def reparses(self) -> bool:
+        """Whether each pass parses text (CSV, TSV): streaming caches the columns then."""
+        return False
+
 
 class MemorySource(Source):
     """Data already in memory (in-memory runs and tests)."""
@@ -194,13 +261,35 @@ Typed = tuple[np.ndarray, np.ndarray]
 """A typed column piece: values and the mask of missing values."""
 Piece: TypeAlias = "Typed | pa.Array"
 """One file's part of a column: typed, or text cells (a pyarrow string array) typed when merged."""
+Part: TypeAlias = "tuple[int, dict[str, Piece]]"
+"""One record batch of a file or query: its rows and its columns' pieces."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One record batch of a source in a streaming pass."""
+
+    file: int
+    """The index of its file in ``Source.files``."""
+    start: int
+    """Its first row in that file (0 = the file's first data row)."""
+    rows: int
+    pieces: dict[str, Piece]
 
 
 class _File(ABC):
     """One data file: fingerprint, column names and kinds, and how to read some columns."""
 
+    path: Path
     fingerprint: FileFingerprint
     kinds: dict[str, str]
+    signature: tuple[int, int, int]
+    """The file's size, modification time (ns) and inode when Setup opened it."""
+
+    @abstractmethod
+    def stream(self, names: list[str], text: set[str]) -> Iterator[Part]:
+        """Yield the named columns' pieces one record batch at a time (``text``: delimited
+        files read those columns as text cells, whatever their Setup kind)."""
 
     @abstractmethod
     def read(self, names: list[str]) -> dict[str, Piece]:
@@ -209,6 +298,26 @@ class _File(ABC):
     def strings(self, name: str) -> pa.Array | None:
         """The column's raw text cells when it must be typed as text with other files."""
         return None
+
+    def check_unchanged(self) -> None:
+        """Raise DataError when the file's size, modification time or inode differ from
+        Setup's (rewriting a file changes them; its sha256 is not recomputed at every pass)."""
+        try:
+            now = _signature(self.path)
+        except OSError:
+            now = None
+        if now != self.signature:
+            name = self.path.name
+            raise DataError(
+                f"{name} changed since the site opened it (size, modification time or inode "
+                "differ from Setup's; run the study again)",
+                file=name,
+            )
+
+
+def _signature(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
 class FileSource(Source):
@@ -226,6 +335,22 @@ class FileSource(Source):
         self.kinds = kinds
         self.missing = {}
         self.hints = hints
+
+    def stream(self, names: list[str], text: set[str]) -> Iterator[Batch]:
+        for index, file in enumerate(self._files):
+            file.check_unchanged()
+            at = 0
+            for size, pieces in file.stream(names, text):
+                if at + size > file.fingerprint.rows:
+                    raise changed(file)
+                yield Batch(index, at, size, pieces)
+                at += size
+            if at != file.fingerprint.rows:
+                raise changed(file)
+
+    @property
+    def reparses(self) -> bool:
+        return any(isinstance(f, _DelimitedFile) for f in self._files)
 
     def _load(self, names: list[str]) -> LoadedData:
         parts = [f.read(names) for f in self._files]
@@ -429,6 +554,7 @@ class _DelimitedFile(_File):
         hints: list[str],
     ) -> None:
         self.path, self.delimiter, self.header = path, delimiter, header
+        self.signature = _signature(path)
         if header:
             raw = _first_line(path)
             if not raw and path.stat().st_size == 0:
@@ -590,50 +716,34 @@ class _DelimitedFile(_File):
             for n in self.names
         }
 
+    def stream(self, names: list[str], text: set[str]) -> Iterator[Part]:
+        """Yield the named columns batch by batch: columns this file's Setup typed as floats
+        straight as float64 (unless in ``text``), the others as stripped text cells. A float
+        column holding something else raises ``_Retype``."""
+        as_text = {n for n in names if self.kinds.get(n) != "float"} | (text & set(names))
+        types = {n: pa.string() if n in as_text else pa.float64() for n in names}
+        for batch in self._stream(str(self.path), names, types):
+            pieces: dict[str, Piece] = {}
+            for n in names:
+                column = batch.column(n)
+                if n in as_text:
+                    pieces[n] = pc.utf8_trim_whitespace(column)
+                else:
+                    pieces[n] = (to_numpy(column), nulls(column))
+            yield batch.num_rows, pieces
+
     def read(self, names: list[str]) -> dict[str, Piece]:
-        as_text = {n for n in names if self.kinds.get(n) != "float"}
+        text: set[str] = set()
         while True:
             try:
-                return self._read(names, as_text)
+                return _collect(self.stream(names, text), names, self.fingerprint.rows, self)
             except _Retype as exc:
-                if exc.name in as_text:
+                if exc.name in text:
                     raise DataError(f"{self.path.name}: cannot read column '{exc.name}'") from None
-                as_text.add(exc.name)
-
-    def _read(self, names: list[str], as_text: set[str]) -> dict[str, Piece]:
-        rows = self.fingerprint.rows
-        types = {n: pa.string() if n in as_text else pa.float64() for n in names}
-        floats = {n: np.empty(rows) for n in names if n not in as_text}
-        masks = {n: np.zeros(rows, dtype=bool) for n in floats}
-        texts: dict[str, list[pa.Array]] = {n: [] for n in as_text}
-        at = 0
-        for batch in self._stream(str(self.path), names, types):
-            end = at + batch.num_rows
-            if end > rows:
-                raise self._changed()
-            for n in floats:
-                column = batch.column(n)
-                floats[n][at:end] = column.to_numpy(zero_copy_only=False)
-                if column.null_count:
-                    masks[n][at:end] = column.is_null().to_numpy(zero_copy_only=False)
-            for n in texts:
-                texts[n].append(pc.utf8_trim_whitespace(batch.column(n)))
-            at = end
-        if at != rows:
-            raise self._changed()
-        out: dict[str, Piece] = {n: (floats[n], masks[n]) for n in floats}
-        for n, chunks in texts.items():
-            out[n] = pa.concat_arrays(chunks) if chunks else _strings([])
-        return {n: out[n] for n in names}
-
-    def _changed(self) -> DataError:
-        return DataError(
-            f"{self.path.name} changed since the site opened it (its rows differ)",
-            file=self.path.name,
-        )
+                text.add(exc.name)
 
     def strings(self, name: str) -> pa.Array | None:
-        piece = self._read([name], {name})[name]
+        piece = _collect(self.stream([name], {name}), [name], self.fingerprint.rows, self)[name]
         assert isinstance(piece, pa.Array)
         return piece
 
@@ -650,6 +760,7 @@ class _Retype(DataError):
 class _ParquetFile(_File):
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.signature = _signature(path)
         try:
             self.file = pq.ParquetFile(path)
             schema = self.file.schema_arrow
@@ -699,58 +810,71 @@ class _ParquetFile(_File):
             name = self.path.name
             raise DataError(f"{name}: not a readable Parquet file ({exc})", file=name) from None
 
+    def stream(self, names: list[str], text: set[str]) -> Iterator[Part]:
+        types = {n: self.types[n] for n in names}
+        for batch in self._batches(names):
+            yield batch.num_rows, typed_pieces(batch, types)
+
     def read(self, names: list[str]) -> dict[str, Piece]:
-        return read_batches(
-            self._batches(names),
-            {n: self.types[n] for n in names},
-            self.fingerprint.rows,
-            self.path.name,
-        )
+        return _collect(self.stream(names, set()), names, self.fingerprint.rows, self)
 
 
-def read_batches(
-    batches: Iterator[pa.RecordBatch], types: Mapping[str, pa.DataType], rows: int, name: str
-) -> dict[str, Piece]:
-    """Return the columns ``types`` of ``rows`` rows of typed record batches (Parquet, SQL):
-    floats (and decimals) as float64 with NaN missing, integers and booleans as int64 with the
-    mask of nulls, anything else as text cells typed later. Raises DataError naming ``name``
-    when the batches do not hold ``rows`` rows."""
-    typed: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    texts: dict[str, list[pa.Array]] = {}
+def typed_pieces(batch: pa.RecordBatch, types: Mapping[str, pa.DataType]) -> dict[str, Piece]:
+    """Return the columns ``types`` of a typed record batch (Parquet, SQL): floats (and
+    decimals) as float64 with NaN missing, integers and booleans as int64 with the mask of
+    nulls, anything else as text cells typed later."""
+    pieces: dict[str, Piece] = {}
     for column, kind in types.items():
+        array = batch.column(column)
         if pa.types.is_floating(kind) or pa.types.is_decimal(kind):
-            typed[column] = (np.empty(rows), np.zeros(rows, dtype=bool))
+            if array.type != pa.float64():
+                array = array.cast(pa.float64())
+            values = to_numpy(array)
+            values[nulls(array)] = np.nan
+            pieces[column] = (values, np.isnan(values))
         elif pa.types.is_integer(kind) or pa.types.is_boolean(kind):
-            typed[column] = (np.empty(rows, dtype=np.int64), np.zeros(rows, dtype=bool))
+            pieces[column] = (to_numpy(array).astype(np.int64, copy=False), nulls(array))
         else:
-            texts[column] = []
+            pieces[column] = _as_strings(array)
+    return pieces
+
+
+def _collect(
+    parts: Iterator[Part], names: list[str], rows: int, where: _File | str
+) -> dict[str, Piece]:
+    """Return whole columns of ``rows`` rows from their batches' pieces. Raises DataError when
+    the batches do not hold ``rows`` rows (the data changed since Setup)."""
+    typed: dict[str, Typed] = {}
+    texts: dict[str, list[pa.Array]] = {n: [] for n in names}
     at = 0
-    for batch in batches:
-        end = at + batch.num_rows
+    for size, pieces in parts:
+        end = at + size
         if end > rows:
-            break
-        for column, (values, mask) in typed.items():
-            array = batch.column(column)
-            if values.dtype.kind == "f":
-                if pa.types.is_decimal(array.type):
-                    array = array.cast(pa.float64())
-                part = array.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-                values[at:end] = part
-                mask[at:end] = np.isnan(part)
+            raise changed(where)
+        for name, piece in pieces.items():
+            if isinstance(piece, tuple):
+                if name not in typed:
+                    typed[name] = (np.empty(rows, piece[0].dtype), np.zeros(rows, dtype=bool))
+                typed[name][0][at:end] = piece[0]
+                typed[name][1][at:end] = piece[1]
             else:
-                if array.null_count:
-                    mask[at:end] = array.is_null().to_numpy(zero_copy_only=False)
-                    array = array.fill_null(False if pa.types.is_boolean(array.type) else 0)
-                values[at:end] = array.to_numpy(zero_copy_only=False)
-        for column, chunks in texts.items():
-            chunks.append(_as_strings(batch.column(column)))
+                texts[name].append(piece)
         at = end
     if at != rows:
-        raise DataError(f"{name} changed since the site opened it (its rows differ)", file=name)
-    out: dict[str, Piece] = dict(typed)
-    for column, chunks in texts.items():
-        out[column] = pa.concat_arrays(chunks) if chunks else _strings([])
-    return {n: out[n] for n in types}
+        raise changed(where)
+    out: dict[str, Piece] = {}
+    for name in names:
+        chunks = texts[name]
+        out[name] = (
+            typed[name] if name in typed else pa.concat_arrays(chunks) if chunks else _strings([])
+        )
+    return out
+
+
+def changed(where: _File | str) -> DataError:
+    """Return the error for data that changed since the site opened it at Setup."""
+    name = where if isinstance(where, str) else where.path.name
+    return DataError(f"{name} changed since the site opened it (its rows differ)", file=name)
 
 
 def _as_strings(column: pa.Array) -> pa.Array:
@@ -760,8 +884,8 @@ def _as_strings(column: pa.Array) -> pa.Array:
         column = column.dictionary_decode()
         kind = column.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return column.cast(pa.string()).fill_null("")
-    return pa.array(["" if v is None else str(v) for v in column.to_pylist()], pa.string())
+        return column.cast(pa.string()).fill_null(_EMPTY)
+    return _strings(["" if v is None else str(v) for v in column.to_pylist()])
 
 
 # -- typing ----------------------------------------------------------------------------------
@@ -769,12 +893,11 @@ def _as_text(column: Typed) -> pa.Array:
     """Return typed values as the text cells a CSV file would hold (missing as '')."""
     values, missing = column
     integral = values.dtype.kind in "biu"
-    return pa.array(
+    return _strings(
         [
             "" if gone else str(int(v)) if integral else repr(float(v))
             for v, gone in zip(values.tolist(), missing.tolist(), strict=True)
-        ],
-        pa.string(),
+        ]
     )
 
 
@@ -808,17 +931,17 @@ def _merge(pieces: list[Piece], strings: Sequence[Callable[[], pa.Array | None]]
 
 def type_strings(cells: pa.Array) -> Typed:
     """Return (typed column, missing mask) for one column's text cells (module rules)."""
-    cells = cells.fill_null("")
+    cells = cells.fill_null(_EMPTY)
     n = len(cells)
     gone = pc.is_in(cells, value_set=_NA)
-    missing = np.asarray(gone.to_numpy(zero_copy_only=False), dtype=bool)
+    missing = to_numpy(gone)
     present = cells.filter(pc.invert(gone)) if missing.any() else cells
     if not missing.any() and (
         n == 0 or pc.all(pc.match_substring_regex(present, _INTEGER)).as_py()
     ):
         try:
             unsigned = pc.replace_substring_regex(present, r"^\+", "")
-            return pc.cast(unsigned, pa.int64()).to_numpy(zero_copy_only=False), missing
+            return to_numpy(pc.cast(unsigned, pa.int64())), missing
         except (pa.ArrowInvalid, OverflowError):
             pass
     numbers = _floats(present)
@@ -835,7 +958,7 @@ def _floats(cells: pa.Array) -> np.ndarray | None:
     """Return the cells as float64, or None when one is not a number (Python's ``float``
     decides for spellings pyarrow does not parse, e.g. ``1_000``)."""
     try:
-        return np.asarray(pc.cast(cells, pa.float64()).to_numpy(zero_copy_only=False))
+        return to_numpy(pc.cast(cells, pa.float64()))
     except pa.ArrowInvalid:
         pass
     distinct = pc.unique(cells)
@@ -845,7 +968,7 @@ def _floats(cells: pa.Array) -> np.ndarray | None:
             values.append(float(text))
         except (TypeError, ValueError):
             return None
-    index = pc.index_in(cells, value_set=distinct).to_numpy(zero_copy_only=False)
+    index = to_numpy(pc.index_in(cells, value_set=distinct))
     return np.asarray(values, dtype=np.float64)[index]
 
 
@@ -856,7 +979,7 @@ def _categories(cells: pa.Array, missing: np.ndarray) -> np.ndarray:
     labels = encoded.dictionary.to_pylist()
     objects = np.empty(len(labels) + 1, dtype=object)
     objects[: len(labels)] = labels
-    index = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    index = to_numpy(encoded.indices).astype(np.int64)
     index[missing] = len(labels)
     return objects[index]
 
@@ -935,16 +1058,14 @@ def prepare_table(
         if bad.any():
             at = int(np.argmax(bad))
             index = at if keep is None else int(np.flatnonzero(keep)[at])
-            raise _non_finite(loaded, name, index, values[at], int(bad.sum()))
+            file, row = loaded.locate(index)
+            raise _non_finite(file, row, name, values[at], int(bad.sum()))
     return table
 
 
-def _non_finite(
-    loaded: LoadedData, column: str, index: int, value: object, count: int
-) -> DataError:
-    """Return the error for a non-finite value (inf, -inf) at row ``index`` of the loaded table,
-    naming the file, the column and the row within that file (1 = the first data row)."""
-    file, row = loaded.locate(index)
+def _non_finite(file: str, row: int, column: str, value: object, count: int) -> DataError:
+    """Return the error for a non-finite value (inf, -inf) in ``row`` of ``file`` (1 = its first
+    data row), naming the file, the column and the row."""
     more = f" and {count - 1} more" if count > 1 else ""
     return DataError(
         f"{file}: column '{column}' holds the non-finite value {value!s} in row {row}{more} "
@@ -960,3 +1081,326 @@ def _is_number(value: object) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+# -- streaming --------------------------------------------------------------------------------
+def prepare_streamed(
+    source: Source,
+    needed: Mapping[str, str],
+    *,
+    dropna: bool,
+    min_count: int,
+    memory_limit: int,
+) -> StreamedTable:
+    """Check a site's rows for a streaming app in one pass, and return the table whose
+    ``batches`` re-read them (see ``StreamedTable``). The checks and their one-line errors are
+    ``prepare_table``'s. Raises DataError naming the site, file, column and row."""
+    try:
+        return _prepare_streamed(source, needed, dropna, min_count, memory_limit)
+    except DataError as exc:
+        exc.site = source.site
+        raise
+
+
+def _prepare_streamed(
+    source: Source, needed: Mapping[str, str], dropna: bool, min_count: int, memory_limit: int
+) -> StreamedTable:
+    where = ", ".join(f.name for f in source.files)
+    try:
+        require_columns(Table({c: np.empty(0) for c in source.columns}), needed, where=where)
+    except DataError as exc:
+        if source.hints:
+            exc.message = f"{exc.message}; {'; '.join(source.hints)}"
+            exc.args = (exc.message,)
+        raise
+    wanted = dict(needed) or dict.fromkeys(source.columns, "any")
+    names = [c for c in source.kinds if c in wanted]
+    plan = _Plan(source, wanted, {n: source.kinds[n] for n in names}, dropna)
+    while True:  # a batch holding a wider kind than Setup's sample saw restarts the pass
+        cache = plan.cache_columns(memory_limit)
+        found = _Findings()
+        try:
+            at = 0
+            for rows, columns in plan.rows(found):
+                if cache is not None:
+                    for name, values in columns.items():
+                        cache[name][at : at + rows] = values
+                at += rows
+        except _Widen as exc:
+            plan.widen(exc.name, exc.kind)
+            continue
+        found.raise_first(plan, where, min_count)
+        if cache is not None:
+            cache = {n: values[: found.rows] for n, values in cache.items()}
+        return StreamedTable(plan, found.rows, cache)
+
+
+class _Widen(Exception):
+    """A batch holds a wider kind (int < float < str) than assumed for its column."""
+
+    def __init__(self, name: str, kind: str) -> None:
+        super().__init__(name)
+        self.name, self.kind = name, kind
+
+
+_ORDER = {"int": 0, "float": 1, "str": 2}
+
+
+@dataclass
+class _Findings:
+    """What a pass found, raised at its end in the order ``prepare_table`` checks."""
+
+    rows: int = 0
+    missing: dict[str, int] = field(default_factory=dict)
+    first_missing: dict[str, str] = field(default_factory=dict)
+    not_numeric: dict[str, object] = field(default_factory=dict)
+    not_binary: set[str] = field(default_factory=set)
+    non_finite: dict[str, tuple[str, int, object]] = field(default_factory=dict)
+    non_finite_count: dict[str, int] = field(default_factory=dict)
+
+    def raise_first(self, plan: _Plan, where: str, min_count: int) -> None:
+        if not plan.dropna:
+            for name in plan.kinds:
+                if self.missing.get(name):
+                    first = self.first_missing[name]
+                    raise DataError(
+                        f"{first}: column '{name}' has {self.missing[name]} missing value(s) "
+                        "(set dropna = true in the study to drop those rows)",
+                        file=first,
+                        column=name,
+                    )
+        for name in plan.needed:
+            if name in self.not_numeric:
+                raise DataError(
+                    f"column '{name}' is not numeric in {where} "
+                    f"(e.g. value {self.not_numeric[name]!r})",
+                    column=name,
+                )
+        for name in plan.needed:
+            if name in self.not_binary:
+                raise DataError(f"column '{name}' must hold only 0 and 1 in {where}", column=name)
+        if self.rows < min_count:
+            raise DataError(
+                f"{self.rows} usable row(s) in {where}, fewer than min_count = {min_count}; "
+                "the site refuses to answer"
+            )
+        for name in plan.needed:
+            if name in self.non_finite:
+                file, row, value = self.non_finite[name]
+                raise _non_finite(file, row, name, value, self.non_finite_count[name])
+
+
+class _Plan:
+    """How a pass reads and types a site's needed columns: each column's kind over all its
+    rows (Setup's, widened when a pass meets wider values) and which are read as text."""
+
+    def __init__(
+        self, source: Source, needed: Mapping[str, str], kinds: dict[str, str], dropna: bool
+    ) -> None:
+        self.source, self.needed, self.kinds, self.dropna = source, needed, kinds, dropna
+        self.text = {n for n, kind in kinds.items() if kind == "str"}
+
+    def widen(self, name: str, kind: str) -> None:
+        self.kinds[name] = kind
+        if kind == "str":
+            self.text.add(name)
+
+    def cache_columns(self, memory_limit: int) -> dict[str, np.ndarray] | None:
+        """Return empty arrays to hold the needed columns when each pass would parse text and
+        every column is numbers within ``memory_limit`` bytes, else None (re-stream)."""
+        rows = self.source.rows
+        numbers = all(
+            kind != "str" or self.needed[name] in ("numeric", "binary")
+            for name, kind in self.kinds.items()
+        )
+        if not self.source.reparses or not numbers or rows * len(self.kinds) * 8 > memory_limit:
+            return None
+        return {
+            n: np.empty(rows, dtype=np.int64 if kind == "int" else np.float64)
+            for n, kind in self.kinds.items()
+        }
+
+    def rows(self, found: _Findings) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """Yield each batch's usable rows, typed as loading the whole table types them, and
+        record in ``found`` what ``prepare_table`` would refuse."""
+        names = list(self.kinds)
+        try:
+            for batch in self.source.stream(names, set(self.text)):
+                yield self._usable(batch, found)
+        except _Retype as exc:  # a column Setup's sample saw as floats holds other text
+            self.text.add(exc.name)
+            raise _Widen(exc.name, self.kinds[exc.name]) from None
+
+    def _usable(self, batch: Batch, found: _Findings) -> tuple[int, dict[str, np.ndarray]]:
+        file = self.source.files[batch.file].name
+        typed = {n: _as_kind(batch.pieces[n], kind, n) for n, kind in self.kinds.items()}
+        keep: np.ndarray | None = None
+        for name, (_, missing) in typed.items():
+            count = int(missing.sum())
+            if count:
+                found.missing[name] = found.missing.get(name, 0) + count
+                found.first_missing.setdefault(name, file)
+                keep = ~missing if keep is None else keep & ~missing
+        if not self.dropna:
+            keep = None  # refused at the end of the pass when a needed column has a missing value
+        columns = {n: values if keep is None else values[keep] for n, (values, _) in typed.items()}
+        for name, kind in self.needed.items():
+            if kind not in ("numeric", "binary"):
+                continue
+            values = columns[name]
+            if values.dtype.kind == "O":
+                try:
+                    values = columns[name] = values.astype(np.float64)
+                except (TypeError, ValueError):
+                    example = next((v for v in values if not _is_number(v)), "?")
+                    found.not_numeric.setdefault(name, example)
+                    continue
+            if kind == "binary" and not np.isin(values, (0, 1)).all():
+                found.not_binary.add(name)
+            if values.dtype.kind == "f":
+                bad = ~np.isfinite(values)
+                if bad.any():
+                    at = int(np.argmax(bad))
+                    index = at if keep is None else int(np.flatnonzero(keep)[at])
+                    found.non_finite.setdefault(name, (file, batch.start + index + 1, values[at]))
+                    found.non_finite_count[name] = found.non_finite_count.get(name, 0) + int(
+                        bad.sum()
+                    )
+        rows = batch.rows if keep is None else int(keep.sum())
+        found.rows += rows
+        return rows, columns
+
+
+def _as_kind(piece: Piece, kind: str, name: str) -> Typed:
+    """Return one batch's piece of a column typed as ``kind`` (the column's kind over all its
+    rows), as loading the whole table would type these rows. Raises ``_Widen`` for a piece of a
+    wider kind."""
+    if isinstance(piece, tuple):
+        values, missing = piece
+        own = "float" if values.dtype.kind == "f" or missing.any() else "int"
+        if _ORDER[own] > _ORDER[kind]:
+            raise _Widen(name, own)
+        if kind == "str":  # numbers of a typed file in a column another file holds as text
+            return _categories(_as_text(piece), missing), missing
+        if kind == "float":
+            values = values.astype(np.float64)
+            values[missing] = np.nan
+        return values, missing
+    if kind == "str":
+        cells = piece.fill_null(_EMPTY)
+        missing = to_numpy(pc.is_in(cells, value_set=_NA))
+        return _categories(cells, missing), missing
+    values, missing = type_strings(piece)
+    own = column_kind(values)
+    if _ORDER[own] > _ORDER[kind]:
+        raise _Widen(name, own)
+    return values.astype(np.float64 if kind == "float" else np.int64, copy=False), missing
+
+
+class StreamedTable(Table):
+    """A site's needed columns for a streaming app: ``batches`` re-reads the rows from the
+    site's source at every call (or slices the cached columns), typed and checked as at
+    ``Prepare``; ``n_rows`` is the usable rows. Whole-column accessors raise AppError."""
+
+    __slots__ = ("_plan", "_cache")
+
+    def __init__(self, plan: _Plan, rows: int, cache: dict[str, np.ndarray] | None) -> None:
+        super().__init__({})
+        self._n = rows
+        self._plan = plan
+        self._cache = cache
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self._plan.kinds)
+
+    @property
+    def cached(self) -> bool:
+        """Whether the columns are held in memory (delimited files within the memory limit)."""
+        return self._cache is not None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._plan.kinds
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._plan.kinds)
+
+    def is_numeric(self, name: str) -> bool:
+        return self._plan.kinds[name] != "str" or self._plan.needed[name] in ("numeric", "binary")
+
+    def batches(
+        self, names: Sequence[str] | None = None, rows: int = BATCH_ROWS
+    ) -> Iterator[Table]:
+        if rows < 1:
+            raise ValueError("rows must be at least 1")
+        chosen = self.columns if names is None else list(names)
+        for name in chosen:
+            if name not in self._plan.kinds:
+                raise KeyError(f"no column {name!r}")
+        if self._cache is not None:
+            yield from Table({n: self._cache[n] for n in chosen}).batches(chosen, rows)
+            return
+        yield from _rebatch(self._pass(), chosen, rows)
+
+    def _pass(self) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        found = _Findings()
+        source = self._plan.source
+        try:
+            yield from self._plan.rows(found)
+        except _Widen:
+            raise changed(", ".join(f.name for f in source.files)) from None
+        except DataError as exc:
+            exc.site = source.site
+            raise
+        if found.rows != self._n:
+            raise changed(", ".join(f.name for f in source.files))
+
+    def _whole(self, what: str) -> AppError:
+        return AppError(
+            f"a streaming app reads the site's rows only through data.batches(names, rows); it "
+            f"asked for {what} (an app that needs whole columns sets streaming = False)"
+        )
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        raise self._whole(f"the whole column '{name}'")
+
+    def matrix(self, names: Sequence[str], *, intercept: bool = False) -> np.ndarray:
+        raise self._whole(f"the matrix of {', '.join(names)}")
+
+    def select(self, rows: np.ndarray) -> Table:
+        raise self._whole("a selection of rows")
+
+    def to_pandas(self) -> Any:
+        raise self._whole("a DataFrame")
+
+    def __repr__(self) -> str:
+        how = "cached" if self._cache is not None else "re-read at each pass"
+        return f"StreamedTable({self._n} rows × {len(self._plan.kinds)} columns, {how})"
+
+
+def _rebatch(
+    parts: Iterator[tuple[int, dict[str, np.ndarray]]], names: list[str], rows: int
+) -> Iterator[Table]:
+    """Yield the rows of ``parts`` as tables of exactly ``rows`` rows (the last one shorter)."""
+    pending: list[dict[str, np.ndarray]] = []
+    held = 0
+    for size, columns in parts:
+        if not size:
+            continue
+        pending.append({n: columns[n] for n in names})
+        held += size
+        while held >= rows:
+            joined = {
+                n: pending[0][n] if len(pending) == 1 else np.concatenate([p[n] for p in pending])
+                for n in names
+            }
+            yield Table({n: values[:rows] for n, values in joined.items()})
+            pending = [{n: values[rows:] for n, values in joined.items()}]
+            held -= rows
+    if held:
+        yield Table(
+            {
+                n: pending[0][n] if len(pending) == 1 else np.concatenate([p[n] for p in pending])
+                for n in names
+            }
+        )
