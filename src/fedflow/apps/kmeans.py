@@ -3,9 +3,11 @@
 Initial centres ("greedy candidate seeding"). k-means++ picks data rows, which a federation must
 not reveal; instead:
 
-1. Phase ``moments`` (one round): each site returns count, mean and sum of squared deviations per
-   column (``Moments``); the coordinator merges them (Chan) into the pooled mean x̄ and population
-   deviation σ.
+1. Phase ``moments`` (one round): each site returns its row count and, per column, Σx and Σx²
+   (``Moments``) as exact dyadic rationals accurate to about 2⁻¹⁰⁰ (double-double sums,
+   ``AccurateSum``); the coordinator forms the pooled mean x̄ and population deviation σ from
+   them in exact arithmetic, so Σx²/n − x̄² cancels no digit a float64 result keeps (unless a
+   column's mean exceeds its deviation by a factor of about 10⁸).
 2. A pool of 10·k candidate points is drawn with ``numpy.random.default_rng(seed)`` uniformly in
    the box x̄ ± σ (``candidate_pool``): it depends on the seed and on aggregates only.
 3. Phase ``seed`` (k rounds; greedy k-means++ on the pool): the coordinator sends the pool and the
@@ -29,7 +31,19 @@ variances) or ``max_iter`` updates end it, after one round of phase ``assign`` t
 rows to the final centres for the inertia and cluster sizes (``Assignment``: ``ClusterSums``
 without the sums).
 
-What a site reveals: counts, means and spreads of its columns; per-candidate sums of distances and
+Every phase is a sum over sites (``summed``), and the coordinator always works from the sums:
+in the clear it adds the replies itself exactly as secure aggregation would (``sum_replies``:
+exact, rounded once), so ``secure = true`` gives the same result bit for bit and reveals only
+the sums over sites of everything listed below.
+
+Streaming: every phase reads the site's rows once, batch by batch (``data.batches``). Between
+rounds a site keeps, per row, the cluster it released the row in (an int16) and, with
+``min_count`` > 1, a bit per row for each distinct row set it has released (``publish``) — never
+the rows. A cluster's sum is accumulated per (cluster released before, nearest cluster) pair in
+double-double and added exactly, so it is the exact sum rounded once whatever the batch size:
+tiny batches give the same bits as one.
+
+What a site reveals (in the clear): counts, means and spreads of its columns; per-candidate sums of distances and
 its inertia (aggregates over all its rows); per-cluster counts and sums. ``min_count``: a site
 holding fewer than ``min_count`` rows refuses. Against differencing, each site remembers every row
 set it has released a sum over (all its rows, in ``moments``; each cluster it released; and the

@@ -25,8 +25,23 @@ reply ``Empty``): each site writes its own rows' scores (``PC1``, ``PC2``, … i
 ``projections.csv`` in its own output folder (``SiteContext.outputs``). The scores never leave
 the site.
 
-Each site reveals its row count, its column means and its scatter matrix (in factored form); a
-site holding fewer than ``min_count`` rows refuses. Tolerance against scikit-learn ``PCA``
+Streaming: a site reads its rows batch by batch (``data.batches``) and merges each batch's
+(count, mean, R) into its running one exactly as the coordinator merges sites — one pass, no row
+kept. ``project`` scores batch by batch too (the CSV text of the scores is held until the node
+agent writes it).
+
+Under ``secure = true`` the per-site factors (not sums) are never sent; instead two summed
+phases: ``shift`` (``Totals``: n and Σx; the coordinator takes c = Σx/n) and ``scatter``
+(request ``Shift`` c; reply ``Scatter``: n, Σ(x − c) and the upper triangle of
+Σ(x − c)(x − c)ᵀ as exact rationals accurate to about 2⁻¹⁰⁰, ``accurate_scatter``). The
+coordinator forms the scatter about the pooled mean exactly (``scatter_factor``; c is within
+rounding of x̄, so nothing cancels), takes its Cholesky factor in 60-digit decimal arithmetic
+and rounds R once: the same R, to float64 rounding, that the factored merge gives, so the SVD
+that follows keeps the small components' digits. ``project`` is summed too (its reply is empty).
+
+Each site reveals its row count, its column means and its scatter matrix (in factored form);
+under ``secure = true`` the coordinator learns only their sums over sites (n, Σx, the pooled
+scatter). A site holding fewer than ``min_count`` rows refuses. Tolerance against scikit-learn ``PCA``
 (``svd_solver="full"``) on the pooled data: 1e-8 relative (absolute 1e-12 for entries near zero),
 every result key compared (``scale`` only exists, on both sides, when standardized).
 """
