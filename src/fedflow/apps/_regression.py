@@ -1,19 +1,41 @@
 """Shared pieces of the regression apps: parameters, feature defaults, the coefficients payload,
-coefficient tables."""
+coefficient tables, the design read batch by batch, and the exact least-squares solve of their
+secure formulations."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from fractions import Fraction
 from typing import Any
 
 import msgspec
 import numpy as np
 
-from fedflow.apps.base import ColumnKind, Params, Payload, check_unique, named, numeric_columns
-from fedflow.errors import AppError
+from fedflow.apps._exact import (
+    ExactGram,
+    ExactLeastSquares,
+    RankDeficient,
+    full_matrix,
+    solve_normal_equations,
+)
+from fedflow.apps._merge_learning import r_factor
+from fedflow.apps.base import (
+    ColumnKind,
+    Params,
+    Payload,
+    Table,
+    check_unique,
+    named,
+    numeric_columns,
+)
+from fedflow.errors import AppError, DataError
 
 __all__ = [
     "Coefficients",
+    "FactorAccumulator",
+    "design_batches",
+    "exact_gram",
+    "exact_least_squares",
     "RegressionParams",
     "coefficient_names",
     "pooled_design",
@@ -119,3 +141,78 @@ def statsmodels_table(
         "p_values": fit.pvalues,
     }
     return {key: named(names, np.asarray(values)) for key, values in columns.items()}
+
+
+# -- the design, batch by batch (streaming) ---------------------------------------------------
+def design_batches(
+    data: Table, params: RegressionParams
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (X, y) batch by batch: X float64 with a leading 1s column when fitted, y float64.
+
+    Reads the site's rows only through ``data.batches`` (the features and the target), so
+    memory holds one batch at a time whatever the site's row count.
+    """
+    features = list(params.features or [])
+    for batch in data.batches([*features, params.target]):
+        yield (
+            batch.matrix(features, intercept=params.intercept),
+            np.asarray(batch[params.target], dtype=np.float64),
+        )
+
+
+class FactorAccumulator:
+    """The triangular factor R of a tall matrix given block by block: R of [R_so_far; block].
+
+    Each step is a QR decomposition of at most (columns + block rows) rows, backward stable as
+    one QR of the whole matrix; RᵀR equals the Gram matrix of every block added.
+    """
+
+    def __init__(self, columns: int) -> None:
+        self.r = np.zeros((0, columns))
+
+    def add(self, block: np.ndarray) -> None:
+        """Fold the rows of ``block`` (rows × columns) in."""
+        if len(block):
+            self.r = r_factor(np.vstack([self.r, block]))
+
+
+# -- exact cross-products and their solve (the secure formulations) ---------------------------
+def exact_gram(blocks: Iterator[np.ndarray], columns: int, where: Sequence[str]) -> ExactGram:
+    """Return the exact Gram matrix of the row blocks (each rows × ``columns``).
+
+    ``where`` names each column, for the error: a DataError naming the column when a value is
+    NaN or infinite.
+    """
+    gram = ExactGram(columns)
+    for block in blocks:
+        finite = np.isfinite(block)
+        if not finite.all():
+            column = where[int(np.flatnonzero(~finite.all(axis=0))[0])]
+            raise DataError(f"column '{column}' holds a non-finite value", column=column)
+        gram.add(block)
+    return gram
+
+
+def exact_least_squares(
+    upper: Sequence[Fraction], names: Sequence[str], app: str
+) -> ExactLeastSquares:
+    """Solve least squares exactly from the upper triangle of the Gram matrix of [X | y].
+
+    Raises AppError (naming ``app`` and the columns) when the design is rank-deficient, with the
+    same rule as the plaintext solver ``ols_from_r``.
+    """
+    k = len(names) + 1
+    try:
+        gram = full_matrix(upper, k)
+    except ValueError as exc:
+        raise AppError(
+            f"{app}: the summed cross-products do not fit {len(names)} coefficients: {exc}"
+        ) from None
+    try:
+        return solve_normal_equations(gram)
+    except RankDeficient as exc:
+        bad = [names[i] for i in exc.columns]
+        raise AppError(
+            f"{app}: the design matrix is rank-deficient (collinear or constant "
+            f"features): {', '.join(bad)}"
+        ) from None

@@ -31,6 +31,18 @@ statsmodels run to convergence within 1e-8 relative (see ``tests/apps/cases/lear
 Each site reveals, per round, aggregates over all its rows: the factor above, its deviance and
 log-likelihood, and count, mean and spread of the target; a site holding fewer than ``min_count``
 rows refuses. The binomial target must hold 0/1, the poisson target non-negative whole numbers.
+
+Streaming: every round a site re-reads its rows batch by batch (the target first, for its checks
+and moments, then the design at β) and folds each batch into its factor or sums; it keeps no row
+between rounds, so its memory does not grow with its rows.
+
+Secure (``secure = true``): factors cannot be summed, so the study runs the summed phases
+``start_sums`` and ``irls_sums`` instead: each site sends the exact cross-products of
+[√W·X | √W·z] (``Exact``: the Gram matrix of the very matrix the plaintext path factors, every
+product and sum without rounding), its deviance and log-likelihood, and once its row count, the
+exact Σy and Σy², and (poisson) Σ y·log y and Σ log y!. The coordinator receives only their sums
+over sites and solves each weighted least-squares step in exact rationals (as linear-regression
+does), so the iterates are those of the plaintext path to rounding.
 """
 
 from __future__ import annotations
@@ -41,12 +53,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from fedflow.apps._exact import ExactGram
 from fedflow.apps._merge import combine_moments
-from fedflow.apps._merge_learning import r_factor, stack_factors
+from fedflow.apps._merge_learning import stack_factors
 from fedflow.apps._regression import (
     Coefficients,
+    FactorAccumulator,
     RegressionParams,
     coefficient_names,
+    design_batches,
+    exact_least_squares,
     pooled_design,
     regression_columns,
     resolve_features,
@@ -54,18 +70,21 @@ from fedflow.apps._regression import (
     wald_table,
 )
 from fedflow.apps.base import (
+    SUM,
     App,
     ColumnKind,
     Continue,
     CoordinatorContext,
     Done,
     Empty,
+    Exact,
     Payload,
     Phase,
     SiteContext,
     Step,
     Table,
     check_min_count,
+    sum_replies,
 )
 from fedflow.apps.linear import ols_from_r
 from fedflow.errors import AppError, DataError, RemoteProtocolError
@@ -73,7 +92,16 @@ from fedflow.errors import AppError, DataError, RemoteProtocolError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["GLM", "GLMParams", "IRLSTerms", "PoissonSums", "StartTerms", "family_terms"]
+__all__ = [
+    "GLM",
+    "GLMParams",
+    "IRLSSums",
+    "IRLSTerms",
+    "PoissonSums",
+    "StartSums",
+    "StartTerms",
+    "family_terms",
+]
 
 Family = Literal["gaussian", "binomial", "poisson"]
 
@@ -151,9 +179,19 @@ def family_terms(
     return w, z, deviance, loglik
 
 
-def _factor(x: np.ndarray, w: np.ndarray, z: np.ndarray) -> np.ndarray:
+def _start_means(params: GLMParams, y: np.ndarray, site_mean: float) -> np.ndarray:
+    """Return statsmodels' starting means μ₀ = (y + ȳₛ)/2 (binomial (y + ½)/2) with ȳₛ the
+    site's own mean; a site whose counts are all zero starts from μ₀ = (y + 1)/2 instead."""
+    if params.family == "binomial":
+        return (y + 0.5) / 2.0
+    usable = site_mean > 0 or params.family == "gaussian"
+    return (y + (site_mean if usable else 1.0)) / 2.0
+
+
+def _weighted(x: np.ndarray, w: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Return [√W·X | √W·z]: the rows of the weighted least-squares step."""
     root = np.sqrt(w)
-    return r_factor(np.column_stack([x * root[:, None], z * root]))
+    return np.column_stack([x * root[:, None], z * root])
 
 
 def _poisson_sums(site: str, reply: StartTerms) -> PoissonSums:
@@ -197,13 +235,63 @@ class IRLSTerms(Payload, frozen=True):
     loglik: float
 
 
+class StartSums(Payload, frozen=True):
+    """A site's reply to phase ``start_sums`` (``secure = true``), every field a sum over its
+    rows: the exact cross-products of [√W·X | √W·z] at the starting means (upper triangle, row
+    by row), the deviance and log-likelihood there, the row count, the exact Σy and Σy², and for
+    family ``poisson`` Σ y·log y and Σ log y! (0 otherwise)."""
+
+    gram: Exact
+    deviance: float
+    loglik: float
+    n: int
+    y_sums: Exact
+    ylogy: float
+    log_factorials: float
+
+
+class IRLSSums(Payload, frozen=True):
+    """A site's reply to phase ``irls_sums`` (``secure = true``): the exact cross-products of
+    [√W·X | √W·z] at the β sent, the deviance and the log-likelihood there."""
+
+    gram: Exact
+    deviance: float
+    loglik: float
+
+
+_Solved = tuple[np.ndarray, np.ndarray, float, float, float]
+"""(next β, its unscaled covariance, weighted RSS, deviance, log-likelihood) of one IRLS step."""
+
+
+class _TargetSummary:
+    """What a site's first pass over its target gives: moments, exact sums, poisson sums."""
+
+    def __init__(self) -> None:
+        self.moments: list[tuple[float, float, float]] = []
+        self.sums = ExactGram(2)  # of [1, y]: n, Σy, Σy²
+        self.ylogy = 0.0
+        self.log_factorials = 0.0
+
+    @property
+    def count_mean_m2(self) -> tuple[int, float, float]:
+        n, mean, m2 = combine_moments(self.moments)
+        return int(n), mean, m2
+
+
 class GLM(App[GLMParams]):
     """Generalised linear model: coefficients, std errors, z and p values, deviance, AIC."""
 
     name = "glm"
     reference = "statsmodels GLM"
     Params = GLMParams
-    phases = {"start": Phase(Empty, StartTerms), "irls": Phase(Coefficients, IRLSTerms)}
+    phases = {
+        "start": Phase(Empty, StartTerms),
+        "irls": Phase(Coefficients, IRLSTerms),
+        "start_sums": Phase(Empty, StartSums, summed=True),
+        "irls_sums": Phase(Coefficients, IRLSSums, summed=True),
+    }
+    secure = True
+    streaming = True
     # --compare: every compared value within 1e-8 relative (1e-12 absolute) of statsmodels run to
     # full convergence; counts exactly. The fidelity cases measure 3.0e-9 at most (a small p-value).
     tolerance = 1e-8
@@ -216,59 +304,112 @@ class GLM(App[GLMParams]):
     def columns(self, params: GLMParams) -> dict[str, ColumnKind]:
         return regression_columns(params, "binary" if params.family == "binomial" else "numeric")
 
+    def start(self, params: GLMParams, ctx: CoordinatorContext) -> Step:
+        return Continue("start_sums" if ctx.secure else "start", Empty())
+
     # -- site ---------------------------------------------------------------------------------
-    def _design(
-        self, data: Table, params: GLMParams, ctx: SiteContext
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Return (X, y): built and checked once per run, then reused every round."""
-        if "x" not in ctx.state:
-            y = np.asarray(data[params.target], dtype=np.float64)
+    def _target_pass(
+        self, data: Table, params: GLMParams, ctx: SiteContext, *, exact: bool
+    ) -> _TargetSummary:
+        """Read the target batch by batch: check it, and return its moments (and, if ``exact``,
+        the exact Σy and Σy²) and the poisson sums."""
+        check_min_count(data.n_rows, ctx.min_count, "the site's rows")
+        summary = _TargetSummary()
+        for batch in data.batches([params.target]):
+            y = np.asarray(batch[params.target], dtype=np.float64)
             _check_target(y, params.family, params.target)
-            check_min_count(len(y), ctx.min_count, "the site's rows")
-            ctx.state["x"] = data.matrix(params.features or [], intercept=params.intercept)
-            ctx.state["y"] = y
-        return ctx.state["x"], ctx.state["y"]
+            mean = float(y.mean()) if len(y) else 0.0
+            summary.moments.append((float(len(y)), mean, float(((y - mean) ** 2).sum())))
+            if exact:
+                summary.sums.add(np.column_stack([np.ones(len(y)), y]))
+            if params.family == "poisson":
+                positive = y[y > 0]
+                summary.ylogy += float(np.sum(positive * np.log(positive)))
+                summary.log_factorials += float(sum(math.lgamma(v + 1.0) for v in y.tolist()))
+        return summary
+
+    def _weighted_pass(
+        self,
+        data: Table,
+        params: GLMParams,
+        fold: FactorAccumulator | ExactGram,
+        *,
+        beta: np.ndarray | None = None,
+        site_mean: float = 0.0,
+    ) -> tuple[float, float]:
+        """Read the design batch by batch and fold [√W·X | √W·z] into ``fold``: the IRLS terms
+        at ``beta``, or at the starting means when ``beta`` is None. Returns (deviance,
+        log-likelihood) summed over the batches."""
+        deviance = loglik = 0.0
+        for x, y in design_batches(data, params):
+            if beta is not None:
+                w, z, dev, ll = family_terms(params.family, y, x @ beta)
+            else:
+                w, z, dev, ll = family_terms(
+                    params.family, y, None, _start_means(params, y, site_mean)
+                )
+            fold.add(_weighted(x, w, z))
+            deviance += dev
+            loglik += ll
+        return deviance, loglik
 
     def local_start(
         self, data: Table, params: GLMParams, request: Empty, ctx: SiteContext
     ) -> StartTerms:
-        x, y = self._design(data, params, ctx)
-        mean = float(y.mean())
-        if params.family == "binomial":
-            mu0 = (y + 0.5) / 2.0
-        else:  # a site whose counts are all zero starts from μ₀ = (y + 1)/2 instead
-            mu0 = (y + (mean if mean > 0 or params.family == "gaussian" else 1.0)) / 2.0
-        w, z, deviance, loglik = family_terms(params.family, y, None, mu0)
+        summary = self._target_pass(data, params, ctx, exact=False)
+        n, mean, m2 = summary.count_mean_m2
+        factor = FactorAccumulator(len(coefficient_names(params)) + 1)
+        deviance, loglik = self._weighted_pass(data, params, factor, site_mean=mean)
         poisson = None
         if params.family == "poisson":
-            positive = y[y > 0]
-            poisson = PoissonSums(
-                ylogy=float(np.sum(positive * np.log(positive))),
-                log_factorials=float(sum(math.lgamma(v + 1.0) for v in y.tolist())),
-            )
+            poisson = PoissonSums(ylogy=summary.ylogy, log_factorials=summary.log_factorials)
         return StartTerms(
-            factor=_factor(x, w, z),
+            factor=factor.r,
             deviance=deviance,
             loglik=loglik,
-            n=len(y),
+            n=n,
             y_mean=mean,
-            y_m2=float(((y - mean) ** 2).sum()),
+            y_m2=m2,
             poisson=poisson,
         )
 
     def local_irls(
         self, data: Table, params: GLMParams, request: Coefficients, ctx: SiteContext
     ) -> IRLSTerms:
-        x, y = self._design(data, params, ctx)
-        eta = x @ np.asarray(request.beta, dtype=np.float64)
-        w, z, deviance, loglik = family_terms(params.family, y, eta)
-        return IRLSTerms(factor=_factor(x, w, z), deviance=deviance, loglik=loglik)
+        factor = FactorAccumulator(len(coefficient_names(params)) + 1)
+        beta = np.asarray(request.beta, dtype=np.float64)
+        deviance, loglik = self._weighted_pass(data, params, factor, beta=beta)
+        return IRLSTerms(factor=factor.r, deviance=deviance, loglik=loglik)
+
+    def local_start_sums(
+        self, data: Table, params: GLMParams, request: Empty, ctx: SiteContext
+    ) -> StartSums:
+        summary = self._target_pass(data, params, ctx, exact=True)
+        n, mean, _ = summary.count_mean_m2
+        gram = ExactGram(len(coefficient_names(params)) + 1)
+        deviance, loglik = self._weighted_pass(data, params, gram, site_mean=mean)
+        return StartSums(
+            gram=gram.upper(),
+            deviance=deviance,
+            loglik=loglik,
+            n=n,
+            y_sums=summary.sums.upper()[1:],  # (Σy, Σy²) of the Gram of [1, y]
+            ylogy=summary.ylogy,
+            log_factorials=summary.log_factorials,
+        )
+
+    def local_irls_sums(
+        self, data: Table, params: GLMParams, request: Coefficients, ctx: SiteContext
+    ) -> IRLSSums:
+        gram = ExactGram(len(coefficient_names(params)) + 1)
+        beta = np.asarray(request.beta, dtype=np.float64)
+        deviance, loglik = self._weighted_pass(data, params, gram, beta=beta)
+        return IRLSSums(gram=gram.upper(), deviance=deviance, loglik=loglik)
 
     # -- coordinator --------------------------------------------------------------------------
     def aggregate_start(
         self, replies: Mapping[str, StartTerms], params: GLMParams, ctx: CoordinatorContext
     ) -> Step:
-        p = len(coefficient_names(params))
         n, y_mean, y_m2 = combine_moments(
             [(float(q.n), q.y_mean, q.y_m2) for q in replies.values()]
         )
@@ -277,28 +418,71 @@ class GLM(App[GLMParams]):
             sums = [_poisson_sums(site, q) for site, q in replies.items()]
             ctx.state["ylogy"] = sum(s.ylogy for s in sums)
             ctx.state["log_factorials"] = sum(s.log_factorials for s in sums)
-        if n <= p:
-            raise AppError(f"glm: {int(n)} observations for {p} coefficients")
-        beta, unscaled, rss, deviance, _ = self._solve(replies, params)
-        if params.family == "binomial" and not 0.0 < y_mean < 1.0:
-            raise AppError(f"glm (binomial): the target '{params.target}' holds one class only")
-        if params.family == "poisson" and not y_mean > 0:
-            raise AppError(f"glm (poisson): the target '{params.target}' is zero everywhere")
-        if params.family == "gaussian":  # identity link: the first solve is the fit
-            return self._done(params, ctx, beta, unscaled, rss, rss, iterations=1)
-        ctx.state["deviance"] = deviance
-        return Continue("irls", Coefficients(beta=beta))
+        self._check_count(params, n)
+        return self._first_step(params, ctx, self._solve(replies, params), "irls")
+
+    def aggregate_start_sums(
+        self, replies: Mapping[str, StartSums], params: GLMParams, ctx: CoordinatorContext
+    ) -> Step:
+        total = replies[SUM] if ctx.secure else sum_replies(replies, StartSums)
+        n = total.n
+        self._check_count(params, n)
+        y_sum, y_squares = total.y_sums
+        # the pooled mean and squared deviations exactly, rounded once
+        ctx.state.update(
+            n=float(n),
+            y_mean=float(y_sum / n),
+            y_m2=float(y_squares - y_sum * y_sum / n),
+            iterations=0,
+            ylogy=total.ylogy,
+            log_factorials=total.log_factorials,
+        )
+        return self._first_step(params, ctx, self._solve_exact(total, params), "irls_sums")
 
     def aggregate_irls(
         self, replies: Mapping[str, IRLSTerms], params: GLMParams, ctx: CoordinatorContext
     ) -> Step:
-        beta, unscaled, _, deviance, loglik = self._solve(replies, params)
+        return self._next_step(params, ctx, self._solve(replies, params), "irls")
+
+    def aggregate_irls_sums(
+        self, replies: Mapping[str, IRLSSums], params: GLMParams, ctx: CoordinatorContext
+    ) -> Step:
+        total = replies[SUM] if ctx.secure else sum_replies(replies, IRLSSums)
+        return self._next_step(params, ctx, self._solve_exact(total, params), "irls_sums")
+
+    @staticmethod
+    def _check_count(params: GLMParams, n: float) -> None:
+        p = len(coefficient_names(params))
+        if n <= p:
+            raise AppError(f"glm: {int(n)} observations for {p} coefficients")
+
+    def _first_step(
+        self, params: GLMParams, ctx: CoordinatorContext, solved: _Solved, phase: str
+    ) -> Step:
+        """After the start: refuse a one-class or all-zero target; gaussian is done (identity
+        link: the first solve is the fit), the others iterate with ``phase``."""
+        beta, unscaled, rss, deviance, _ = solved
+        y_mean = ctx.state["y_mean"]
+        if params.family == "binomial" and not 0.0 < y_mean < 1.0:
+            raise AppError(f"glm (binomial): the target '{params.target}' holds one class only")
+        if params.family == "poisson" and not y_mean > 0:
+            raise AppError(f"glm (poisson): the target '{params.target}' is zero everywhere")
+        if params.family == "gaussian":
+            return self._done(params, ctx, beta, unscaled, rss, rss, iterations=1)
+        ctx.state["deviance"] = deviance
+        return Continue(phase, Coefficients(beta=beta))
+
+    def _next_step(
+        self, params: GLMParams, ctx: CoordinatorContext, solved: _Solved, phase: str
+    ) -> Step:
+        """After an IRLS round: another round of ``phase`` until the deviance settles."""
+        beta, unscaled, _, deviance, loglik = solved
         previous = ctx.state["deviance"]
         iterations = ctx.state["iterations"] = ctx.state["iterations"] + 1
         converged = abs(deviance - previous) <= params.tol * (abs(deviance) + 0.1)
         if not converged and iterations < params.max_iter:
             ctx.state["deviance"] = deviance
-            return Continue("irls", Coefficients(beta=beta))
+            return Continue(phase, Coefficients(beta=beta))
         if not converged:
             ctx.notes.append(f"glm did not converge in {params.max_iter} iterations")
         # As statsmodels reports it: β from the last weighted least-squares solve, its covariance
@@ -308,9 +492,7 @@ class GLM(App[GLMParams]):
         )
 
     @staticmethod
-    def _solve(
-        replies: Mapping[str, StartTerms | IRLSTerms], params: GLMParams
-    ) -> tuple[np.ndarray, np.ndarray, float, float, float]:
+    def _solve(replies: Mapping[str, StartTerms | IRLSTerms], params: GLMParams) -> _Solved:
         """Return (next β, its unscaled covariance, weighted RSS, deviance, log-likelihood):
         the weighted least-squares step from the stacked factors, and the summed fit terms."""
         names = coefficient_names(params)
@@ -319,6 +501,16 @@ class GLM(App[GLMParams]):
         deviance = float(sum(reply.deviance for reply in replies.values()))
         loglik = float(sum(reply.loglik for reply in replies.values()))
         return beta, unscaled, rss, deviance, loglik
+
+    @staticmethod
+    def _solve_exact(total: StartSums | IRLSSums, params: GLMParams) -> _Solved:
+        """Return the same as ``_solve`` from the summed exact cross-products: the weighted
+        least-squares step solved in exact rationals, each number rounded once."""
+        names = coefficient_names(params)
+        fit = exact_least_squares(total.gram, names, f"glm ({params.family})")
+        beta = np.array([float(c) for c in fit.coef])
+        unscaled = np.array([[float(v) for v in row] for row in fit.inverse])
+        return beta, unscaled, float(fit.rss), total.deviance, total.loglik
 
     def _done(
         self,

@@ -10,19 +10,35 @@ coefficients come within 2.6e-11 (standard errors 1.4e-12) of the certified valu
 
 Sites also send count, mean and sum of squared deviations of y (combined with Chan's formula) for
 the total sum of squares behind R².
+
+Streaming: a site reads its rows batch by batch and folds each batch into its factor (R of
+[R_so_far; batch], as stable as one QR of all rows), so its memory does not grow with its rows.
+
+Secure (``secure = true``): R factors cannot be summed, so the study runs phase ``cross``
+instead: each site sends the exact cross-products of [X | y] (XᵀX, Xᵀy, yᵀy: the upper triangle,
+every product and sum without rounding, ``_exact.ExactGram``) and its row count. Secure
+aggregation delivers their exact sum; the coordinator solves the normal equations in exact
+rationals, so the coefficients are correctly rounded, RSS = yᵀy − βᵀXᵀy is exact and the standard
+errors come from the exact inverse: on Longley all 15 digits of NIST's certified values.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedflow.apps._exact import sqrt_fraction
 from fedflow.apps._merge import combine_moments
 from fedflow.apps._regression import (
+    FactorAccumulator,
     RegressionParams,
     coefficient_names,
+    design_batches,
+    exact_gram,
+    exact_least_squares,
     pooled_design,
     regression_columns,
     resolve_features,
@@ -30,22 +46,27 @@ from fedflow.apps._regression import (
     wald_table,
 )
 from fedflow.apps.base import (
+    SUM,
     App,
     ColumnKind,
+    Continue,
     CoordinatorContext,
     Done,
     Empty,
+    Exact,
     Payload,
     Phase,
     SiteContext,
+    Step,
     Table,
+    sum_replies,
 )
 from fedflow.errors import AppError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["LinearRegression", "ols_from_r"]
+__all__ = ["CrossProducts", "Factor", "LinearRegression", "ols_from_r"]
 
 
 def ols_from_r(
@@ -86,13 +107,55 @@ class Factor(Payload, frozen=True):
     y_m2: float
 
 
+class CrossProducts(Payload, frozen=True):
+    """A site's exact cross-products of [X | y] (the upper triangle of [X y]ᵀ[X y], row by row;
+    X with its leading 1s column when fitted) and its row count: the summed reply of phase
+    ``cross`` (``secure = true``)."""
+
+    gram: Exact
+    n: int
+
+
+def _constant(params: RegressionParams) -> int:
+    """Return 1 when the model has an intercept (adjusted R² counts it), else 0."""
+    return 1 if params.intercept else 0
+
+
+def _result(
+    names: list[str],
+    coef: np.ndarray,
+    se: np.ndarray,
+    n: int,
+    rss: float,
+    fit: tuple[float, float, float],
+) -> dict[str, Any]:
+    """Return the result: Wald table (t statistics), n, RSS and ``fit`` = (R², adjusted R², σ)."""
+    df_resid = float(n - len(names))
+    result: dict[str, Any] = wald_table(names, coef, se, df_resid)
+    r2, adj_r2, sigma = fit
+    result.update(
+        r_squared=r2,
+        adj_r_squared=adj_r2,
+        n_obs=n,
+        df_resid=df_resid,
+        rss=rss,
+        sigma=sigma,
+    )
+    return result
+
+
 class LinearRegression(App[RegressionParams]):
     """Ordinary least squares: coefficients, standard errors, t and p values, R², n."""
 
     name = "linear-regression"
     Params = RegressionParams
     reference = "statsmodels OLS"
-    phases = {"factor": Phase(Empty, Factor)}
+    phases = {
+        "factor": Phase(Empty, Factor),
+        "cross": Phase(Empty, CrossProducts, summed=True),
+    }
+    secure = True
+    streaming = True
 
     def resolve(self, params: RegressionParams, columns: Mapping[str, str]) -> RegressionParams:
         return resolve_features(params, columns, self.name)  # type: ignore[no-any-return]
@@ -100,15 +163,29 @@ class LinearRegression(App[RegressionParams]):
     def columns(self, params: RegressionParams) -> dict[str, ColumnKind]:
         return regression_columns(params, "numeric")
 
+    def start(self, params: RegressionParams, ctx: CoordinatorContext) -> Step:
+        return Continue("cross" if ctx.secure else "factor", Empty())
+
     # -- site ---------------------------------------------------------------------------------
     def local_factor(
         self, data: Table, params: RegressionParams, request: Empty, ctx: SiteContext
     ) -> Factor:
-        x = data.matrix(params.features or [], intercept=params.intercept)
-        y = np.asarray(data[params.target], dtype=np.float64)
-        r = np.asarray(np.linalg.qr(np.column_stack([x, y]), mode="r"))
-        mean = float(y.mean())
-        return Factor(r=r, n=len(y), y_mean=mean, y_m2=float(((y - mean) ** 2).sum()))
+        factor = FactorAccumulator(len(coefficient_names(params)) + 1)
+        moments: list[tuple[float, float, float]] = []
+        for x, y in design_batches(data, params):
+            factor.add(np.column_stack([x, y]))
+            mean = float(y.mean())
+            moments.append((float(len(y)), mean, float(((y - mean) ** 2).sum())))
+        n, mean, m2 = combine_moments(moments)
+        return Factor(r=factor.r, n=int(n), y_mean=mean, y_m2=m2)
+
+    def local_cross(
+        self, data: Table, params: RegressionParams, request: Empty, ctx: SiteContext
+    ) -> CrossProducts:
+        names = [*coefficient_names(params), params.target]
+        blocks = (np.column_stack([x, y]) for x, y in design_batches(data, params))
+        gram = exact_gram(blocks, len(names), names)
+        return CrossProducts(gram=gram.upper(), n=gram.rows)
 
     # -- coordinator --------------------------------------------------------------------------
     def aggregate_factor(
@@ -129,17 +206,35 @@ class LinearRegression(App[RegressionParams]):
         se = np.sqrt(sigma2 * np.diag(unscaled))
         tss = y_m2 if params.intercept else y_m2 + n * y_mean * y_mean
         r2 = 1.0 - rss / tss
-        k_const = 1 if params.intercept else 0
-        result: dict[str, Any] = wald_table(names, coef, se, df_resid)
-        result.update(
-            r_squared=r2,
-            adj_r_squared=1.0 - (n - k_const) / df_resid * (1.0 - r2),
-            n_obs=int(n),
-            df_resid=df_resid,
-            rss=rss,
-            sigma=float(np.sqrt(sigma2)),
-        )
-        return Done(result)
+        adj_r2 = 1.0 - (n - _constant(params)) / df_resid * (1.0 - r2)
+        fit = (r2, adj_r2, float(np.sqrt(sigma2)))
+        return Done(_result(names, coef, se, int(n), rss, fit))
+
+    def aggregate_cross(
+        self,
+        replies: Mapping[str, CrossProducts],
+        params: RegressionParams,
+        ctx: CoordinatorContext,
+    ) -> Done:
+        total = replies[SUM] if ctx.secure else sum_replies(replies, CrossProducts)
+        names = coefficient_names(params)
+        k = len(names)
+        n = total.n
+        if n <= k:
+            raise AppError(f"linear-regression: {n} observations for {k} coefficients")
+        fit = exact_least_squares(total.gram, names, self.name)
+        y_y = total.gram[-1]
+        # with an intercept Σy is the (intercept, y) cross-product: TSS = yᵀy − (Σy)²/n exactly;
+        # without one R² is the uncentred one (TSS = yᵀy), as statsmodels reports it
+        tss = y_y - total.gram[k] ** 2 / n if params.intercept else y_y
+        sigma2 = fit.rss / (n - k)
+        se = np.array([sqrt_fraction(sigma2 * fit.inverse[i][i]) for i in range(k)])
+        coef = np.array([float(c) for c in fit.coef])
+        # R² and adjusted R² exactly, rounded once (a zero TSS: every y equal, R² undefined)
+        r2 = 1 - fit.rss / tss if tss else Fraction(0)
+        adj_r2 = 1 - Fraction(n - _constant(params), n - k) * (1 - r2)
+        stats = (float(r2), float(adj_r2), sqrt_fraction(sigma2))
+        return Done(_result(names, coef, se, n, float(fit.rss), stats))
 
     def centralized(self, pooled: pd.DataFrame, params: RegressionParams) -> dict[str, Any]:
         import statsmodels.api as sm
