@@ -320,3 +320,41 @@ def test_random_forest_refuses_secure_with_a_one_line_reason() -> None:
     app = get_app("random-forest")
     assert isinstance(app.secure, str) and app.secure and "\n" not in app.secure
     assert "sum" in app.secure
+
+
+# -- end to end: the real secure aggregation protocol (runtime/secure.py) ------------------------
+@pytest.mark.parametrize("n_sites,mode,min_count", [(3, "unbalanced", 1), (7, "iid", 5)])
+def test_kmeans_through_the_secure_protocol_equals_the_plaintext_run(
+    n_sites: int, mode: str, min_count: int
+) -> None:
+    tables = _tables("iris", n_sites, mode, _IRIS)
+    raw = {"columns": _IRIS, "k": 3, "seed": 5}
+    secure = simulate("kmeans", raw, tables, seed=0, min_count=min_count, secure=True)
+    plain = simulate("kmeans", raw, tables, seed=0, min_count=min_count)
+    assert secure.result == plain.result
+    assert secure.rounds == plain.rounds
+    assert secure.result == drive("kmeans", raw, tables, secure=True, min_count=min_count).result
+
+
+@pytest.mark.parametrize("n_sites,mode", [(2, "iid"), (3, "unbalanced"), (7, "iid")])
+def test_pca_through_the_secure_protocol_matches_plaintext_and_scikit_learn(
+    n_sites: int, mode: str
+) -> None:
+    tables = _tables("wine", n_sites, mode, _WINE)
+    raw = {"columns": _WINE, "standardize": True, "projections": True}
+    secure = simulate("pca", raw, tables, seed=0, min_count=1, secure=True)
+    plain = simulate("pca", raw, tables, seed=0, min_count=1)
+    assert secure.rounds == 3 and plain.rounds == 2  # shift, scatter, project / factor, project
+    _assert_match(secure.result, plain.result, EXACT)
+    app = get_app("pca")
+    _assert_match(secure.result, app.centralized(_pooled(tables), app.parse_params(raw)), EXACT)
+    for name in tables:  # the scores were written at each site, not sent
+        mine = pd.read_csv(io.BytesIO(secure.site_outputs[name]["projections.csv"]))
+        theirs = pd.read_csv(io.BytesIO(plain.site_outputs[name]["projections.csv"]))
+        np.testing.assert_allclose(mine.to_numpy(), theirs.to_numpy(), rtol=1e-8, atol=1e-10)
+
+
+def test_random_forest_with_secure_is_refused_with_its_reason() -> None:
+    tables = _tables("iris", 3, "iid", [*_IRIS, "target"])
+    with pytest.raises(AppError, match="cannot run with secure = true: the sites send trees"):
+        simulate("random-forest", {"target": "target"}, tables, seed=0, min_count=1, secure=True)
