@@ -3,9 +3,9 @@ columns summed without any rounding, and least squares solved in exact rationals
 
 Every finite float64 is an odd integer times a power of two (or zero). ``ExactGram`` writes each
 column of a batch as integers on a common binary scale, cuts them into 16-bit limbs, and lets one
-float64 matrix product (BLAS) sum the limb products: a limb product is below 2³², so a sum over at
-most 2²⁰ rows stays below 2⁵² and every partial sum is an integer float64 holds exactly, in any
-order. The limb sums are recombined in Python integers. A column spanning more than 256 bits
+float64 matrix product (BLAS) sum the limb products: a limb product is at most 2³² in magnitude,
+so a sum over at most 2²⁰ rows stays within 2⁵² and every partial sum is an integer float64 holds
+exactly, in any order. The limb sums are recombined in Python integers. A column spanning more than 256 bits
 (values of wildly different magnitudes) goes through Python integers directly (slower, as exact).
 
 ``solve_normal_equations`` solves the p×p system of a Gram matrix of [X | y] in integers
@@ -35,7 +35,7 @@ __all__ = [
 LIMB_BITS = 16
 _LIMB_MASK = (1 << LIMB_BITS) - 1
 _BLOCK_ROWS = 1 << 20
-"""Rows per limb product: |limb| < 2¹⁶, so a sum of 2²⁰ products stays below 2⁵² (exact)."""
+"""Rows per limb product: |limb| ≤ 2¹⁶, so a sum of 2²⁰ products stays within 2⁵² (exact)."""
 _WIDE_LIMBS = 16
 """Columns needing more limbs than this (a span over 256 bits) are summed in Python integers."""
 
@@ -68,7 +68,8 @@ def split_float64(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 class _Column:
     """One column of a batch on a common binary scale: each value is an integer times 2^low,
-    with low the exponent of the last mantissa bit of the column's smallest value."""
+    with low the exponent of the last mantissa bit of the column's smallest value (0 for a
+    column of whole numbers)."""
 
     __slots__ = ("low", "span", "values")
 
@@ -82,6 +83,8 @@ class _Column:
             self.low, self.span = 0, 0
             return
         self.low = int(nonzero.min()) - 53
+        if self.low < 0 and np.array_equal(values, np.trunc(values)):
+            self.low = 0  # whole numbers (a 1s column, 0/1 dummies, counts): no fraction bits
         self.span = int(nonzero.max()) - self.low
 
     @property
@@ -89,19 +92,28 @@ class _Column:
         return max(1, -(-self.span // LIMB_BITS))
 
     def fill_limbs(self, out: np.ndarray) -> None:
-        """Write the signed 16-bit limbs of each value's integer on the column's scale into
-        ``out`` (rows × limbs): value = Σⱼ limbⱼ · 2^(16j) · 2^low.
+        """Write the 16-bit limbs of each value's integer on the column's scale into ``out``
+        (rows × limbs): value = Σⱼ limbⱼ · 2^(16j) · 2^low, every limb in [0, 2¹⁶) but the last,
+        which carries the sign (in [−2¹⁶, 2¹⁶)).
 
-        In float64 and exact: the integer |value| · 2^-low has at most 53 significant bits and
-        fewer than 2^(16·limbs) ≤ 2²⁵⁶ magnitude, so every scaling by a power of two, floor and
-        remainder below is exact."""
-        quotient = np.ldexp(np.abs(self.values), -self.low)
-        sign = np.sign(self.values)
-        base, unit = float(1 << LIMB_BITS), 2.0**-LIMB_BITS
-        for j in range(self.limbs):
-            higher = np.floor(quotient * unit)  # ⌊|value| · 2^-(low + 16(j+1))⌋
-            out[:, j] = sign * (quotient - higher * base)
-            quotient = higher
+        In float64 and exact: the integer value · 2^-low has at most 53 significant bits and
+        magnitude below 2^(16·limbs) ≤ 2²⁵⁶, so every scaling by a power of two, floor and
+        difference below is exact."""
+        scale = -self.low
+        if -1022 <= scale <= 1023:
+            quotient = self.values * 2.0**scale
+        else:
+            quotient = np.ldexp(self.values, scale)
+        higher = np.empty_like(quotient)
+        last = self.limbs - 1
+        for j in range(last):
+            np.multiply(quotient, 2.0**-LIMB_BITS, out=higher)
+            np.floor(higher, out=higher)  # ⌊value · 2^-(low + 16(j+1))⌋
+            column = out[:, j]
+            np.multiply(higher, -float(1 << LIMB_BITS), out=column)
+            column += quotient
+            quotient, higher = higher, quotient
+        out[:, last] = quotient
 
     def integers(self) -> np.ndarray:
         """Return each value's integer on the column's scale as Python ints (an object array)."""
