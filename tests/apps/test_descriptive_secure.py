@@ -285,3 +285,23 @@ def test_secure_runs_end_to_end_give_the_sum_semantics_result(
     assert run.rounds == reference.rounds
     plain = simulate(app, params, _sites(frame, 3), secure=False)
     _close(plain.result, run.result, rel=1e-12)
+
+
+def test_stats_secure_skew_stays_exact_where_floats_overflow() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=60)
+    x[:3] = [1e-150, 1e150, -3e149]  # x³ and x⁴ overflow float64: scipy and pandas give NaN
+    frame = pd.DataFrame({"x": x})
+    params = {"statistics": ["skew", "kurtosis"]}
+    got = drive("stats", params, _sites(frame, 3), secure=True).result["x"]
+    values = [Fraction(v) for v in x.tolist()]
+    n = len(values)
+    mean = sum(values, Fraction(0)) / n
+    m2, m3, m4 = (sum(((v - mean) ** k for v in values), Fraction(0)) for k in (2, 3, 4))
+    skew = math.sqrt(float(m3 * m3 * n * n * (n - 1) / (m2**3 * (n - 2) ** 2)))
+    kurtosis = float(((n + 1) * (n * m4 / (m2 * m2) - 3) + 6) * (n - 1) / ((n - 2) * (n - 3)))
+    assert got["skew"] == pytest.approx(skew, rel=1e-15)
+    assert got["kurtosis"] == pytest.approx(kurtosis, rel=1e-15)
+    with np.errstate(all="ignore"):
+        plain = drive("stats", params, _sites(frame, 3), secure=False).result["x"]
+    assert math.isnan(plain["skew"])  # as scipy.stats.skew(x, bias=False) on the pooled values

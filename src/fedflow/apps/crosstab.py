@@ -19,6 +19,19 @@ every cell: a cell count must be 0 or at least ``min_count``, otherwise the site
 message names the cell; merge rare levels before the study). Margins are sums of cells, so they
 are covered too. A site with fewer than ``min_count`` records never answers.
 
+With ``row_levels`` and ``column_levels`` (every category of each column, as numbers or text;
+both or neither) the study fixes the grid: phase ``grid`` (request ``Grid``: the levels as labels,
+sorted; reply ``GridCounts``: the site's counts on that grid) replaces ``count``, and the site
+sends no label. A site holding a value the study does not list refuses, without naming the
+value. Levels no record holds are left out of the result, so it is the table ``count`` gives.
+
+Streaming: both phases count batch by batch (``Table.batches``).
+
+Secure aggregation (``secure = true``) needs the levels: ``grid`` replies are summed, so the
+coordinator learns only the pooled table (and which listed levels no site holds), not which site
+holds which category or how many. Sending each site's own labels instead would reveal them, so
+``secure = true`` without levels is refused.
+
 Tolerance against the twin (``--compare``): the table, ``n`` and ``dof`` exactly (integers);
 ``chi2`` and ``p_value`` to 1e-8 relative (1e-12 absolute).
 """

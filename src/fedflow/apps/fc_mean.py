@@ -9,13 +9,19 @@ line of values per client, equally many at every client) the global mean is the 
 values pooled.
 
 This twin computes exactly that, in two phases. Phase ``sums`` (request ``Empty``, reply
-``SiteSums``): each site sends the sum of its values, their number and its number of columns.
+``SiteSums``): each site sends the sum of its values, their number, its number of columns and its
+local mean.
 Phase ``write`` (request ``GlobalMean``, reply ``Empty``): the coordinator sends the global mean;
 each site puts ``output_name`` (and ``config.yml``) into ``SiteContext.outputs``, which the node
 agent writes to the site's output folder (``sites/<site>/`` of the run directory at a local
 site), as the app writes ``/mnt/output``. The result holds the app's ``mean`` and the pooled
 mean of all values (``pooled_mean``), which ``--compare`` checks against numpy on the pooled
 files; a note says when the two differ (sites of unequal shape).
+
+A site sums its values batch by batch (``Table.batches``) and exactly (one rounding at the end).
+Both phases are summed, so the twin runs under ``secure = true``: the coordinator then learns only
+the sums over sites of each reply's fields (Σ sums, Σ values, Σ columns and Σ local means, which
+give the app's global mean as Σ local means / number of sites), no site's own.
 
 The study loader (``fedflow.study.original``) reads ``config.yml`` and passes its keys as
 parameters; this module does no I/O. A site refuses to answer for fewer than ``min_values``

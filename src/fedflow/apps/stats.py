@@ -46,6 +46,29 @@ What a site reveals, and the min_count rule (``ctx.min_count``):
 * ``min`` / ``max`` and ``bins`` reveal each site's extremes and are refused unless the study sets
   ``share_extremes = true``.
 
+``skew`` and ``kurtosis`` are the bias-corrected sample skewness G1 and excess kurtosis G2 (as
+pandas' ``skew()`` / ``kurt()`` and ``scipy.stats.skew`` / ``kurtosis`` with ``bias=False``); sites
+then also send the sums of cubed and fourth-power deviations (``m3``, ``m4``), merged with Pébay's
+update.
+
+Streaming: every site step reads the rows only through ``Table.batches`` and reduces batch by
+batch (moments merged with Pébay's update, histogram cells and counts at or below candidates
+added, comoments merged with Chan's), so a site's memory does not grow with its rows; each
+``refine`` round streams the rows again.
+
+Secure aggregation (``secure = true``): phases ``sums`` and ``counts`` replace ``summary`` and
+``refine``; every field of their replies is a sum over records, so the coordinator needs, and
+gets, only the sum over sites. ``sums``: the count, and per column the exact Σx, Σx² (Σx³, Σx⁴
+with skew / kurtosis) and per pair of columns Σxᵢxⱼ (matrices), computed without rounding
+(``_merge.exact_power_sums``); the coordinator forms mean, M2 … and the covariance in exact
+rationals and rounds each result once, so it is at least as accurate as the plaintext run. Order
+statistics (quantiles, and ``min`` / ``max`` with ``share_extremes``) by the same bisection, on the
+sums over sites of each site's lowest and highest possible count at or below each candidate (the
+bounds its ``min_count`` rule lets the coordinator infer); ``bins`` ask for their histogram once the
+bisection has found the minimum and maximum. Histogram cells: the same per-site refusal, summed.
+What the coordinator learns: the pooled sums and counts, never one site's (with two sites, each
+site can subtract its own from the sum).
+
 Tolerance against the twin (``--compare``): 1e-8 relative (1e-12 absolute) on every value. Counts,
 histogram counts and the quantiles of methods that pick an order statistic (``lower``,
 ``higher``, ``nearest``, ``inverted_cdf``, ``closest_observation``) come out identical; the
@@ -141,6 +164,7 @@ class StatsParams(Params, frozen=True):
     ``STATISTICS`` (default count, mean, variance, std); ``bins`` (equal-width, needs
     ``share_extremes``) or ``bin_edges`` (one list for every column, or a table column -> list);
     ``quantiles`` in [0, 1] with numpy's ``quantile_method`` (default ``linear``).
+    ``statistics`` may include ``skew`` and ``kurtosis`` (bias-corrected, as pandas').
     """
 
     columns: list[str] | None = None
@@ -1101,16 +1125,19 @@ def _column_statistics(entry: _Column, wanted: list[str]) -> dict[str, Any]:
         }
         if "skew" in wanted or "kurtosis" in wanted:
             usable = m2 > 0.0 and math.isfinite(m2)
-            every["skew"] = (
-                math.sqrt(n * (n - 1)) / (n - 2) * (m3 / n) / (m2 / n) ** 1.5
-                if usable and n > 2
-                else math.nan
-            )
-            every["kurtosis"] = (
-                ((n + 1) * (n * m4 / (m2 * m2) - 3.0) + 6.0) * (n - 1) / ((n - 2) * (n - 3))
-                if usable and n > 3
-                else math.nan
-            )
+            with np.errstate(all="ignore"):  # beyond the float range: inf / nan, as numpy's
+                v, m2_, m3_, m4_ = np.float64(n), np.float64(m2), np.float64(m3), np.float64(m4)
+                every["skew"] = (
+                    float(np.sqrt(v * (v - 1)) / (v - 2) * (m3_ / v) / (m2_ / v) ** 1.5)
+                    if usable and n > 2
+                    else math.nan
+                )
+                every["kurtosis"] = (
+                    float(((v + 1) * (v * m4_ / (m2_ * m2_) - 3.0) + 6.0) * (v - 1))
+                    / ((n - 2) * (n - 3))
+                    if usable and n > 3
+                    else math.nan
+                )
     every["min"] = entry.min
     every["max"] = entry.max
     return {s: every[s] for s in COLUMN_STATISTICS if s in wanted}
@@ -1135,7 +1162,7 @@ def _exact_statistics(n: int, exact: tuple[Fraction, ...]) -> dict[str, Any]:
         out["kurtosis"] = math.nan
         if m2 > 0 and n > 2:
             squared = Fraction(n * n * (n - 1)) * m3 * m3 / (m2**3 * (n - 2) ** 2)
-            out["skew"] = math.copysign(math.sqrt(exact_to_float(squared)), m3)
+            out["skew"] = math.copysign(math.sqrt(exact_to_float(squared)), -1 if m3 < 0 else 1)
         if m2 > 0 and n > 3:
             g2 = n * m4 / (m2 * m2) - 3
             out["kurtosis"] = exact_to_float(((n + 1) * g2 + 6) * (n - 1) / ((n - 2) * (n - 3)))
@@ -1154,7 +1181,7 @@ def _exact_matrices(n: int, c: list[list[Fraction]]) -> tuple[np.ndarray, np.nda
                 covariance[i, j] = exact_to_float(c[i][j] / (n - 1))
             if c[i][i] > 0 and c[j][j] > 0:
                 squared = c[i][j] * c[i][j] / (c[i][i] * c[j][j])
-                value = math.copysign(math.sqrt(exact_to_float(squared)), c[i][j])
+                value = math.copysign(math.sqrt(exact_to_float(squared)), -1 if c[i][j] < 0 else 1)
                 correlation[i, j] = min(max(value, -1.0), 1.0)
     return covariance, correlation
 

@@ -21,6 +21,15 @@ mean and spread of the column in each of the two groups. min_count covers each g
 whose group holds between 1 and ``min_count`` − 1 records refuses; a site without records of a
 group sends zeros for it. A site with fewer than ``min_count`` records never answers.
 
+Streaming: both phases read the rows batch by batch (``Table.batches``), merging each group's
+moments with Chan's update.
+
+Secure aggregation (``secure = true``): phase ``sums`` (request ``Groups``, reply ``GroupSums``)
+replaces ``moments``: per group the count and the exact Σx and Σx² (no rounding at the site);
+the coordinator gets only their sum over sites and forms means and variances in exact rationals,
+each rounded once. ``groups`` must be given: the ``levels`` round would show each site's labels.
+The coordinator learns the pooled count, sum and sum of squares per group, no site's.
+
 Tolerance against the twin (``--compare``): 1e-8 relative (1e-12 absolute) on every value; the
 group counts are integers and agree exactly.
 """
