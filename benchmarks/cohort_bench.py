@@ -10,6 +10,10 @@
     python benchmarks/cohort_bench.py parquet [--rows 20000000]
         one local site holding ROWS rows of Parquet (six float columns), linear-regression:
         wall time and the site's peak RSS.
+    python benchmarks/cohort_bench.py huge [--rows 100000000]
+        the same with ROWS rows generated on the fly into a Parquet file in a temporary folder,
+        against DuckDB computing the same sums (every sum(a*b) of the six columns, their sums and
+        count: what the regression needs) over the same file in one process; rows per second.
 
 Data are generated into a temporary folder at each run (never committed). Figures are printed as
 Markdown table rows; benchmarks/README.md holds the latest ones.
@@ -173,54 +177,100 @@ def loader(rows: int, repeat: int) -> None:
             print(f"| {name}: median {best:.2f} s, {rows / best / 1e6:.2f} M rows/s |")
 
 
+def _parquet_file(path: Path, rows: int) -> None:
+    """Write ROWS rows of six float columns (five features and the target), a million at a time."""
+    rng = np.random.default_rng(0)
+    schema = pa.schema([(f, pa.float64()) for f in [*FEATURES, "y"]])
+    with pq.ParquetWriter(path, schema) as writer:
+        chunk = 1_000_000
+        for start in range(0, rows, chunk):
+            n = min(chunk, rows - start)
+            x = rng.normal(size=(n, 5))
+            y = x @ np.array([1.0, -2.0, 0.5, 0.0, 3.0]) + rng.normal(size=n)
+            writer.write_batch(
+                pa.RecordBatch.from_arrays(
+                    [pa.array(x[:, i]) for i in range(5)] + [pa.array(y)],
+                    schema=schema,
+                )
+            )
+
+
+def _solo(folder: Path, path: Path, rows: int) -> float:
+    """Run linear-regression at one site holding ``path``; print its figures; return the wall."""
+    study = _study(folder, {"solo": path})
+    wall, metrics = _fedflow(folder, study, "0")
+    site = metrics["sites"]["solo"]
+    needed = rows * 6 * 8
+    phases = {p["name"]: p["seconds"] for p in metrics["phases"]}
+    print(f"| one site × {rows:,} rows Parquet ({path.stat().st_size / 1e6:.0f} MB), six floats |")
+    print(f"| wall {wall:.1f} s; phases {', '.join(f'{k} {v:.2f} s' for k, v in phases.items())} |")
+    print(
+        f"| site peak RSS {site['peak_rss_bytes'] / 2**20:.0f} MiB; needed columns as float64 "
+        f"{needed / 2**20:.0f} MiB; {rows / wall / 1e6:.2f} M rows/s end to end |"
+    )
+    return wall
+
+
 def parquet(rows: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         path = folder / "site.parquet"
-        rng = np.random.default_rng(0)
-        schema = pa.schema([(f, pa.float64()) for f in [*FEATURES, "y"]])
-        with pq.ParquetWriter(path, schema) as writer:
-            chunk = 1_000_000
-            for start in range(0, rows, chunk):
-                n = min(chunk, rows - start)
-                x = rng.normal(size=(n, 5))
-                y = x @ np.array([1.0, -2.0, 0.5, 0.0, 3.0]) + rng.normal(size=n)
-                writer.write_batch(
-                    pa.RecordBatch.from_arrays(
-                        [pa.array(x[:, i]) for i in range(5)] + [pa.array(y)],
-                        schema=schema,
-                    )
-                )
-        study = _study(folder, {"solo": path})
-        wall, metrics = _fedflow(folder, study, "0")
-        site = metrics["sites"]["solo"]
-        needed = rows * 6 * 8
-        phases = {p["name"]: p["seconds"] for p in metrics["phases"]}
+        _parquet_file(path, rows)
+        _solo(folder, path, rows)
+
+
+DUCKDB = """
+import sys, time, duckdb
+columns = sys.argv[2].split(",")
+sums = [f"sum({a}*{b})" for i, a in enumerate(columns) for b in columns[i:]]
+sums += [f"sum({a})" for a in columns] + ["count(*)"]
+started = time.perf_counter()
+duckdb.sql(f"SELECT {', '.join(sums)} FROM read_parquet('{sys.argv[1]}')").fetchall()
+print(time.perf_counter() - started)
+"""
+
+
+def huge(rows: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        path = folder / "site.parquet"
+        started = time.perf_counter()
+        _parquet_file(path, rows)
+        print(f"| generated in {time.perf_counter() - started:.0f} s |")
+        wall = _solo(folder, path, rows)
+        started = time.perf_counter()
+        inner = subprocess.run(
+            [sys.executable, "-c", DUCKDB, str(path), ",".join([*FEATURES, "y"])],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        outer = time.perf_counter() - started
+        query = float(inner)
         print(
-            f"| one site × {rows:,} rows Parquet ({path.stat().st_size / 1e6:.0f} MB), six floats |"
-        )
-        print(
-            f"| wall {wall:.1f} s; phases {', '.join(f'{k} {v:.2f} s' for k, v in phases.items())} |"
-        )
-        print(
-            f"| site peak RSS {site['peak_rss_bytes'] / 2**20:.0f} MiB; needed columns as float64 "
-            f"{needed / 2**20:.0f} MiB |"
+            f"| DuckDB, the same sums over the same file in one process: query {query:.1f} s "
+            f"({rows / query / 1e6:.2f} M rows/s), process {outer:.1f} s; fedflow / DuckDB "
+            f"{wall / query:.2f}× |"
         )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["regression", "loader", "parquet"])
+    parser.add_argument("what", choices=["regression", "loader", "parquet", "huge"])
     parser.add_argument("--rows", type=int)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    print(f"<!-- load average before: {', '.join(f'{v:.2f}' for v in os.getloadavg())} -->")
     if args.what == "regression":
         regression(args.rows or 1_000_000, args.repeat)
     elif args.what == "loader":
         loader(args.rows or 1_000_000, args.repeat)
-    else:
+    elif args.what == "parquet":
         parquet(args.rows or 20_000_000)
+    else:
+        huge(args.rows or 100_000_000)
+    print(f"<!-- load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())} -->")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ PLENTY = 1 << 40
 @pytest.fixture(autouse=True)
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches of a few rows, so every file streams in several."""
-    monkeypatch.setattr(data, "_CHUNK", 64)
+    monkeypatch.setattr(data, "_BLOCK", 64)
     monkeypatch.setattr(data, "_BATCH", 7)
 
 
