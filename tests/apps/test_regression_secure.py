@@ -5,7 +5,8 @@ tolerances, and what a site sends.
 
 ``converse`` drives an app's conversation by hand, as the round driver does: the sites' replies
 cross the wire codec, and under ``secure`` only summed phases may run and the aggregate receives
-``{SUM: sum_replies(...)}`` — the reference semantics of secure aggregation.
+``{SUM: sum_replies(...)}`` — the reference semantics of secure aggregation. The last tests run
+the real thing end to end: coordinator, round driver, the masking protocol and node agents.
 """
 
 from __future__ import annotations
@@ -451,3 +452,74 @@ def test_every_regression_app_declares_secure_and_streaming() -> None:
     for name in REGRESSION_APPS:
         app = get_app(name)
         assert app.secure is True and app.streaming is True
+
+
+# -- end to end: the real coordinator, round driver, secure protocol and node agents -------------
+def _run_secure_spied(
+    app: str, params: Mapping[str, Any], sites: Mapping[str, Table]
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Run ``app`` with ``secure = true`` over in-memory node agents; return the result and
+    (site, message type) of everything each site sent back."""
+    import asyncio
+
+    from fedflow.connectors.memory import MemoryConnector
+    from fedflow.node.agent import NodeAgent
+    from fedflow.runtime.coordinator import Coordinator
+    from fedflow.runtime.simulate import in_memory
+    from fedflow.wire import Message
+
+    sent: list[tuple[str, str]] = []
+
+    def spying(site: str, agent: NodeAgent) -> Callable[[Message], Message | None]:
+        def handle(message: Message) -> Message | None:
+            answer = agent.handle(message)
+            if answer is not None:
+                sent.append((site, type(answer).__name__))
+            return answer
+
+        return handle
+
+    connectors = {
+        name: MemoryConnector(
+            name, handler=spying(name, NodeAgent(name, preloaded=in_memory(t, name)))
+        )
+        for name, t in sites.items()
+    }
+    outcome = asyncio.run(Coordinator(app, params, connectors, min_count=1, secure=True).run())
+    return outcome.done.result, sent
+
+
+def test_secure_run_end_to_end_keeps_the_certified_digits_and_sends_no_reply_in_the_clear() -> None:
+    sites = _sites(dataset("longley"), 3)
+    result, sent = _run_secure_spied("linear-regression", LONGLEY, sites)
+    np.testing.assert_allclose(
+        list(result["coefficients"].values()), CERTIFIED_COEFFICIENTS, rtol=1e-14
+    )
+    np.testing.assert_allclose(
+        list(result["std_errors"].values()), CERTIFIED_STD_ERRORS, rtol=1e-14
+    )
+    kinds = {kind for _, kind in sent}
+    assert "SecureMasked" in kinds  # each site's cross-products left it masked ...
+    assert "Reply" not in kinds  # ... and never as a plain reply
+
+
+@pytest.mark.parametrize(
+    "app, params, name",
+    [
+        ("glm", {"target": "mdvis", "family": "poisson"}, "randhie"),
+        ("glm", {"target": "GRADE", "family": "binomial"}, "spector"),
+        ("logistic-regression", {"target": "GRADE"}, "spector"),
+    ],
+)
+def test_secure_simulation_equals_the_plaintext_one(
+    app: str, params: dict[str, Any], name: str
+) -> None:
+    from fedflow.runtime.simulate import simulate
+
+    sites = _sites(dataset(name), 3)
+    secure = simulate(app, params, sites, min_count=1, secure=True)
+    plain = simulate(app, params, sites, min_count=1)
+    assert secure.rounds == plain.rounds
+    for key in ("coefficients", "std_errors"):
+        for coef, value in plain.result[key].items():
+            assert secure.result[key][coef] == pytest.approx(value, rel=1e-10)
