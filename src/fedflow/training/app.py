@@ -121,13 +121,15 @@ class Train(App[TrainParams]):
         return needed
 
     # -- the coordinator -----------------------------------------------------------------------
-    def start(self, params: TrainParams, ctx: CoordinatorContext) -> Continue:
+    def start(self, params: TrainParams, ctx: CoordinatorContext) -> Continue | Done:
         from fedflow.training.engine import initial_weights
 
         saved = ctx.state.get(CHECKPOINT)
         weights, layout = initial_weights(self.plan(params), ctx.seed)
         if saved is not None:
             self._check_resumable(saved, params, ctx, weights.size)
+            if ctx.round > params.rounds:  # interrupted after the last validation
+                return self._done(params, saved["meta"], saved["arrays"])
             return self._next(params, ctx)
         ctx.state[CHECKPOINT] = {
             "arrays": {"weights": weights},
