@@ -28,15 +28,25 @@ constraints="$venv/fedflow-constraints.txt"
 printf 'torch==2.13.0\n' >"$constraints"
 
 echo "installing torch==2.13.0 (CPU wheel)"
-"${pip[@]}" install --only-binary torch "torch==2.13.0" 2>&1 | tee "$venv/pip-torch.log" \
-    | grep -E '^(Processing|Downloading|Collecting|Successfully|Requirement already)' || true
+install() {  # install() LOG ARGS...: pip install, its log kept in the venv, shown on failure
+    local log="$venv/$1"
+    shift
+    if ! "${pip[@]}" install "$@" >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "pip install $* failed (log: $log)" >&2
+        exit 1
+    fi
+    grep -E '^(Successfully installed|Requirement already satisfied: (torch|flwr))' "$log" || true
+}
+
+install pip-torch.log --only-binary torch "torch==2.13.0"
+grep -E '^Processing .*torch-' "$venv/pip-torch.log" || true
 if grep -E 'Downloading torch-' "$venv/pip-torch.log" >/dev/null; then
     echo "note: torch was downloaded, not taken from a local wheel" >&2
 fi
 
 echo "installing $flwr_spec, scikit-learn"
-"${pip[@]}" install -c "$constraints" "$flwr_spec" scikit-learn 2>&1 | tee "$venv/pip-flwr.log" \
-    | grep -E '^(Successfully|ERROR)' || true
+install pip-flwr.log -c "$constraints" "$flwr_spec" scikit-learn
 
 "$venv/bin/python" - <<'PY'
 import importlib.metadata as md
