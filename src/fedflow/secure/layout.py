@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from fedflow.secure import ring
 from fedflow.secure.errors import EncodingError
 from fedflow.secure.fixedpoint import FixedPoint, exponent_range
 
@@ -45,6 +46,7 @@ MAX_BITS = 4400
 (2·(1024 + 1074) bits) with room to spare. Announced ranges beyond it are refused."""
 
 Segment = np.ndarray | list[int | Fraction]
+"""A field's values: a float64 or int64 array (vectorised), or ints and Fractions."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,12 @@ class Flat:
 
     def encode(self, spec: FixedPoint) -> np.ndarray:
         """Return every value as one ring vector of ``spec.limbs`` words each."""
-        parts = [spec.encode(segment) for segment in self.segments]
+        parts = [
+            _encode_int64(spec, segment)
+            if isinstance(segment, np.ndarray) and segment.dtype == np.int64
+            else spec.encode(segment)
+            for segment in self.segments
+        ]
         if not parts:
             return np.zeros((0, spec.limbs), dtype=np.uint64)
         return np.ascontiguousarray(np.concatenate(parts, axis=0))
@@ -108,6 +115,36 @@ def exact_range(values: Sequence[int | Fraction]) -> tuple[int, int] | None:
     if lsb is None or msb is None:
         return None
     return lsb, msb
+
+
+def _int64_range(values: np.ndarray) -> tuple[int, int] | None:
+    """``exact_range`` of an int64 array, vectorised."""
+    nonzero = values[values != 0]
+    if not nonzero.size:
+        return None
+    magnitude = np.abs(nonzero.astype(object) if nonzero.min() == -(2**63) else nonzero)
+    low = int(np.min(magnitude & -magnitude))
+    return low.bit_length() - 1, int(np.max(magnitude)).bit_length()
+
+
+def _encode_int64(spec: FixedPoint, values: np.ndarray) -> np.ndarray:
+    """``spec.encode`` of an int64 array, vectorised: each value v as v·2^(−lsb) in the ring."""
+    if spec.lsb > 0 or values.size == 0 or int(np.min(values)) == -(2**63):
+        return spec.encode([int(v) for v in values.tolist()])  # rare: the exact slow path
+    top = int(np.max(np.abs(values)))
+    if top and top.bit_length() > spec.msb:
+        return spec.encode([int(v) for v in values.tolist()])  # refused there, naming the value
+    shift = -spec.lsb
+    word, offset = shift // 64, shift % 64
+    magnitude = np.abs(values).astype(np.uint64)
+    out = ring.zeros(values.shape[0], spec.limbs)
+    out[:, word] = magnitude << np.uint64(offset)
+    if offset and word + 1 < spec.limbs:
+        out[:, word + 1] = magnitude >> np.uint64(64 - offset)
+    negative = values < 0
+    if negative.any():
+        out[negative] = ring.neg(out[negative])
+    return out
 
 
 def _union(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -144,10 +181,8 @@ def _one(name: str, value: Any) -> tuple[Field, Segment, tuple[int, int] | None]
             found = exponent_range(floats) if floats.size and np.any(floats) else None
             return Field(name, "float64", shape), floats, found
         if value.dtype.kind in "iub":
-            ints: list[int | Fraction] = [
-                int(v) for v in np.asarray(value, dtype=np.int64).ravel().tolist()
-            ]
-            return Field(name, "int64", shape), ints, exact_range(ints)
+            ints = np.ascontiguousarray(value, dtype=np.int64).ravel()
+            return Field(name, "int64", shape), ints, _int64_range(ints)
         raise EncodingError(f"an array of dtype {value.dtype} cannot be summed")
     if isinstance(value, bool):
         raise EncodingError("a boolean cannot be summed (send 0 or 1 as an int)")
@@ -199,6 +234,9 @@ def unflatten(layout: Sequence[Field], spec: FixedPoint, vector: np.ndarray) -> 
         if f.kind == "float64":
             out[f.name] = spec.decode_float(part).reshape(f.shape)
             continue
+        if f.kind == "int64":
+            out[f.name] = _decode_int64(f.name, spec, part).reshape(f.shape)
+            continue
         values = spec.decode(part)
         if f.kind == "exact":
             out[f.name] = tuple(values)
@@ -210,10 +248,19 @@ def unflatten(layout: Sequence[Field], spec: FixedPoint, vector: np.ndarray) -> 
                 if v.denominator != 1:
                     raise EncodingError(f"field '{f.name}': the sum {v} is not an integer")
                 ints.append(v.numerator)
-            if f.kind == "int":
-                out[f.name] = ints[0]
-            else:
-                if any(not -(2**63) <= v < 2**63 for v in ints):
-                    raise EncodingError(f"field '{f.name}': the sum exceeds the int64 range")
-                out[f.name] = np.array(ints, dtype=np.int64).reshape(f.shape)
+            out[f.name] = ints[0]
     return out
+
+
+def _decode_int64(name: str, spec: FixedPoint, part: np.ndarray) -> np.ndarray:
+    ints = ring.to_ints(part)
+    if spec.lsb >= 0:
+        values = [v << spec.lsb for v in ints]
+    else:
+        shift, low = -spec.lsb, (1 << -spec.lsb) - 1
+        if any(v & low for v in ints):
+            raise EncodingError(f"field '{name}': a sum is not an integer")
+        values = [v >> shift for v in ints]
+    if values and not (min(values) >= -(2**63) and max(values) < 2**63):
+        raise EncodingError(f"field '{name}': the sum exceeds the int64 range")
+    return np.array(values, dtype=np.int64)
