@@ -42,12 +42,16 @@ def _centralized_gd(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     return w, b
 
 
+@pytest.mark.parametrize("strategy", ["fedavg", "scaffold"])
 @pytest.mark.parametrize(
     "sizes", [[7, 40, 113], [5, 9, 13, 60, 21, 150, 8]], ids=["3 sites", "7 sites"]
 )
 def test_one_step_fedavg_equals_centralized_gradient_descent(
-    tmp_path: Path, sizes: list[int]
+    tmp_path: Path, sizes: list[int], strategy: str
 ) -> None:
+    """With every site in every round, SCAFFOLD's correction c − c_i averages to zero over the
+    sites (c is the row-weighted mean of the c_i), so it is the same descent; a wrong control
+    update would move it."""
     plan = write_plan(tmp_path, LINEAR_PLAN.replace("{p}", str(P)))
     sites, x, y = _sites(sizes)
     params = {
@@ -58,6 +62,7 @@ def test_one_step_fedavg_equals_centralized_gradient_descent(
         "batch_size": 0,
         "lr": LR,
         "validation": 0.0,
+        "strategy": strategy,
     }
     sim = simulate("train", params, sites, seed=11)
     weights, _ = from_safetensors(sim.done.artifacts["model-last.safetensors"], "last")
@@ -70,3 +75,52 @@ def test_one_step_fedavg_equals_centralized_gradient_descent(
         [_centralized_gd(t.matrix(["x0", "x1", "x2"]), t["y"])[0] for t in sites.values()], axis=0
     )
     assert np.max(np.abs(unweighted - w)) > 1e-3
+
+
+def _scaffold_reference(sites: dict[str, Table], steps: int) -> np.ndarray:
+    """SCAFFOLD (Karimi et al. 2020, option II) for the linear model in numpy, full participation,
+    full-batch local steps, the server averaging weights and controls by rows."""
+    data = [
+        (np.column_stack([t.matrix(["x0", "x1", "x2"]), np.ones(t.n_rows)]), t["y"])
+        for t in sites.values()
+    ]
+    n = np.array([len(y) for _, y in data], dtype=float)
+    share = n / n.sum()
+    x = np.zeros(P + 1)
+    c = np.zeros(P + 1)
+    ci = [np.zeros(P + 1) for _ in data]
+    for _ in range(ROUNDS):
+        ys, deltas = [], []
+        for k, (a, y) in enumerate(data):
+            w = x.copy()
+            for _ in range(steps):
+                w = w - LR * (2 * a.T @ (a @ w - y) / len(y) + c - ci[k])
+            deltas.append(-c + (x - w) / (steps * LR))
+            ys.append(w)
+        x = sum(s * w for s, w in zip(share, ys, strict=True))
+        c = c + sum(s * d for s, d in zip(share, deltas, strict=True))
+        ci = [cc + d for cc, d in zip(ci, deltas, strict=True)]
+    return x
+
+
+def test_scaffold_with_several_local_steps_follows_the_reference(tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, LINEAR_PLAN.replace("{p}", str(P)))
+    sites, _, _ = _sites([7, 40, 113])
+    params = {
+        "plan": str(plan),
+        "target": "y",
+        "rounds": ROUNDS,
+        "local_epochs": 3,
+        "batch_size": 0,
+        "lr": LR,
+        "validation": 0.0,
+        "strategy": "scaffold",
+    }
+    sim = simulate("train", params, sites, seed=11)
+    weights, _ = from_safetensors(sim.done.artifacts["model-last.safetensors"], "last")
+    got = np.append(weights["weight"].ravel(), weights["bias"])
+    expected = _scaffold_reference(sites, 3)
+    assert np.max(np.abs(got - expected)) < 1e-10
+    fedavg = simulate("train", {**params, "strategy": "fedavg"}, sites, seed=11)
+    plain, _ = from_safetensors(fedavg.done.artifacts["model-last.safetensors"], "last")
+    assert np.max(np.abs(plain["weight"].ravel() - expected[:P])) > 1e-6  # the controls matter

@@ -40,7 +40,7 @@ __all__ = [
     "weighted_metrics",
 ]
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold")
 _LOWER = ("loss", "mse", "rmse", "mae", "error", "perplexity")
 
 
@@ -60,7 +60,9 @@ class TrainParams(Params, frozen=True):
     metric: str = "loss"
     better: Literal["lower", "higher"] | None = None
     """Whether a lower or higher ``metric`` is better (default: lower for loss/error names)."""
-    strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
+    strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold"] = (
+        "fedavg"
+    )
     mu: float = 0.0
     """FedProx's proximal weight (strategy = "fedprox")."""
     server_lr: float = 0.1
@@ -115,6 +117,11 @@ class RoundTask(Payload, frozen=True):
     weights: np.ndarray
     train: bool
     validate: bool = True
+    control: np.ndarray | None = None
+    """SCAFFOLD: the server's control variate c (float64, flat)."""
+    correction: np.ndarray | None = None
+    """SCAFFOLD: c − c_i, added to every local gradient (c_i: this site's control, kept by the
+    coordinator so that sites stay stateless and a resumed run restores it)."""
 
 
 class RoundReply(Payload, frozen=True):
@@ -128,6 +135,8 @@ class RoundReply(Payload, frozen=True):
     weights: np.ndarray | None = None
     train_loss: float | None = None
     local_metrics: dict[str, float] = {}
+    control_delta: np.ndarray | None = None
+    """SCAFFOLD: c_i⁺ − c_i = −c + (W_{k-1} − y_i)/(steps·lr) (Karimi et al. 2020, option II)."""
 
 
 def derive_seed(seed: int | None, *parts: object) -> int:
@@ -194,7 +203,8 @@ def is_better(value: float, best: float | None, lower: bool) -> bool:
 
 class ServerOptimizer:
     """The server step from the average of the sites' weights (Reddi et al. 2021, "Adaptive
-    Federated Optimization", Algorithm 2, without bias correction): fedavg takes the average;
+    Federated Optimization", Algorithm 2, without bias correction): fedavg, fedprox and scaffold
+    take the average;
     fedadam, fedyogi and fedadagrad treat Δ = average − W as a pseudo-gradient.
 
     State (``m``, ``v``, float64) is part of the checkpoint."""
@@ -215,7 +225,7 @@ class ServerOptimizer:
     def step(self, weights: np.ndarray, average: np.ndarray) -> np.ndarray:
         """Return the new global weights (float64) from the current ones and the average."""
         p = self.params
-        if p.strategy in ("fedavg", "fedprox"):
+        if p.strategy in ("fedavg", "fedprox", "scaffold"):
             return average
         w = np.asarray(weights, dtype=np.float64)
         delta = average - w

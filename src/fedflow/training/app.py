@@ -26,6 +26,7 @@ from fedflow.apps.base import (
     Continue,
     CoordinatorContext,
     Done,
+    Payload,
     Phase,
     SiteContext,
     Table,
@@ -167,8 +168,24 @@ class Train(App[TrainParams]):
             return Continue("round", everyone)
         sampled = sample_sites(list(ctx.sites), params.fraction, params.min_sites, ctx.seed, k)
         saved["meta"]["sampling"] = {**saved["meta"].get("sampling", {}), str(k): sampled}
-        trains = RoundTask(weights=weights, train=True, validate=params.validation > 0)
-        return Continue("round", everyone, per_site={s: trains for s in sampled})
+        validate = params.validation > 0
+        if params.strategy != "scaffold":
+            trains = RoundTask(weights=weights, train=True, validate=validate)
+            return Continue("round", everyone, per_site={s: trains for s in sampled})
+        arrays = saved["arrays"]
+        zero = np.zeros(weights.size, dtype=np.float64)
+        c = arrays.get("control", zero)
+        per_site: dict[str, Payload] = {
+            s: RoundTask(
+                weights=weights,
+                train=True,
+                validate=validate,
+                control=c,
+                correction=c - arrays.get(f"control/{s}", zero),
+            )
+            for s in sampled
+        }
+        return Continue("round", everyone, per_site=per_site)
 
     def aggregate_round(
         self, replies: Mapping[str, RoundReply], params: TrainParams, ctx: CoordinatorContext
@@ -207,6 +224,9 @@ class Train(App[TrainParams]):
                 updates.append((reply.rows, reply.weights))
             elif reply.weights is not None:
                 raise AppError(f"app 'train': site '{name}' trained though not sampled")
+        if params.strategy == "scaffold":
+            rows = {n: info.rows for n, info in ctx.sites.items()}
+            self._update_controls(arrays, {n: replies[n] for n in sampled}, rows)
         server = ServerOptimizer(params, arrays)
         new = server.step(arrays["weights"], weighted_average(updates))
         arrays["weights"] = new.astype(arrays["weights"].dtype)
@@ -216,6 +236,24 @@ class Train(App[TrainParams]):
         if params.validation == 0:  # no held-out rows: the last model is the best one known
             arrays["best"], meta["best_round"] = arrays["weights"], k
         return self._next(params, ctx)
+
+    @staticmethod
+    def _update_controls(
+        arrays: dict[str, np.ndarray], replies: Mapping[str, RoundReply], rows: Mapping[str, int]
+    ) -> None:
+        """SCAFFOLD: c_i += Δc_i for every sampled site, c += Σ n_i·Δc_i / Σ n (n: every site's
+        rows), so that c stays the row-weighted mean of the sites' controls — the weighting
+        FedAvg uses (Karimi et al. weigh sites equally)."""
+        size = arrays["weights"].size
+        total = np.zeros(size, dtype=np.float64)
+        for name, reply in replies.items():
+            delta = reply.control_delta
+            if delta is None or delta.shape != (size,):
+                raise AppError(f"app 'train': site '{name}' sent no SCAFFOLD control update")
+            key = f"control/{name}"
+            arrays[key] = arrays.get(key, np.zeros(size)) + delta
+            total += rows[name] * delta
+        arrays["control"] = arrays.get("control", np.zeros(size)) + total / sum(rows.values())
 
     def _done(
         self, params: TrainParams, meta: dict[str, Any], arrays: dict[str, np.ndarray]
@@ -276,8 +314,14 @@ class Train(App[TrainParams]):
         if not request.train:
             return RoundReply(val_rows=len(held), global_metrics=global_metrics)
         seed = derive_seed(ctx.seed, "train", ctx.site, ctx.round)
-        weights, loss = local_train(plan, model, layout, x[train_rows], y[train_rows], params, seed)
+        weights, loss, steps = local_train(
+            plan, model, layout, x[train_rows], y[train_rows], params, seed, request.correction
+        )
         local_metrics = evaluate(plan, model, xv, yv) if request.validate else {}
+        delta = None
+        if request.control is not None:  # SCAFFOLD option II
+            moved = np.asarray(request.weights, np.float64) - np.asarray(weights, np.float64)
+            delta = moved / (steps * params.lr) - request.control
         return RoundReply(
             val_rows=len(held),
             global_metrics=global_metrics,
@@ -285,6 +329,7 @@ class Train(App[TrainParams]):
             weights=weights,
             train_loss=loss,
             local_metrics=local_metrics,
+            control_delta=delta,
         )
 
     def _site_data(self, data: Table, params: TrainParams, ctx: SiteContext) -> dict[str, Any]:

@@ -173,10 +173,12 @@ def local_train(
     y: Any,
     params: TrainParams,
     seed: int,
-) -> tuple[np.ndarray, float]:
+    correction: np.ndarray | None = None,
+) -> tuple[np.ndarray, float, int]:
     """Train ``model`` (holding the global weights) on (x, y) for ``local_epochs`` epochs of
-    seeded minibatches; FedProx adds μ/2·‖w − w_global‖². Returns the flat updated weights and
-    the mean training loss of the last epoch (weighted by batch rows)."""
+    seeded minibatches; FedProx adds μ/2·‖w − w_global‖²; SCAFFOLD adds ``correction`` (flat,
+    over the federated entries) to every parameter's gradient. Returns the flat updated weights,
+    the mean training loss of the last epoch (weighted by batch rows) and the optimizer steps."""
     import torch
 
     torch.manual_seed(seed)  # dropout and anything else the model draws
@@ -187,6 +189,8 @@ def local_train(
     n = len(y)
     batch = n if params.batch_size == 0 else params.batch_size
     last = 0.0
+    steps = 0
+    shift = _per_parameter(model, layout, correction) if correction is not None else []
     for _ in range(params.local_epochs):
         order = torch.randperm(n, generator=generator)
         total = 0.0
@@ -201,6 +205,22 @@ def local_train(
                 loss = loss + 0.5 * params.mu * prox
             optimizer.zero_grad()
             loss.backward()
+            for p, c in shift:
+                if p.grad is not None:
+                    p.grad += c
             optimizer.step()
+            steps += 1
         last = total / n
-    return _flatten(model, layout), last
+    return _flatten(model, layout), last, steps
+
+
+def _per_parameter(model: Any, layout: Layout, flat: np.ndarray) -> list[tuple[Any, Any]]:
+    """Return (parameter, its slice of ``flat`` as a tensor) for every trainable parameter."""
+    import torch
+
+    named = layout.named(np.asarray(flat, dtype=layout.dtype))
+    return [
+        (p, torch.from_numpy(named[name]))
+        for name, p in model.named_parameters()
+        if p.requires_grad and name in named
+    ]
