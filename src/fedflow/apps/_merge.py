@@ -79,49 +79,91 @@ def combine_moments4(
 
 
 # --- exact sums of float64 values, their powers and products --------------------------------
-def _mantissas(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return (m, e) with x = m · 2^e exactly: m an int64 with |m| < 2⁵³, e an int64."""
-    fraction, exponent = np.frexp(np.asarray(x, dtype=np.float64))
+_CHUNK = 1 << 12
+"""Values handled at once (their digit arrays stay in cache; int64 sums of 2¹² rows of digit
+products stay far below 2⁶³)."""
+
+
+def _mantissas(x: np.ndarray, limb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (digits, sign, e) with x = sign · Σⱼ digitsⱼ·2^(limb·j) · 2^e exactly: ``digits``
+    a (⌈54 / limb⌉, n) int64 array of the limb-bit digits of |mantissa| (< 2⁵³), ``sign`` in
+    {-1, 0, 1}."""
+    fraction, exponent = np.frexp(x)
     if not np.isfinite(fraction).all():
         raise ValueError("exact sums need finite values")
-    return np.ldexp(fraction, 53).astype(np.int64), exponent.astype(np.int64) - 53
+    m = np.ldexp(fraction, 53).astype(np.int64)
+    shifts = np.arange(0, 54, limb, dtype=np.int64)
+    digits = (np.abs(m)[None, :] >> shifts[:, None]) & ((1 << limb) - 1)
+    return digits, np.sign(m), exponent.astype(np.int64) - 53
 
 
-def _exact_total(mantissas: np.ndarray, exponents: np.ndarray) -> Fraction:
-    """Return Σ mᵢ · 2^eᵢ exactly (``mantissas``: Python ints in an object array)."""
-    if mantissas.size == 0:
-        return Fraction(0)
+def _poly_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Return the product of two digit polynomials per value: (p × n, q × n) → (p + q − 1) × n."""
+    out = np.zeros((a.shape[0] + b.shape[0] - 1, a.shape[1]), dtype=np.int64)
+    for i in range(a.shape[0]):
+        out[i : i + b.shape[0]] += a[i] * b
+    return out
+
+
+def _exact_total(digits: np.ndarray, sign: np.ndarray, exponents: np.ndarray, limb: int) -> int:
+    """Return Σᵢ signᵢ · Σⱼ digitsᵢⱼ·2^(limb·j) · 2^(eᵢ − min e) as a Python int: int64 sums per
+    exponent, combined as Python integers."""
+    low = int(exponents.min())
     order = np.argsort(exponents, kind="stable")
     ordered = exponents[order]
     starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    sums = np.add.reduceat(mantissas[order], starts)  # exact: Python ints per exponent
-    low = int(ordered[0])
+    sums = np.add.reduceat((digits * sign)[:, order], starts, axis=1).T
     total = 0
-    for value, exponent in zip(sums.tolist(), ordered[starts].tolist(), strict=True):
-        total += int(value) << (exponent - low)
+    for row, exponent in zip(sums.tolist(), ordered[starts].tolist(), strict=True):
+        value = 0
+        for j, digit in enumerate(row):
+            value += digit << (limb * j)
+        total += value << (exponent - low)
+    return total
+
+
+def _dyadic(total: int, low: int) -> Fraction:
     return Fraction(total, 1 << -low) if low < 0 else Fraction(total << low)
 
 
 def exact_power_sums(x: np.ndarray, k: int) -> list[Fraction]:
-    """Return [Σx, Σx², …, Σxᵏ] of float64 values exactly (no rounding anywhere): each value
-    split into an integer mantissa times a power of two, powers taken as Python integers and
-    summed per exponent. Raises ValueError for non-finite values."""
-    m, e = _mantissas(x)
-    base = m.astype(object)
-    power = base
-    out = []
-    for j in range(1, k + 1):
-        if j > 1:
-            power = power * base
-        out.append(_exact_total(power, e * j))
+    """Return [Σx, Σx², …, Σxᵏ] (k ≤ 4) of float64 values exactly, with no rounding anywhere:
+    each value split into digits of its integer mantissa times a power of two, powers taken as
+    digit polynomials in int64 (18-bit digits up to squares, 9-bit beyond, so no carry is lost)
+    and summed per exponent. Raises ValueError for non-finite values."""
+    if not 1 <= k <= 4:
+        raise ValueError("exact power sums go up to the fourth power")
+    values = np.asarray(x, dtype=np.float64).ravel()
+    limb = 18 if k <= 2 else 9
+    out = [Fraction(0)] * k
+    for start in range(0, values.size, _CHUNK):
+        digits, sign, e = _mantissas(values[start : start + _CHUNK], limb)
+        powers = [digits]
+        if k >= 2:
+            powers.append(_poly_mul(digits, digits))
+        if k >= 3:
+            powers.append(_poly_mul(powers[1], digits))
+        if k >= 4:
+            powers.append(_poly_mul(powers[1], powers[1]))
+        for j, power in enumerate(powers, start=1):
+            total = _exact_total(power, sign if j % 2 else np.abs(sign), e * j, limb)
+            out[j - 1] += _dyadic(total, int(e.min()) * j)
     return out
 
 
 def exact_product_sum(x: np.ndarray, y: np.ndarray) -> Fraction:
     """Return Σ xᵢ·yᵢ of two float64 vectors exactly (see ``exact_power_sums``)."""
-    mx, ex = _mantissas(x)
-    my, ey = _mantissas(y)
-    return _exact_total(mx.astype(object) * my.astype(object), ex + ey)
+    xs = np.asarray(x, dtype=np.float64).ravel()
+    ys = np.asarray(y, dtype=np.float64).ravel()
+    if xs.shape != ys.shape:
+        raise ValueError(f"vectors of {xs.size} and {ys.size} values")
+    out = Fraction(0)
+    for start in range(0, xs.size, _CHUNK):
+        dx, sx, ex = _mantissas(xs[start : start + _CHUNK], 18)
+        dy, sy, ey = _mantissas(ys[start : start + _CHUNK], 18)
+        e = ex + ey
+        out += _dyadic(_exact_total(_poly_mul(dx, dy), sx * sy, e, 18), int(e.min()))
+    return out
 
 
 def exact_to_float(value: Fraction) -> float:
