@@ -281,9 +281,24 @@ def test_exact_power_sums_and_products_equal_fraction_arithmetic(values: list[fl
 def test_exact_power_sums_of_many_values_and_of_none() -> None:
     rng = np.random.default_rng(6)
     x = rng.normal(0.0, 1e3, 5000) * 2.0 ** rng.integers(-40, 40, 5000)
+    exact = [Fraction(v) for v in x.tolist()]
     s1, s2 = exact_power_sums(x, 2)
-    assert s1 == sum((Fraction(v) for v in x.tolist()), Fraction(0))
-    assert s2 == sum((Fraction(v) ** 2 for v in x.tolist()), Fraction(0))
+    assert s1 == sum(exact, Fraction(0))
+    assert s2 == sum((v**2 for v in exact), Fraction(0))
+    assert exact_power_sums(x, 4) == [sum((v**k for v in exact), Fraction(0)) for k in (1, 2, 3, 4)]
+    # the widest mantissas, many per exponent: no int64 carry may be lost
+    widest = np.full(9000, 2.0**53 - 1)
+    widest[::3] *= -1
+    assert exact_power_sums(widest, 4) == [
+        sum((Fraction(v) ** k for v in widest.tolist()), Fraction(0)) for k in (1, 2, 3, 4)
+    ]
+    assert exact_product_sum(widest, widest[::-1].copy()) == sum(
+        (
+            Fraction(a) * Fraction(b)
+            for a, b in zip(widest.tolist(), widest[::-1].tolist(), strict=True)
+        ),
+        Fraction(0),
+    )
     assert exact_power_sums(np.array([]), 3) == [0, 0, 0]
     with pytest.raises(ValueError, match="finite"):
         exact_power_sums(np.array([1.0, math.inf]), 2)
