@@ -305,3 +305,43 @@ def test_stats_secure_skew_stays_exact_where_floats_overflow() -> None:
     with np.errstate(all="ignore"):
         plain = drive("stats", params, _sites(frame, 3), secure=False).result["x"]
     assert math.isnan(plain["skew"])  # as scipy.stats.skew(x, bias=False) on the pooled values
+
+
+# --- the fidelity cases, under secure = true ----------------------------------------------------
+def _fidelity_cases() -> list[Any]:
+    from tests.apps.cases.analytics import CASES
+
+    return [c for c in CASES if c.app in ("stats", "t-test", "crosstab")]
+
+
+@pytest.mark.parametrize("case", _fidelity_cases(), ids=lambda c: c.id)
+def test_fidelity_cases_hold_their_tolerances_under_secure(case: Any) -> None:
+    """Each analytics fidelity case on 3 unbalanced sites, under secure aggregation (summed
+    replies), against the case's own twin and tolerances; the levels and groups a secure study
+    must list are taken from the pooled data, as its author would write them."""
+    from fedflow.apps._labels import value_label
+    from fedflow.results.compare import compare_results
+    from tests.apps.fidelity import dataset, independent_params, split
+
+    parts = split(dataset(case.dataset), 3, "unbalanced")
+    pooled = pd.concat(parts, ignore_index=True)
+    params = dict(case.params)
+    if case.app == "crosstab":
+        params["row_levels"] = sorted({value_label(v) for v in pooled[params["row"]]})
+        params["column_levels"] = sorted({value_label(v) for v in pooled[params["column"]]})
+    if case.app == "t-test" and "groups" not in params:
+        params["groups"] = sorted({value_label(v) for v in pooled[params["group"]]})
+    sites = {f"site-{i + 1}": Table.from_pandas(p) for i, p in enumerate(parts)}
+    got = drive(case.app, params, sites, secure=True, min_count=case.min_count)
+    app = get_app(case.app)
+    raw = independent_params(case.app, case.params, pooled)
+    reference = app.parse_params(raw)
+    needed = list(app.columns(reference))
+    central = app.centralized(pooled[needed] if needed else pooled, reference)
+    comparison = compare_results(
+        app.comparable(got.result), app.comparable(central), tolerances=case.tolerances
+    )
+    assert comparison.items
+    assert comparison.status == "match", [
+        (i.path, i.federated, i.centralized) for i in comparison.mismatches[:5]
+    ]
