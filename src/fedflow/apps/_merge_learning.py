@@ -87,7 +87,7 @@ def merge_cluster_sums(
 
 # -- accurate sums (double-double) for summed replies ---------------------------------------------
 _SPLITTER = 134217729.0  # 2^27 + 1 (Veltkamp)
-_BLOCK_CELLS = 1 << 20  # cells per block of products (8 MiB of float64 per array)
+_BLOCK_CELLS = 1 << 18  # cells per block of products (2 MiB of float64 per temporary array)
 
 
 def two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

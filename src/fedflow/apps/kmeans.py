@@ -319,6 +319,7 @@ def _assign(
     published: np.ndarray = ctx.state["published"]
     labels = np.empty(n, dtype=published.dtype)
     pair_sums: dict[int, AccurateSum] = {}
+    first_row: dict[int, int] = {}  # one row of each pair, to look up where the pair went
     inertia = AccurateSum(())
     start = 0
     for x in batches:
@@ -336,6 +337,7 @@ def _assign(
                 ordered[cuts].tolist(), cuts.tolist(), [*cuts[1:].tolist(), len(x)], strict=True
             ):
                 pair_sums.setdefault(key, AccurateSum((d,))).add(rows[lo:hi])
+                first_row.setdefault(key, start + int(order[lo]))
         start = stop
     if start != n:
         raise DataError(f"the site's batches held {start} rows, not {n}")
@@ -352,13 +354,10 @@ def _assign(
     cluster_sums = None
     if sums:
         exact = [[Fraction(0)] * d for _ in range(k + 1)]
-        if pair_sums:  # every row of a pair went the same way: look up one of them
-            keys, first = np.unique(published.astype(np.int64) * k + labels, return_index=True)
-            where = dict(zip(keys.tolist(), first.tolist(), strict=True))
-            for key, total in pair_sums.items():
-                target = exact[int(released[where[key]])]
-                for j, value in enumerate(total.exact()):
-                    target[j] += value
+        for key, total in pair_sums.items():  # every row of a pair went the same way
+            target = exact[int(released[first_row[key]])]
+            for j, value in enumerate(total.exact()):
+                target[j] += value
         cluster_sums = np.array([[float(v) for v in row] for row in exact[:k]]).reshape(k, d)
     return counts, cluster_sums, behind, float(sum(inertia.exact(), Fraction(0)))
 
