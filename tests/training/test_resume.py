@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("torch")
 
 from fedflow.connectors.memory import MemoryConnector  # noqa: E402
-from fedflow.errors import SiteError  # noqa: E402
+from fedflow.errors import AppError, SiteError  # noqa: E402
 from fedflow.node.agent import NodeAgent  # noqa: E402
 from fedflow.results.predict import predict  # noqa: E402
 from fedflow.runtime.run import arun_study  # noqa: E402
@@ -118,15 +118,22 @@ def test_resume_after_an_interruption_ends_with_the_same_bytes(
 
 
 def test_a_site_lost_mid_round_resumes_from_the_last_checkpoint(
-    study: Path, tmp_path: Path, uninterrupted: Path
+    study: Path, tmp_path: Path
 ) -> None:
+    """Every site is needed (min_sites = 3): a site lost in round 3 ends the run; resumed, it
+    ends with the bytes of the run that lost nothing."""
+    strict = study.with_name("strict.toml")
+    strict.write_text(
+        study.read_text().replace("fraction = 0.7\n", "fraction = 0.7\nmin_sites = 3\n")
+    )
+    whole = _run(strict, tmp_path / "strict-whole")
     out = tmp_path / "lost"
-    with pytest.raises(SiteError, match="lost"):
-        _run(study, out, fail=("site1", 3))
+    with pytest.raises(AppError, match="round 3: 2 of the 3 sampled sites answered"):
+        _run(strict, out, fail=("site1", 3))
     assert checkpoint.load_checkpoint(out)[0] == 2
     assert _resume(out).status == "completed"
     name = "model-last.safetensors"
-    assert (out / name).read_bytes() == (uninterrupted / name).read_bytes()
+    assert (out / name).read_bytes() == (whole.dir / name).read_bytes()
 
 
 def test_resume_refuses_a_changed_plan(

@@ -73,6 +73,10 @@ class TrainParams(Params, frozen=True):
     """Fraction of the sites sampled (seeded) to train each round; every site validates."""
     min_sites: int = 1
     """Quorum: a round trains on at least this many sites."""
+    round_timeout: float | None = None
+    """Seconds a site may take for a round; those who answered are aggregated if ≥ min_sites."""
+    retries: int = 0
+    """Times a failed or late site's agent is restarted and its task sent again, per round."""
     plan_sha256: str = ""
     """Filled by the coordinator from the plan file (``sha256:<hex>``); sites check it."""
 
@@ -97,6 +101,10 @@ class TrainParams(Params, frozen=True):
             raise ValueError('strategy "fedprox" needs mu > 0 (with mu = 0 it is fedavg)')
         if self.strategy != "fedprox" and self.mu != 0:
             raise ValueError(f'mu is FedProx\'s; strategy is "{self.strategy}"')
+        if self.round_timeout is not None and not self.round_timeout > 0:
+            raise ValueError("round_timeout must be a positive number of seconds")
+        if self.retries < 0:
+            raise ValueError("retries must be 0 or more")
         if not self.server_lr > 0:
             raise ValueError("server_lr must be positive")
         if not self.plan.endswith(".py"):

@@ -45,6 +45,7 @@ from fedflow.wire import (
     Hello,
     Message,
     MessageCodec,
+    Prepare,
     Prepared,
     Ready,
     Setup,
@@ -117,6 +118,7 @@ class Coordinator:
         max_rounds: int = 10_000,
         trace: TraceWriter | None = None,
         after_round: Callable[[Driver, int], None] | None = None,
+        round_exchange: Callable[..., Any] | None = None,
         secure: bool = False,
         secure_threshold: int | None = None,
     ) -> None:
@@ -156,6 +158,12 @@ class Coordinator:
         """Where every received message is recorded (``--trace``), or None."""
         self.after_round = after_round
         """Called with the driver and the round after every aggregated round (checkpoints)."""
+        self.round_exchange = round_exchange
+        """``await round_exchange(coordinator, tasks, expect)`` replaces a round's exchange."""
+        self.setups: dict[str, Setup] = {}
+        self.lost: set[str] = set()
+        """Sites a ``round_exchange`` hook gave up on (they are not asked to finish)."""
+        self.prepare_message: Prepare | None = None
         for name in self.sites:
             self.metrics["sites"][name] = {"bytes_to_site": 0, "bytes_from_site": 0}
 
@@ -217,20 +225,18 @@ class Coordinator:
                         f"runs {__version__} (protocol {PROTOCOL_VERSION}); install the same version there",
                         site=name,
                     )
-            readies = await self._exchange(
-                {
-                    n: Setup(
-                        data=s.data,
-                        dropna=self.dropna,
-                        min_count=self.min_count,
-                        seed=self.seed,
-                        outputs=s.connector.output_dir,
-                        **self.setup[n],
-                    )
-                    for n, s in self.sites.items()
-                },
-                Ready,
-            )
+            self.setups = {
+                n: Setup(
+                    data=s.data,
+                    dropna=self.dropna,
+                    min_count=self.min_count,
+                    seed=self.seed,
+                    outputs=s.connector.output_dir,
+                    **self.setup[n],
+                )
+                for n, s in self.sites.items()
+            }
+            readies = await self._exchange(self.setups, Ready)
             for name, ready in readies.items():
                 self.sites[name].ready = ready
                 obs.site(name, "loaded", f"{ready.rows} rows")
@@ -246,6 +252,7 @@ class Coordinator:
         if source is not None:
             self.code_sha256 = "sha256:" + hashlib.sha256(source.encode("utf-8")).hexdigest()
             prepare = msgspec.structs.replace(prepare, code=source)
+        self.prepare_message = prepare  # kept, with self.setups, to restart a lost site's agent
         with self._phase("prepare"):
             prepared = await self._exchange({n: prepare for n in self.sites}, Prepared)
             for name, reply in prepared.items():
@@ -272,7 +279,7 @@ class Coordinator:
                 for n, s in self.sites.items()
             }
             exchange_started = time.perf_counter()
-            replies = await self._exchange(tasks, driver.expect)
+            replies = await self._round_exchange(tasks, driver.expect)
             exchanged = time.perf_counter()
             driver.feed(replies)
             finished = time.perf_counter()
@@ -296,6 +303,14 @@ class Coordinator:
             await self._each(self._collect)
         return outcome
 
+    async def _round_exchange(self, tasks: Mapping[str, Message], expect: type[M]) -> dict[str, M]:
+        """A round's exchange: every site must answer, unless a ``round_exchange`` hook (a
+        training run's round timeout, retries and quorum) lets some sites fail (not in secure
+        rounds)."""
+        if self.round_exchange is not None and not self.driver.secure:
+            return await self.round_exchange(self, tasks, expect)  # type: ignore[no-any-return]
+        return await self._exchange(tasks, expect)
+
     def _after_round(self, round_: int) -> None:
         """Call the ``after_round`` hook (a training run's checkpoint) once a round is aggregated."""
         if self.after_round is not None:
@@ -318,7 +333,8 @@ class Coordinator:
 
     async def _finish(self, status: str) -> None:
         with self._phase("finish sites"):
-            byes = await self._exchange({n: Finish(status=status) for n in self.sites}, Bye)
+            finish = {n: Finish(status=status) for n in self.sites if n not in self.lost}
+            byes = await self._exchange(finish, Bye)
             for name, bye in byes.items():
                 self.sites[name].bye = bye
                 self.metrics["sites"][name].update(

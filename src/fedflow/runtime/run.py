@@ -245,6 +245,7 @@ async def arun_study(
                 dropna=study.dropna,
                 trace=TraceWriter(rd.path / TRACE_FILE) if trace else None,
                 after_round=_checkpointer(study, rd, observer),
+                round_exchange=_round_exchange(study),
                 secure=study.secure,
                 secure_threshold=study.secure_threshold,
             )
@@ -339,6 +340,15 @@ def _checkpointer(study: Study, rd: RunDirectory, observer: Observer) -> Any:
     from fedflow.training.checkpoint import Checkpointer
 
     return Checkpointer(rd, observer.message)
+
+
+def _round_exchange(study: Study) -> Any:
+    """A training run's round: round_timeout, retries and the min_sites quorum; else None."""
+    if study.app != "train":
+        return None
+    from fedflow.training.resilience import resilient_exchange
+
+    return resilient_exchange
 
 
 def _cancel_on_signals(received: list[int]) -> Callable[[], None]:

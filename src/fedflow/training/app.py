@@ -66,6 +66,8 @@ class Train(App[TrainParams]):
     reference = "torch, centralized on the pooled rows"
     phases = {"round": Phase(RoundTask, RoundReply)}
     secure = "federated training sends each site's weights; secure aggregation of weights is not wired yet"
+    partial_rounds = True
+    """A round aggregates the sites that answered (round_timeout, retries, min_sites)."""
     tolerance = float("inf")  # --compare shows federated and centralized metrics side by side
 
     def __init__(self) -> None:
@@ -210,8 +212,20 @@ class Train(App[TrainParams]):
         if k > params.rounds:
             return self._done(params, meta, arrays)
         sampled = meta["sampling"][str(k)]
+        answered = [s for s in sampled if s in replies]
+        if len(answered) < params.min_sites:
+            raise AppError(
+                f"app 'train': round {k}: {len(answered)} of the {len(sampled)} sampled sites "
+                f"answered ({', '.join(answered) or 'none'}), fewer than min_sites = "
+                f"{params.min_sites}"
+            )
+        if len(answered) < len(sampled):
+            missing = ", ".join(s for s in sampled if s not in replies)
+            ctx.notes.append(f"round {k}: aggregated without {missing} (no answer)")
         updates = []
         for name in ctx.sites:  # study order
+            if name not in replies:
+                continue
             reply = replies[name]
             if name in sampled:
                 if reply.weights is None or reply.rows <= 0:
@@ -226,12 +240,13 @@ class Train(App[TrainParams]):
                 raise AppError(f"app 'train': site '{name}' trained though not sampled")
         if params.strategy == "scaffold":
             rows = {n: info.rows for n, info in ctx.sites.items()}
-            self._update_controls(arrays, {n: replies[n] for n in sampled}, rows)
+            self._update_controls(arrays, {n: replies[n] for n in answered}, rows)
         server = ServerOptimizer(params, arrays)
         new = server.step(arrays["weights"], weighted_average(updates))
         arrays["weights"] = new.astype(arrays["weights"].dtype)
         arrays.update(server.state())
-        history.append(train_record(k, sampled, {n: replies[n] for n in sampled}))
+        history.append(train_record(k, sampled, {n: replies[n] for n in answered}))
+        history[-1]["answered"] = answered
         meta["round"] = k
         if params.validation == 0:  # no held-out rows: the last model is the best one known
             arrays["best"], meta["best_round"] = arrays["weights"], k
