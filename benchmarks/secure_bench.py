@@ -1,4 +1,16 @@
-"""Micro-benchmark of the secure-aggregation core (fedflow.secure), in one process.
+"""Benchmarks of secure aggregation: the round overhead through real local sites, and the core.
+
+``rounds`` (default): a summed phase whose reply is one float64 vector of L values, run for a few
+rounds through real local site processes (``fedflow.run``, the default fork server), with and
+without ``secure = true``; the median seconds per round (from metrics.json: the coordinator's
+wall time from sending a round's first message to the aggregate's return) and bytes per site per
+round. ``round_overhead(n, length)`` returns the figures, for reuse (e.g. beside Flower's SecAgg+).
+
+    python benchmarks/secure_bench.py                 # 3, 10, 50 sites × 10, 10^4, 10^6 (skips 50 × 10^6)
+    python benchmarks/secure_bench.py rounds --full   # also 50 sites × 10^6
+    python benchmarks/secure_bench.py core [--full]   # the core alone, one process (below)
+
+``core``: micro-benchmark of the secure-aggregation core (fedflow.secure), in one process.
 
 For n sites × vector length L, in the 64-bit ring (1 limb) and the exact 128-bit ring (2 limbs):
 the key exchange and share sealing of all sites (steps 1–2), one site's masking (step 3: n − 1
@@ -6,19 +18,160 @@ pairwise masks and its self mask), and the coordinator's unmasking (sum of n mas
 removal of n self masks; step 4 without and with one dropped site). No processes, no network:
 the cost of the cryptography and the ring arithmetic only.
 
-    python benchmarks/secure_bench.py            # 3, 10, 50 sites × 10, 10^4, 10^6 (skips 50 × 10^6)
-    python benchmarks/secure_bench.py --full     # also 50 sites × 10^6 (minutes, ~1 GB RAM)
+    python benchmarks/secure_bench.py core          # 3, 10, 50 sites × 10, 10^4, 10^6 (skips 50 × 10^6)
+    python benchmarks/secure_bench.py core --full   # also 50 sites × 10^6 (minutes, ~1 GB RAM)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import secrets
+import statistics
+import sys
+import tempfile
 import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
+from fedflow.apps.base import (
+    SUM,
+    App,
+    ColumnKind,
+    Continue,
+    CoordinatorContext,
+    Done,
+    Empty,
+    Params,
+    Payload,
+    Phase,
+    SiteContext,
+    Step,
+    Table,
+    sum_replies,
+)
 from fedflow.secure import CoordinatorAggregation, Session, SiteAggregation, ring
+
+HERE = Path(__file__).resolve().parent
+
+
+# -- the round overhead through real local sites ---------------------------------------------------
+
+
+class VectorParams(Params, frozen=True):
+    length: int = 10
+    rounds: int = 5
+
+
+class Vector(Payload, frozen=True):
+    values: np.ndarray
+
+
+class VectorSum(App[VectorParams]):
+    """Each round every site sends one float64 vector (normal values); the coordinator sums."""
+
+    name = "vector-sum"
+    Params = VectorParams
+    reference = "numpy"
+    secure: ClassVar[bool | str] = True
+    phases: ClassVar[Mapping[str, Phase]] = {"add": Phase(Empty, Vector, summed=True)}
+
+    def columns(self, params: VectorParams) -> dict[str, ColumnKind]:
+        return {}
+
+    def local_add(
+        self, data: Table, params: VectorParams, request: Empty, ctx: SiteContext
+    ) -> Vector:
+        rng = np.random.default_rng([ctx.round, sum(ctx.site.encode())])
+        return Vector(values=rng.standard_normal(params.length))
+
+    def aggregate_add(
+        self, replies: Mapping[str, Vector], params: VectorParams, ctx: CoordinatorContext
+    ) -> Step:
+        total = replies[SUM] if ctx.secure else sum_replies(replies, Vector)
+        if ctx.round < params.rounds:
+            return Continue("add", Empty())
+        return Done({"first": float(total.values[0]), "length": int(total.values.size)})
+
+    def centralized(self, pooled: Any, params: VectorParams) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def round_overhead(n: int, length: int, rounds: int = 5) -> dict[str, Any]:
+    """Run ``VectorSum`` over ``n`` real local sites, plaintext then secure; return the median
+    seconds per round (the first round excluded: it carries the sites' first imports), the
+    bytes per site per round both ways, and whether both gave the same sum."""
+    import fedflow
+    from fedflow.study.load import study_from_dict
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )  # the sites import this module by reference
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    out: dict[str, Any] = {"sites": n, "length": length, "rounds": rounds}
+    with tempfile.TemporaryDirectory() as folder:
+        data = Path(folder) / "rows.csv"
+        data.write_text("a\n" + "\n".join(str(i) for i in range(10)) + "\n")
+        results = {}
+        for secure in (False, True):
+            study = study_from_dict(
+                {
+                    "name": "secure-bench",
+                    "app": "secure_bench:VectorSum",
+                    "params": {"length": length, "rounds": rounds},
+                    "secure": secure,
+                    "outdir": folder,
+                    "clients": [{"name": f"s{i:02d}", "data": [str(data)]} for i in range(n)],
+                }
+            )
+            run = fedflow.run(study, out=Path(folder) / f"run-{secure}")
+            metrics = json.loads((run.dir / "metrics.json").read_text())["rounds"]
+            timed = metrics[1:] if len(metrics) > 1 else metrics
+            key = "secure" if secure else "plain"
+            out[f"{key}_seconds"] = statistics.median(r["seconds"] for r in timed)
+            out[f"{key}_bytes_up"] = statistics.median(
+                r["sites"]["s00"]["bytes_from_site"] for r in timed
+            )
+            out[f"{key}_bytes_down"] = statistics.median(
+                r["sites"]["s00"]["bytes_to_site"] for r in timed
+            )
+            results[key] = run.result
+    out["same_result"] = results["plain"] == results["secure"]
+    out["ratio"] = out["secure_seconds"] / out["plain_seconds"]
+    return out
+
+
+def _size(b: float) -> str:
+    return f"{b / 1e6:.1f} MB" if b >= 1e6 else f"{b / 1e3:.1f} kB" if b >= 1e3 else f"{b:.0f} B"
+
+
+def rounds_table(full: bool) -> None:
+    print(
+        "| sites | length | plaintext s/round | secure s/round | secure ÷ plaintext "
+        "| bytes up per site (plain → secure) | same sum |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | :---: |")
+    for n in (3, 10, 50):
+        for length in (10, 10_000, 1_000_000):
+            if n == 50 and length == 1_000_000 and not full:
+                print(f"| {n} | {length:,} | skipped (--full) | | | | |", flush=True)
+                continue
+            f = round_overhead(n, length, rounds=3 if length == 1_000_000 else 5)
+            print(
+                f"| {n} | {length:,} | {f['plain_seconds'] * 1e3:.1f} ms "
+                f"| {f['secure_seconds'] * 1e3:.1f} ms | {f['ratio']:.2f}× "
+                f"| {_size(f['plain_bytes_up'])} → {_size(f['secure_bytes_up'])} "
+                f"| {'yes' if f['same_result'] else 'NO'} |",
+                flush=True,
+            )
+
+
+# -- the core, in one process ----------------------------------------------------------------------
 
 
 def run(n: int, length: int, limbs: int, drop: bool) -> dict[str, float]:
@@ -65,9 +218,13 @@ def run(n: int, length: int, limbs: int, drop: bool) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", nargs="?", choices=["rounds", "core"], default="rounds")
     parser.add_argument("--full", action="store_true", help="also run 50 sites × 10^6")
-    parser.add_argument("--limbs", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--limbs", type=int, nargs="+", default=[1, 2], help="core: ring widths")
     args = parser.parse_args()
+    if args.what == "rounds":
+        rounds_table(args.full)
+        return
     print(
         "| sites | length | ring bits | keys + shares, all sites | mask, one site | unmask | unmask, 1 dropped |"
     )
