@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from fedflow.apps import get_app
+from fedflow.apps._survival import TimeCounts
 from fedflow.apps.base import (
     SUM,
     App,
@@ -42,15 +43,16 @@ def drive(
     *,
     secure: bool,
     min_count: int = 1,
-    transcript: list[tuple[str, dict[str, Any]]] | None = None,
+    transcript: list[tuple[str, dict[str, Any], dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Run ``app`` over ``sites`` as the driver does, payloads through the wire encoding; under
     ``secure`` every phase must be summed and its aggregate gets only ``{SUM: sum_replies(…)}``.
-    ``transcript`` collects what the coordinator receives: (phase, summed reply) per round."""
-    infos = {
-        name: SiteInfo(name, t.n_rows, {c: _kind(t[c]) for c in t.columns})
-        for name, t in sites.items()
-    }
+    ``transcript`` collects, per round, the phase, the request and what the coordinator received
+    (the summed reply)."""
+    infos = {}
+    for name, table in sites.items():
+        first = next(table.batches(None, 1))  # the column kinds, from the first row
+        infos[name] = SiteInfo(name, table.n_rows, {c: _kind(first[c]) for c in first.columns})
     params = app.resolve(app.parse_params(dict(raw)), merged_columns(infos))
     ctx = CoordinatorContext(sites=infos, min_count=min_count, secure=secure)
     site_ctx = {n: SiteContext(site=n, min_count=min_count, secure=secure) for n in sites}
@@ -67,7 +69,8 @@ def drive(
         if secure:
             replies = {SUM: sum_replies(replies, phase.reply)}
             if transcript is not None:
-                transcript.append((step.phase, encode_payload(replies[SUM])))
+                sent = encode_payload(step.request)
+                transcript.append((step.phase, sent, encode_payload(replies[SUM])))
         ctx.round += 1
         step = app.aggregate(step.phase, replies, params, ctx)
     return step.result
@@ -109,6 +112,45 @@ def survival_frame(seed: int, n: int = 160) -> pd.DataFrame:
             "x3": 0.02 * t + rng.normal(size=n),
         }
     )
+
+
+# -- the time grid --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "times",
+    [
+        np.arange(1.0, 50.0),  # whole numbers: long runs of equal low key bits
+        np.array([0.0, -0.0, 0.0, 3.5, 3.5, np.inf, -2.25, -1e-300, 5e-324, 1e300]),
+        np.random.default_rng(1).exponential(100.0, 3000),  # continuous, all distinct
+        np.round(np.random.default_rng(2).exponential(100.0, 3000), 1),  # many ties
+        np.array([7.0] * 5),
+    ],
+    ids=["integers", "awkward", "continuous", "rounded", "one-time"],
+)
+def test_time_search_finds_every_distinct_time_and_its_count_per_group(times: np.ndarray) -> None:
+    from fedflow.apps._survival import TimeSearch, count_time_cells, time_keys
+
+    groups = np.arange(len(times)) % 2
+    parts = [np.arange(len(times)) % 3 == i for i in range(3)]  # three sites
+    search = TimeSearch(2)
+    done = False
+    while not done:
+        replies = [
+            count_time_cells(
+                time_keys(times[p]), groups[p], 2, search.shift, search.bits, search.prefixes
+            )
+            for p in parts
+        ]
+        done = search.add(
+            TimeCounts(counts=sum(r[0] for r in replies), bits_set=sum(r[1] for r in replies))
+        )
+        assert search.rounds <= 12
+    found, counts = search.times()
+    for g in range(2):
+        expected, n = np.unique(times[groups == g] + 0.0, return_counts=True)
+        kept = counts[g] > 0
+        np.testing.assert_array_equal(found[kept], expected)
+        np.testing.assert_array_equal(counts[g][kept], n)
+    np.testing.assert_array_equal(found, np.unique(times + 0.0))
 
 
 # -- kaplan-meier ---------------------------------------------------------------------------------
@@ -158,16 +200,19 @@ def test_coordinator_view_of_kaplan_meier_depends_only_on_the_pooled_rows() -> N
     raw = KM_CASES[1]
     seen = []
     for n_sites, seed in ((3, 1), (3, 2), (5, 3)):
-        transcript: list[tuple[str, dict[str, Any]]] = []
+        transcript: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
         drive(app, raw, split(frame, n_sites, seed), secure=True, transcript=transcript)
         seen.append(transcript)
-    assert [phase for phase, _ in seen[0]][-1] == "censored"
+    assert [phase for phase, _, _ in seen[0]][-1] == "censored"
     for other in seen[1:]:
         assert len(other) == len(seen[0])
-        for (phase_a, a), (phase_b, b) in zip(seen[0], other, strict=True):
+        for (phase_a, _, a), (phase_b, _, b) in zip(seen[0], other, strict=True):
             assert phase_a == phase_b
             for key in a:
                 np.testing.assert_array_equal(a[key], b[key])
+    # the grid the sites count censorings on: the event times of the pooled rows
+    grid = seen[0][-1][1]["grid"]
+    np.testing.assert_array_equal(grid, np.unique(frame["t"][frame["e"] == 1]))
 
 
 def test_secure_grouped_kaplan_meier_needs_the_labels_and_checks_them() -> None:
@@ -229,21 +274,25 @@ def test_secure_cox_equals_plaintext_and_its_twin(n_sites: int, ties: str) -> No
 def test_secure_cox_finds_the_pooled_event_times_without_any_site_sending_its_own() -> None:
     app = get_app("cox")
     frame = survival_frame(30).drop(columns="arm")
+    frame.loc[:9, "t"] = -frame.loc[:9, "t"] - 0.5  # negative times order correctly too
     raw = {"duration": "t", "event": "e"}
     views = []
     for seed in (1, 2):
-        transcript: list[tuple[str, dict[str, Any]]] = []
+        transcript: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
         drive(app, raw, split(frame, 4, seed), secure=True, transcript=transcript)
-        views.append([(phase, reply) for phase, reply in transcript if phase == "times"])
-        assert transcript[0][0] == "totals" and "setup" not in [p for p, _ in transcript]
-    for (_, a), (_, b) in zip(*views, strict=True):
-        np.testing.assert_array_equal(a["counts"], b["counts"])
-    # the last round's non-empty cells are the pooled event times, with the events at each
-    times, deaths = np.unique(frame["t"][frame["e"] == 1], return_counts=True)
-    assert int(np.count_nonzero(views[0][-1][1]["counts"])) == len(times)
-    assert np.sort(views[0][-1][1]["counts"][views[0][-1][1]["counts"] > 0]).tolist() == sorted(
-        deaths.tolist()
-    )
+        views.append(transcript)
+        phases = [phase for phase, _, _ in transcript]
+        assert phases[0] == "totals" and "times" in phases and "setup" not in phases
+    times = [(a, b) for (p, _, a), (_, _, b) in zip(*views, strict=False) if p == "times"]
+    assert times and all(p == "times" for p, _, _ in views[1][1 : 1 + len(times)])
+    for a, b in times:
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    # the grid and the tied times of the first Newton evaluation: the pooled event times
+    first_fit = next(request for phase, request, _ in views[0] if phase == "fit")
+    dead, deaths = np.unique(frame["t"][frame["e"] == 1], return_counts=True)
+    np.testing.assert_array_equal(first_fit["grid"], dead)
+    np.testing.assert_array_equal(first_fit["tied"], deaths > 1)
 
 
 def test_secure_cox_refuses_what_plaintext_refuses() -> None:
@@ -261,3 +310,29 @@ def test_both_survival_apps_declare_secure_and_streaming() -> None:
     for name in ("kaplan-meier", "cox"):
         app = get_app(name)
         assert type(app).secure is True and type(app).streaming is True
+
+
+# -- end to end through the secure aggregation protocol ------------------------------------------
+@pytest.mark.parametrize(
+    "name,raw",
+    [
+        ("kaplan-meier", KM_CASES[1]),
+        ("cox", {"duration": "t", "event": "e", "features": ["x1", "x2", "x3"]}),
+        ("cox", {"duration": "t", "event": "e", "features": ["x2", "x3"], "ties": "breslow"}),
+    ],
+    ids=["kaplan-meier", "cox-efron", "cox-breslow"],
+)
+def test_simulated_secure_run_equals_the_reference_sum_and_the_twin(
+    name: str, raw: dict[str, Any]
+) -> None:
+    from fedflow.runtime.simulate import simulate
+
+    app = get_app(name)
+    frame = survival_frame(50).drop(columns=[] if name == "kaplan-meier" else ["arm"])
+    sites = split(frame, 3)
+    secure = simulate(name, raw, sites, secure=True)
+    reference = drive(app, raw, sites, secure=True, min_count=5)
+    assert secure.result == reference  # the masked protocol delivers the very same sums
+    plain = simulate(name, raw, sites)
+    assert_matches(app, secure.result, plain.result)
+    assert_matches(app, secure.result, app.centralized(frame, secure.params))

@@ -20,12 +20,15 @@ from fedflow.apps.base import Payload
 
 __all__ = [
     "GRID_BUDGET",
+    "MAX_COUNTS",
+    "MIN_SPLIT_BITS",
     "SCORE_BITS",
     "SCORE_RANGE",
     "SPLIT",
     "RiskSets",
     "TimeCells",
     "TimeCounts",
+    "TimeSearch",
     "cell_histograms",
     "check_cells",
     "check_time_cells",
@@ -168,15 +171,22 @@ def logrank_test(
 # --- a shared grid of times from summed counts --------------------------------------------------
 #
 # Under secure aggregation a site cannot send its distinct times: the coordinator would learn which
-# site holds which time. Instead the times are found as a binary trie over order-preserving 64-bit
-# keys of the float64 times: each round the coordinator names the key prefixes (cells) that hold
-# records, each site counts its records per cell and next few bits (a sum over sites), and the
-# coordinator keeps the non-empty sub-cells. When no bit is left, every cell is one exact time,
-# with the summed count of records at it. The coordinator learns only summed counts of records in
-# key intervals, all of which follow from the final summed counts per time.
+# site holds which time. Instead the times are found as a trie over order-preserving 64-bit keys
+# of the float64 times. Each round the coordinator names the key prefixes (cells) that hold
+# records; each site returns, per cell, its records per group and next few bits of the key, and
+# how many of its records in the cell have each lower key bit set. Summed over sites, a cell whose
+# records all have each bit set or all clear holds a single time, which the bit counts spell out;
+# the other cells are split by their non-empty sub-cells for the next round. The coordinator
+# learns only summed counts over unions of distinct times, all of which follow from the final
+# summed count of records at each time.
 
-GRID_BUDGET = 1 << 18
-"""Counts per site and round while a time grid is refined, at most (2 MiB as int64)."""
+GRID_BUDGET = 1 << 14
+"""Counts per site and round while a time grid is refined, about (more when many cells remain:
+each is split at least ``MIN_SPLIT_BITS`` bits)."""
+MIN_SPLIT_BITS = 4
+"""Each round splits a cell that holds several times by at least this many key bits."""
+MAX_COUNTS = 1 << 24
+"""A site refuses a round asking for more counts than this (a malformed request)."""
 
 _FLIP = np.int64(0x7FFFFFFFFFFFFFFF)
 
@@ -195,15 +205,16 @@ def key_times(keys: np.ndarray) -> np.ndarray:
 
 
 def split_bits(shift: int, n_cells: int, n_groups: int = 1) -> int:
-    """Return how many key bits to resolve next: as many as ``GRID_BUDGET`` counts allow for
-    ``n_cells`` cells per group, at least 1 and at most ``shift`` (the bits left)."""
+    """Return how many key bits to split the next round's ``n_cells`` cells by: as many as
+    ``GRID_BUDGET`` counts allow, at least ``MIN_SPLIT_BITS`` and at most ``shift`` (the bits
+    left)."""
     room = GRID_BUDGET // max(1, n_cells * n_groups)
-    return max(1, min(shift, room.bit_length() - 1))
+    return max(1, min(shift, max(MIN_SPLIT_BITS, room.bit_length() - 1)))
 
 
 class TimeCells(Payload, frozen=True):
     """To the sites: count records in the key cells ``prefixes`` (the key bits above ``shift``),
-    split by their next ``bits`` bits (see ``count_time_cells``)."""
+    split by their next ``bits`` bits, and their lower key bits (see ``count_time_cells``)."""
 
     shift: int
     bits: int
@@ -211,25 +222,27 @@ class TimeCells(Payload, frozen=True):
 
 
 class TimeCounts(Payload, frozen=True):
-    """A site's reply to ``TimeCells``: its records per group, cell and sub-cell (int64, groups ×
-    cells × 2^bits); summed over sites."""
+    """A site's reply to ``TimeCells``: its records per group, cell and sub-cell (``counts``,
+    int64, groups × cells × 2^bits) and per cell how many have each of the ``shift`` lower key
+    bits set (``bits_set``, int64, cells × shift); summed over sites."""
 
     counts: np.ndarray
+    bits_set: np.ndarray
 
 
-def first_time_cells() -> tuple[int, int, np.ndarray]:
+def first_time_cells(n_groups: int = 1) -> tuple[int, int, np.ndarray]:
     """Return the first round's (shift, bits, prefixes): the negative and non-negative keys."""
-    return 63, split_bits(63, 2), np.array([-1, 0], dtype=np.int64)
+    return 63, split_bits(63, 2, n_groups), np.array([-1, 0], dtype=np.int64)
 
 
 def check_time_cells(shift: int, bits: int, prefixes: np.ndarray, n_groups: int) -> None:
     """Raise ValueError for a request a site should not answer (malformed or oversized)."""
-    if not 1 <= bits <= shift <= 63:
+    if not 1 <= bits <= min(shift, 20) or shift > 63:
         raise ValueError(f"time cells: bits {bits} and shift {shift} out of range")
     if len(prefixes) and np.any(np.diff(prefixes) <= 0):
         raise ValueError("time cells: prefixes are not strictly increasing")
-    if n_groups * len(prefixes) << bits > 4 * GRID_BUDGET:
-        raise ValueError("time cells: more counts asked than the grid budget allows")
+    if len(prefixes) * ((n_groups << bits) + shift) > MAX_COUNTS:
+        raise ValueError(f"time cells: more than {MAX_COUNTS} counts asked")
 
 
 def count_time_cells(
@@ -239,37 +252,92 @@ def count_time_cells(
     shift: int,
     bits: int,
     prefixes: np.ndarray,
-) -> np.ndarray:
-    """Return the counts (groups × cells × 2^bits, int64) of records per cell and next ``bits``
-    bits of their key: cell c holds the keys whose bits above ``shift`` are ``prefixes[c]``.
-    ``groups`` is each record's group index (in ``range(n_groups)``)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return one sample's ``TimeCounts`` fields: its records per group, cell and next ``bits``
+    key bits (groups × cells × 2^bits), and per cell its records with each of the ``shift`` lower
+    key bits set (cells × shift). Cell c holds the keys whose bits above ``shift`` are
+    ``prefixes[c]``; ``groups`` is each record's group index (in ``range(n_groups)``)."""
     keys = np.asarray(keys, dtype=np.int64)
     prefixes = np.asarray(prefixes, dtype=np.int64)
     size = 1 << bits
-    shape = (n_groups, len(prefixes), size)
+    counts = np.zeros((n_groups, len(prefixes), size), dtype=np.int64)
+    bits_set = np.zeros((len(prefixes), shift), dtype=np.int64)
     if not len(prefixes) or not len(keys):
-        return np.zeros(shape, dtype=np.int64)
+        return counts, bits_set
     parent = keys >> shift
     cell = np.searchsorted(prefixes, parent)
     hit = cell < len(prefixes)
     hit[hit] = prefixes[cell[hit]] == parent[hit]
-    sub = (keys[hit] >> (shift - bits)) & (size - 1)
-    flat = (np.asarray(groups, dtype=np.int64)[hit] * len(prefixes) + cell[hit]) * size + sub
-    counts = np.bincount(flat, minlength=n_groups * len(prefixes) * size)
-    return counts.astype(np.int64).reshape(shape)
+    keys, cell = keys[hit], cell[hit]
+    sub = (keys >> (shift - bits)) & (size - 1)
+    flat = (np.asarray(groups, dtype=np.int64)[hit] * len(prefixes) + cell) * size + sub
+    counts += np.bincount(flat, minlength=counts.size).reshape(counts.shape)
+    for j in range(shift):
+        bits_set[:, j] = np.bincount(cell[(keys >> j) & 1 == 1], minlength=len(prefixes))
+    return counts, bits_set
 
 
 def refine_time_cells(
-    shift: int, bits: int, prefixes: np.ndarray, counts: np.ndarray
-) -> tuple[int, np.ndarray, np.ndarray]:
-    """Return (shift left, prefixes, counts per group × prefix) of the non-empty sub-cells of a
-    round's summed ``counts`` (groups × cells × 2^bits). At shift 0 each prefix is a key."""
+    shift: int, bits: int, prefixes: np.ndarray, counts: np.ndarray, bits_set: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """Return what a round's summed ``TimeCounts`` decide: the keys of the cells that hold a
+    single time with the records per group at each (groups × keys), and the shift and prefixes
+    of the cells still to split (none when every time is found)."""
     counts = np.asarray(counts, dtype=np.int64)
-    if counts.shape[1:] != (len(prefixes), 1 << bits):
+    bits_set = np.asarray(bits_set, dtype=np.int64)
+    prefixes = np.asarray(prefixes, dtype=np.int64)
+    if counts.shape[1:] != (len(prefixes), 1 << bits) or bits_set.shape != (len(prefixes), shift):
         raise ValueError(f"time cells: counts of shape {counts.shape} for {len(prefixes)} cells")
-    cell, sub = np.nonzero(counts.sum(0))
-    prefixes = (np.asarray(prefixes, dtype=np.int64)[cell] << bits) | sub
-    return shift - bits, prefixes.astype(np.int64), counts[:, cell, sub]
+    n = counts.sum(axis=(0, 2))
+    all_set = bits_set == n[:, None]
+    single = (n > 0) & np.all((bits_set == 0) | all_set, axis=1)
+    low = (all_set[single] * (np.int64(1) << np.arange(shift, dtype=np.int64))).sum(1)
+    keys = (prefixes[single] << shift) | low
+    found = counts[:, single, :].sum(2)
+    rest = counts[:, ~single, :]
+    cell, sub = np.nonzero(rest.sum(0))
+    split = (prefixes[~single][cell] << bits) | sub
+    if shift == bits:  # no bit left: each sub-cell is one key
+        keys = np.concatenate([keys, split])
+        found = np.concatenate([found, rest[:, cell, sub]], axis=1)
+        split = split[:0]
+    order = np.argsort(keys)
+    return keys[order], found[:, order], shift - bits, split.astype(np.int64)
+
+
+class TimeSearch:
+    """The coordinator's side of finding the event times from summed ``TimeCounts``."""
+
+    def __init__(self, n_groups: int = 1) -> None:
+        self.n_groups = n_groups
+        self.shift, self.bits, self.prefixes = first_time_cells(n_groups)
+        self.keys: list[np.ndarray] = []
+        self.found: list[np.ndarray] = []
+        self.rounds = 0
+
+    def request(self) -> TimeCells:
+        """Return the next round's request."""
+        return TimeCells(shift=self.shift, bits=self.bits, prefixes=self.prefixes)
+
+    def add(self, summed: TimeCounts) -> bool:
+        """Take a round's summed counts; return whether every time is found."""
+        keys, found, self.shift, self.prefixes = refine_time_cells(
+            self.shift, self.bits, self.prefixes, summed.counts, summed.bits_set
+        )
+        self.keys.append(keys)
+        self.found.append(found)
+        self.rounds += 1
+        if not len(self.prefixes):
+            return True
+        self.bits = split_bits(self.shift, len(self.prefixes), self.n_groups)
+        return False
+
+    def times(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return the times found (ascending) and the records per group at each (groups × K)."""
+        keys = np.concatenate(self.keys) if self.keys else np.empty(0, dtype=np.int64)
+        found = np.concatenate(self.found, axis=1) if self.found else np.empty((self.n_groups, 0))
+        order = np.argsort(keys)
+        return key_times(keys[order]), found[:, order].astype(np.int64)
 
 
 # --- Cox proportional hazards ------------------------------------------------------------------

@@ -77,6 +77,7 @@ from fedflow.apps._survival import (
     RiskSets,
     TimeCells,
     TimeCounts,
+    TimeSearch,
     cell_histograms,
     check_cells,
     check_time_cells,
@@ -84,13 +85,9 @@ from fedflow.apps._survival import (
     count_time_cells,
     cox_terms,
     event_table,
-    first_time_cells,
     initial_cells,
-    key_times,
     linear_scores,
     merge_event_tables,
-    refine_time_cells,
-    split_bits,
     time_keys,
     total_pairs,
 )
@@ -312,21 +309,6 @@ class _Run:
         )
 
 
-@dataclass
-class _Grid:
-    """The coordinator's state while it finds the event times under secure aggregation."""
-
-    totals: Totals
-    shift: int
-    bits: int
-    prefixes: np.ndarray
-
-    def request(self) -> Continue:
-        return Continue(
-            "times", TimeCells(shift=self.shift, bits=self.bits, prefixes=self.prefixes)
-        )
-
-
 def _added(replies: Mapping[str, Any], names: tuple[str, ...], dtype: type) -> list[np.ndarray]:
     """Return the fields ``names`` summed over the sites: the one summed reply under secure
     aggregation (``{SUM: …}``), else the element-wise sum of the sites' arrays."""
@@ -438,11 +420,14 @@ class Cox(App[CoxParams]):
         except ValueError as exc:
             raise AppError(f"app 'cox': {exc}") from None
         counts = np.zeros((1, len(prefixes), 1 << request.bits), dtype=np.int64)
+        bits_set = np.zeros((len(prefixes), request.shift), dtype=np.int64)
         for durations, events, _ in _rows(data, params, ctx):
             keys = time_keys(durations[events == 1])
             zeros = np.zeros(len(keys), dtype=np.int64)
-            counts += count_time_cells(keys, zeros, 1, request.shift, request.bits, prefixes)
-        return TimeCounts(counts=counts)
+            c, b = count_time_cells(keys, zeros, 1, request.shift, request.bits, prefixes)
+            counts += c
+            bits_set += b
+        return TimeCounts(counts=counts, bits_set=bits_set)
 
     def local_fit(
         self, data: Table, params: CoxParams, request: Evaluate, ctx: SiteContext
@@ -510,26 +495,24 @@ class Cox(App[CoxParams]):
         totals = replies[SUM]
         if int(totals.n_events) == 0:
             raise AppError(f"app 'cox': column '{params.event}' holds no event at any site")
-        shift, bits, prefixes = first_time_cells()
-        state = ctx.state["cox_grid"] = _Grid(totals, shift, bits, prefixes)
-        return state.request()
+        search = ctx.state["cox_grid"] = TimeSearch()
+        ctx.state["cox_totals"] = totals
+        return Continue("times", search.request())
 
     def aggregate_times(
         self, replies: Mapping[str, TimeCounts], params: CoxParams, ctx: CoordinatorContext
     ) -> Step:
-        state: _Grid = ctx.state["cox_grid"]
-        (counts,) = _added(replies, ("counts",), np.int64)
-        shift, prefixes, per_time = refine_time_cells(
-            state.shift, state.bits, state.prefixes, counts
-        )
-        if shift:
-            state.shift, state.prefixes = shift, prefixes
-            state.bits = split_bits(shift, len(prefixes))
-            return state.request()
-        t = state.totals
+        search: TimeSearch = ctx.state["cox_grid"]
+        if SUM not in replies or len(replies) != 1:
+            raise AppError("app 'cox': phase 'times' expects the summed reply only")
+        if not search.add(replies[SUM]):
+            return Continue("times", search.request())
+        grid, deaths = search.times()
+        t: Totals = ctx.state["cox_totals"]
         x_sum, event_x_sum = (np.asarray(v, dtype=np.float64) for v in (t.x_sum, t.event_x_sum))
-        grid, deaths = key_times(prefixes), per_time[0]
-        return self._begin(params, ctx, int(t.n), int(t.n_events), x_sum, event_x_sum, grid, deaths)
+        return self._begin(
+            params, ctx, int(t.n), int(t.n_events), x_sum, event_x_sum, grid, deaths[0]
+        )
 
     def _begin(
         self,

@@ -50,18 +50,15 @@ import numpy as np
 from fedflow.apps._survival import (
     TimeCells,
     TimeCounts,
+    TimeSearch,
     check_time_cells,
     count_time_cells,
     event_table,
-    first_time_cells,
     group_label,
-    key_times,
     km_curve,
     logrank_test,
     median_survival,
     merge_event_tables,
-    refine_time_cells,
-    split_bits,
     time_keys,
 )
 from fedflow.apps.base import (
@@ -229,18 +226,10 @@ class _Grid:
     """The coordinator's state while it finds the event times (``ctx.state["km"]``)."""
 
     labels: list[str]
-    shift: int
-    bits: int
-    prefixes: np.ndarray
-    rounds: int = 0
+    search: TimeSearch
     times: np.ndarray = field(default_factory=lambda: np.empty(0))
     events: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.int64))
     """The event times of all groups, and each group's events at them (groups × times)."""
-
-    def request(self) -> Continue:
-        return Continue(
-            "times", TimeCells(shift=self.shift, bits=self.bits, prefixes=self.prefixes)
-        )
 
 
 def _summed(replies: Mapping[str, Any], what: str) -> Any:
@@ -293,11 +282,9 @@ class KaplanMeier(App[KaplanMeierParams]):
                 "app 'kaplan-meier': with secure = true and params.group, list the group labels "
                 "in params.groups (a site cannot send its labels in the clear)"
             )
-        shift, bits, prefixes = first_time_cells()
         labels = params.labels() if params.group is not None else [""]
-        bits = split_bits(shift, len(prefixes), len(labels))
-        state = ctx.state["km"] = _Grid(labels=labels, shift=shift, bits=bits, prefixes=prefixes)
-        return state.request()
+        state = ctx.state["km"] = _Grid(labels=labels, search=TimeSearch(len(labels)))
+        return Continue("times", state.search.request())
 
     # -- site -----------------------------------------------------------------------------------
     def _batches(
@@ -365,12 +352,13 @@ class KaplanMeier(App[KaplanMeierParams]):
             raise AppError(f"app 'kaplan-meier': {exc}") from None
         index = {label: g for g, label in enumerate(labels)}
         counts = np.zeros((len(labels), len(prefixes), 1 << request.bits), dtype=np.int64)
+        bits_set = np.zeros((len(prefixes), request.shift), dtype=np.int64)
         for durations, events, groups in self._batches(data, params, ctx):
             group = np.zeros(len(durations), dtype=np.int64)
             for label, mask in groups.items():
                 group[mask] = index[label]
             dead = events == 1
-            counts += count_time_cells(
+            c, b = count_time_cells(
                 time_keys(durations[dead]),
                 group[dead],
                 len(labels),
@@ -378,7 +366,9 @@ class KaplanMeier(App[KaplanMeierParams]):
                 request.bits,
                 prefixes,
             )
-        return TimeCounts(counts=counts)
+            counts += c
+            bits_set += b
+        return TimeCounts(counts=counts, bits_set=bits_set)
 
     def local_censored(
         self, data: Table, params: KaplanMeierParams, request: CensorGrid, ctx: SiteContext
@@ -420,16 +410,9 @@ class KaplanMeier(App[KaplanMeierParams]):
         self, replies: Mapping[str, TimeCounts], params: KaplanMeierParams, ctx: CoordinatorContext
     ) -> Step:
         state: _Grid = ctx.state["km"]
-        counts = np.asarray(_summed(replies, "times").counts, dtype=np.int64)
-        shift, prefixes, per_group = refine_time_cells(
-            state.shift, state.bits, state.prefixes, counts
-        )
-        state.rounds += 1
-        if shift:
-            state.shift, state.prefixes = shift, prefixes
-            state.bits = split_bits(shift, len(prefixes), len(state.labels))
-            return state.request()
-        state.times, state.events = key_times(prefixes), per_group
+        if not state.search.add(_summed(replies, "times")):
+            return Continue("times", state.search.request())
+        state.times, state.events = state.search.times()
         return Continue("censored", CensorGrid(grid=state.times))
 
     def aggregate_censored(
