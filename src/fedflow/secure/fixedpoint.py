@@ -35,6 +35,7 @@ FLOAT64_LSB = -1074
 """Every finite float64 is an integer multiple of 2^−1074 (the smallest subnormal)."""
 FLOAT64_MSB = 1024
 """Every finite float64 is below 2^1024 in magnitude."""
+_MIN_NORMAL = 2.0**-1022
 
 
 def _split(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -175,14 +176,19 @@ class FixedPoint:
         """Return the values as float64, each the correctly rounded value of the exact sum
         (±inf beyond the float64 range)."""
         out = np.empty(vector.shape[0], dtype=np.float64)
+        lsb = self.lsb
         for i, v in enumerate(ring.to_ints(vector)):
-            if v == 0:
-                out[i] = 0.0
-            elif v.bit_length() <= 53 and v.bit_length() + self.lsb > -1021:
-                out[i] = math.ldexp(float(v), self.lsb)  # exact: no rounding at all
+            # float(int) rounds correctly at any size; scaling by 2^lsb is then exact unless
+            # the result leaves the normal range (subnormal or overflow): those take Fractions
+            try:
+                scaled = math.ldexp(float(v), lsb)
+            except OverflowError:
+                scaled = math.inf
+            if v == 0 or (_MIN_NORMAL <= abs(scaled) < math.inf):
+                out[i] = scaled
             else:
                 try:
-                    out[i] = float(Fraction(v) * Fraction(2) ** self.lsb)  # correctly rounded
+                    out[i] = float(Fraction(v) * Fraction(2) ** lsb)  # correctly rounded
                 except OverflowError:
                     out[i] = math.inf if v > 0 else -math.inf
         return out
