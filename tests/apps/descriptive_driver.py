@@ -39,11 +39,6 @@ class Driven:
     notes: list[str] = field(default_factory=list)
 
 
-def _kind(values: Any) -> str:
-    kind = values.dtype.kind
-    return "int" if kind in "biu" else "float" if kind == "f" else "str"
-
-
 def drive(
     app_name: str,
     raw: Mapping[str, Any] | None,
@@ -57,7 +52,9 @@ def drive(
     app = get_app(app_name)
     codec = MessageCodec()
     infos = {
-        name: SiteInfo(name, t.n_rows, {c: _kind(Table.__getitem__(t, c)) for c in t.columns})
+        name: SiteInfo(
+            name, t.n_rows, {c: "float" if t.is_numeric(c) else "str" for c in t.columns}
+        )
         for name, t in sites.items()
     }
     params = app.resolve(app.parse_params(raw), merged_columns(infos))
