@@ -80,8 +80,8 @@ def combine_moments4(
 
 # --- exact sums of float64 values, their powers and products --------------------------------
 _CHUNK = 1 << 12
-"""Values handled at once (their digit arrays stay in cache; int64 sums of 2¹² rows of digit
-products stay far below 2⁶³)."""
+"""Values handled at once (their digit arrays stay in cache; int64 sums of 2¹² digit-product
+coefficients, each below 2³⁹, stay below 2⁵¹)."""
 
 
 def _mantissas(x: np.ndarray, limb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -126,15 +126,29 @@ def _dyadic(total: int, low: int) -> Fraction:
     return Fraction(total, 1 << -low) if low < 0 else Fraction(total << low)
 
 
+def _normalise(poly: np.ndarray, width: int, limb: int) -> np.ndarray:
+    """Return a digit polynomial of non-negative coefficients as ``width`` digits of ``limb``
+    bits each (carries propagated); the value must fit in ``width · limb`` bits."""
+    out = np.zeros((width, poly.shape[1]), dtype=np.int64)
+    carry = np.zeros(poly.shape[1], dtype=np.int64)
+    mask = (1 << limb) - 1
+    for j in range(width):
+        value = carry + (poly[j] if j < poly.shape[0] else 0)
+        out[j] = value & mask
+        carry = value >> limb
+    return out
+
+
 def exact_power_sums(x: np.ndarray, k: int) -> list[Fraction]:
     """Return [Σx, Σx², …, Σxᵏ] (k ≤ 4) of float64 values exactly, with no rounding anywhere:
-    each value split into digits of its integer mantissa times a power of two, powers taken as
-    digit polynomials in int64 (18-bit digits up to squares, 9-bit beyond, so no carry is lost)
-    and summed per exponent. Raises ValueError for non-finite values."""
+    each value split into 18-bit digits of its integer mantissa times a power of two; the square
+    as a digit polynomial, carried back into six 18-bit digits, gives the cube and the fourth
+    power as products of digit polynomials whose coefficients stay below 2³⁹ in int64; each
+    power summed per exponent. Raises ValueError for non-finite values."""
     if not 1 <= k <= 4:
         raise ValueError("exact power sums go up to the fourth power")
     values = np.asarray(x, dtype=np.float64).ravel()
-    limb = 18 if k <= 2 else 9
+    limb = 18
     out = [Fraction(0)] * k
     for start in range(0, values.size, _CHUNK):
         digits, sign, e = _mantissas(values[start : start + _CHUNK], limb)
@@ -142,9 +156,10 @@ def exact_power_sums(x: np.ndarray, k: int) -> list[Fraction]:
         if k >= 2:
             powers.append(_poly_mul(digits, digits))
         if k >= 3:
-            powers.append(_poly_mul(powers[1], digits))
+            square = _normalise(powers[1], 6, limb)  # m² < 2¹⁰⁶
+            powers.append(_poly_mul(square, digits))
         if k >= 4:
-            powers.append(_poly_mul(powers[1], powers[1]))
+            powers.append(_poly_mul(square, square))
         for j, power in enumerate(powers, start=1):
             total = _exact_total(power, sign if j % 2 else np.abs(sign), e * j, limb)
             out[j - 1] += _dyadic(total, int(e.min()) * j)
