@@ -3,6 +3,7 @@
     python benchmarks/run_benchmarks.py overhead      # per-round coordinator overhead, 3 sites
     python benchmarks/run_benchmarks.py quickstart    # quickstart wall time vs a pooled script
     python benchmarks/run_benchmarks.py many-sites    # 100 sites x 1,000 rows running stats
+    python benchmarks/run_benchmarks.py many-sites --forked   # ... only from the fork server
     python benchmarks/run_benchmarks.py all
 
 Figures go to standard output as Markdown table rows; benchmarks/README.md holds the latest ones.
@@ -101,7 +102,7 @@ def quickstart(repeats: int = 5) -> None:
     print(f"| plain pooled script (pandas + statsmodels Logit) | median {p:.2f} s |")
 
 
-def many_sites(n_sites: int = 100, rows: int = 1000) -> None:
+def many_sites(n_sites: int = 100, rows: int = 1000, *, fresh: bool = True) -> None:
     """Wall time and per-site peak RSS for ``n_sites`` local sites running `stats`."""
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,10 +115,10 @@ def many_sites(n_sites: int = 100, rows: int = 1000) -> None:
             )
             text += f'[[clients]]\nname = "s{i}"\ndata = ["s{i}.csv"]\n'
         (folder / "study.toml").write_text(text)
-        for label, forkserver in (
-            ("forked from one pre-imported process", "1"),
-            ("fresh interpreters", "0"),
-        ):
+        variants = [("forked from one pre-imported process", "1")]
+        if fresh:
+            variants.append(("fresh interpreters", "0"))
+        for label, forkserver in variants:
             out = f"run-{forkserver}"
             wall = _run(
                 [sys.executable, "-m", "fedflow.cli", "run", "study.toml", "--out", out, "-q"],
@@ -144,4 +145,4 @@ if __name__ == "__main__":
     if what in ("quickstart", "all"):
         quickstart()
     if what in ("many-sites", "all"):
-        many_sites()
+        many_sites(fresh="--forked" not in sys.argv)

@@ -278,8 +278,26 @@ def test_a_postgres_dsn_comes_from_the_sites_environment(
         'x,y\n1,"a\nb"\n3,4\n',
         "x,y\r1,2\r3,4\r",
         "x,y\n" + "1,2\n" * 70000 + "\n" * 5 + "3,4",
+        '"x","y"\n"1","a,b"\n\n"3","c""d"\n',
+        'x,y\n5",1\n6",2\n3,"4"\n',
+        "x,y\n" + '1,"a\nb"\n' * 200_000,
+        "x,y\r\n" + '1,"a""\r\n""b"\r\n' * 150_000 + '2,""\r\n',
+        'x,y\n1,"a\nb\n',
     ],
-    ids=["lf", "no-final-newline", "crlf-blank", "blank-lines", "quoted-newline", "cr-only", "70k"],
+    ids=[
+        "lf",
+        "no-final-newline",
+        "crlf-blank",
+        "blank-lines",
+        "quoted-newline",
+        "cr-only",
+        "70k",
+        "quoted-fields",
+        "quote-inside-a-field",
+        "quoted-newlines-across-chunks",
+        "doubled-quotes-across-chunks",
+        "unterminated-quote",
+    ],
 )
 def test_rows_counted_while_hashing_match_the_csv_reader(tmp_path: Path, text: str) -> None:
     import csv

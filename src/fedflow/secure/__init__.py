@@ -8,9 +8,11 @@ A sans-I/O core (no sockets, files or processes; it imports only ``fedflow.error
   to session, round, sender and recipient;
 - ``fixedpoint``: exact fixed-point encodings of float64 values (and their products) in a ring
   wide enough that the sum over sites loses no digit, and a clipped 64-bit ring for training;
-- ``shamir``: secret sharing over GF(2^521 − 1); ``ring``: vectors in Z/2^(64·limbs).
+- ``shamir``: secret sharing over GF(2^521 − 1); ``ring``: vectors in Z/2^(64·limbs);
+- ``layout``: a summed phase's reply flattened into one vector of exact values, and back.
 
-Not yet wired into the apps or the study (``secure = true``): see docs/secure-aggregation.md.
+Runs use it with ``secure = true`` in the study: ``fedflow.runtime.secure`` (coordinator) and
+``fedflow.node.secure_site`` (site) drive it over the wire; see docs/secure-aggregation.md.
 """
 
 from __future__ import annotations
