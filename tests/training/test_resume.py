@@ -185,3 +185,25 @@ def test_a_run_directory_predicts_with_its_best_model(uninterrupted: Path, study
     assert manifest["code_sha256"] == manifest["params"]["plan_sha256"]
     metrics = json.loads((uninterrupted / "metrics.json").read_text())
     assert [h["round"] for h in metrics["training"]] == list(range(ROUNDS + 1))
+
+
+def test_compare_trains_the_plan_centrally_and_sets_both_metrics_side_by_side(
+    study: Path, tmp_path: Path
+) -> None:
+    import pandas as pd
+
+    from fedflow.apps import get_app
+
+    run = _run(study, tmp_path / "cmp", compare=True)
+    (item,) = run.comparison["items"]
+    assert item["path"] == "last.accuracy"
+    assert item["federated"] == run.result["last"]["accuracy"]
+    # the reference is the plan trained on the pooled rows: the same value when trained again
+    app = get_app("train")
+    params = app.parse_params(run.params)
+    pooled = pd.concat(
+        [pd.read_csv(study.parent / f"site{i}.csv") for i in range(3)], ignore_index=True
+    )
+    again = app.centralized(pooled, params)
+    assert again["last"]["accuracy"] == item["centralized"]
+    assert 0 < again["last_train_loss"] < 2
