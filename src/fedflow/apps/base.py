@@ -145,10 +145,14 @@ class Table:
     def batches(
         self, names: Sequence[str] | None = None, rows: int = BATCH_ROWS
     ) -> Iterator[Table]:
-        """Yield the table (or only ``names``) in consecutive slices of at most ``rows`` rows.
+        """Yield the table (or only ``names``) in consecutive slices of ``rows`` rows (the last
+        one shorter).
 
         Apps whose site step is a reduction iterate over batches, so their memory does not grow
-        with the site's rows; slices of an in-memory table are views, not copies.
+        with the site's rows; slices of an in-memory table are views, not copies. At a site, an
+        app with ``streaming = True`` gets a table whose ``batches`` re-read the site's files or
+        query at every call (``fedflow.node.data.StreamedTable``) and which refuses whole-column
+        access (``table[name]``, ``matrix``, ``select``).
         """
         if rows < 1:
             raise ValueError("rows must be at least 1")
