@@ -39,7 +39,8 @@ def test_every_builtin_app_has_cases() -> None:
     from fedflow.apps import BUILTIN_APPS
 
     covered = {c.app for c in CASES}
-    missing = sorted(set(BUILTIN_APPS) - covered)
+    # train is no exact computation: tests/training checks it (exactness proof, determinism)
+    missing = sorted(set(BUILTIN_APPS) - covered - {"train"})
     assert not missing, f"apps without fidelity cases: {missing}"
     for app in covered:
         datasets = {c.dataset for c in CASES if c.app == app}
