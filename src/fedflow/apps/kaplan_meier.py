@@ -17,16 +17,18 @@ With ``secure = true`` (only sums leave a site) two summed phases replace ``even
 
 1. ``times`` (``TimeCells`` → ``TimeCounts``, a few rounds) finds each group's event times without
    any site sending its own: the coordinator names cells of an order-preserving 64-bit key of the
-   times, every site counts its events per group, cell and next bits of the key, and the
-   coordinator keeps the cells whose summed count is not zero, until every cell is one exact time
-   (``_survival.refine_time_cells``). It ends with each group's event times and events at each.
+   times; every site counts its events per group, cell and next bits of the key, and per cell how
+   many have each lower key bit set; from the sums the coordinator reads off the cells holding a
+   single time and splits the others (``_survival.TimeSearch``). It ends with the event times of
+   all groups and each group's events at each.
 2. ``censored`` (``CensorGrid`` → ``Censored``, one round): per group, every site counts its
-   censored records before the group's first event time and between consecutive ones.
+   censored records before the first event time and between consecutive event times (of any
+   group: the log-rank test needs each group's number at risk at every pooled event time).
 
-These are the numbers of the published table (the events at each event time; the censored
-records between two event times are ``at_risk[k] − events[k] − at_risk[k+1]``), so the
-coordinator learns the result and ``n_obs`` and nothing else — no site's own counts. The group
-labels must then be listed in ``groups`` (a site cannot send its labels in the clear).
+So the coordinator learns the event times with each group's pooled events at them, and per group
+the pooled number censored between consecutive event times — no site's own counts; the counts of
+the ``times`` rounds are sums of the former. The group labels must then be listed in ``groups``
+(a site cannot send its labels in the clear).
 
 What a site reveals without secure aggregation: its distinct durations and, at each, how many
 records had an event or were censored (per group when grouped), so a duration held by a single
