@@ -175,6 +175,11 @@ class FixedPoint:
     def decode_float(self, vector: np.ndarray) -> np.ndarray:
         """Return the values as float64, each the correctly rounded value of the exact sum
         (±inf beyond the float64 range)."""
+        if vector.shape[1] <= 2 and vector.shape[0] > 64:
+            return self._decode_float_wide(vector)
+        return self._decode_float_each(vector)
+
+    def _decode_float_each(self, vector: np.ndarray) -> np.ndarray:
         out = np.empty(vector.shape[0], dtype=np.float64)
         lsb = self.lsb
         for i, v in enumerate(ring.to_ints(vector)):
@@ -192,6 +197,60 @@ class FixedPoint:
                 except OverflowError:
                     out[i] = math.inf if v > 0 else -math.inf
         return out
+
+    def _decode_float_wide(self, vector: np.ndarray) -> np.ndarray:
+        """``decode_float`` of a ring of one or two limbs, vectorised: each signed value is
+        rounded to 53 significant bits (to nearest, ties to even) with integer operations on
+        its two 64-bit halves, then scaled by 2^lsb exactly; values whose result is subnormal,
+        zero after scaling or infinite take the exact path."""
+        words = np.ascontiguousarray(vector, dtype=np.uint64)
+        lo = words[:, 0].copy()
+        hi = words[:, 1].copy() if words.shape[1] == 2 else (lo >> np.uint64(63)) * _ALL
+        negative = (hi >> np.uint64(63)).astype(bool)
+        # magnitude of the two's complement (hi, lo): ~x + 1
+        lo[negative], hi[negative] = ~lo[negative] + _ONE, ~hi[negative]
+        hi[negative] += (lo[negative] == 0).astype(np.uint64)
+        length = np.where(hi > 0, 64 + _bit_length(hi), _bit_length(lo))
+        shift = np.maximum(length - 53, 0).astype(np.uint64)
+        # q = magnitude >> shift, rest = the bits shifted out, half = 2^(shift-1)
+        small = shift < 64
+        q = np.where(small, (lo >> np.minimum(shift, 63)), hi >> (np.maximum(shift, 64) - 64))
+        q = np.where(
+            small & (shift > 0),
+            q | (hi << (np.uint64(64) - np.clip(shift, 1, 63))),
+            q,
+        )
+        # rest compared with half: look at the bit below the cut and whether any below it is set
+        below = shift - _ONE  # the half bit's position (shift > 0)
+        half_bit = np.where(
+            below < 64,
+            (lo >> np.minimum(below, 63)) & _ONE,
+            (hi >> (np.maximum(below, 64) - 64)) & _ONE,
+        )
+        low_mask_lo = np.where(below >= 64, _ALL, (_ONE << np.minimum(below, 63)) - _ONE)
+        low_mask_hi = np.where(below > 64, (_ONE << (np.clip(below, 65, 127) - 64)) - _ONE, 0)
+        sticky = ((lo & low_mask_lo) | (hi & low_mask_hi.astype(np.uint64))) != 0
+        up = (shift > 0) & (half_bit == 1) & (sticky | ((q & _ONE) == 1))
+        q = q + up.astype(np.uint64)
+        with np.errstate(over="ignore"):
+            out = np.ldexp(q.astype(np.float64), shift.astype(np.int64) + self.lsb)
+        out[negative] = -out[negative]
+        edge = ~np.isfinite(out) | ((np.abs(out) < _MIN_NORMAL) & (length > 0))
+        if edge.any():
+            out[edge] = self._decode_float_each(vector[edge])
+        return out
+
+
+_ONE = np.uint64(1)
+_ALL = np.uint64(2**64 - 1)
+
+
+def _bit_length(x: np.ndarray) -> np.ndarray:
+    """Bits of each uint64 (0 for 0), exactly: the float estimate corrected by one shift."""
+    guess = np.frexp(x.astype(np.float64))[1].astype(np.int64)  # may be one too many
+    guess = np.minimum(guess, 64)
+    high = (x >> np.maximum(guess - 1, 0).astype(np.uint64)) == 0
+    return np.where((x > 0) & high, guess - 1, np.where(x > 0, guess, 0))
 
 
 @dataclass(frozen=True)
