@@ -336,3 +336,31 @@ def test_simulated_secure_run_equals_the_reference_sum_and_the_twin(
     plain = simulate(name, raw, sites)
     assert_matches(app, secure.result, plain.result)
     assert_matches(app, secure.result, app.centralized(frame, secure.params))
+
+
+def test_sites_refuse_malformed_counting_requests() -> None:
+    from fedflow.apps._survival import TimeCells
+    from fedflow.apps.cox import Cells
+
+    frame = survival_frame(60)
+    table = Table.from_pandas(frame)
+    km = get_app("kaplan-meier")
+    params = km.parse_params({"duration": "t", "event": "e"})
+    ctx = SiteContext(site="a", secure=True)
+    for shift, bits, prefixes in ((63, 30, [0]), (70, 4, [0]), (63, 4, [0, -1])):
+        request = TimeCells(shift=shift, bits=bits, prefixes=np.array(prefixes, dtype=np.int64))
+        with pytest.raises(AppError, match="time cells"):
+            km.local(table, params, "times", request, ctx)
+    cox = get_app("cox")
+    params = cox.parse_params({"duration": "t", "event": "e", "features": ["x2"]})
+    grid = np.unique(frame["t"][frame["e"] == 1])
+    for cell_k, bounds in (([len(grid)], [[0, 64]]), ([0], [[5, 5]]), ([0], [[0, 1 << 40]])):
+        request = Cells(
+            beta=np.zeros(1),
+            mean=np.zeros(1),
+            grid=grid,
+            cell_k=np.array(cell_k, dtype=np.int64),
+            bounds=np.array(bounds, dtype=np.int64),
+        )
+        with pytest.raises(AppError, match="cells"):
+            cox.local(table, params, "refine", request, ctx)

@@ -185,8 +185,9 @@ GRID_BUDGET = 1 << 14
 each is split at least ``MIN_SPLIT_BITS`` bits)."""
 MIN_SPLIT_BITS = 4
 """Each round splits a cell that holds several times by at least this many key bits."""
-MAX_COUNTS = 1 << 24
-"""A site refuses a round asking for more counts than this (a malformed request)."""
+MAX_COUNTS = 1 << 20
+"""A site refuses a round asking for more counts than this per cell (a malformed request); the
+number of cells is bounded by the request itself."""
 
 _FLIP = np.int64(0x7FFFFFFFFFFFFFFF)
 
@@ -241,8 +242,8 @@ def check_time_cells(shift: int, bits: int, prefixes: np.ndarray, n_groups: int)
         raise ValueError(f"time cells: bits {bits} and shift {shift} out of range")
     if len(prefixes) and np.any(np.diff(prefixes) <= 0):
         raise ValueError("time cells: prefixes are not strictly increasing")
-    if len(prefixes) * ((n_groups << bits) + shift) > MAX_COUNTS:
-        raise ValueError(f"time cells: more than {MAX_COUNTS} counts asked")
+    if (n_groups << bits) + shift > MAX_COUNTS:
+        raise ValueError(f"time cells: more than {MAX_COUNTS} counts asked per cell")
 
 
 def count_time_cells(
