@@ -27,7 +27,6 @@ import numpy as np
 from fedflow.apps import get_app
 from fedflow.apps.base import Empty, SiteContext, Table
 from fedflow.apps.kmeans import Centers, nearest
-from fedflow.apps.pca import Shift
 
 
 def _best(label: str, step: Callable[[], object], repeats: int = 3) -> None:
@@ -121,11 +120,7 @@ def main() -> None:
     print(f"{args.rows} rows x {args.columns} columns")
     _best("baseline: centred XᵀX of the whole matrix", pooled_cross)
     _best("pca factor (in the clear)", lambda: pca.local_factor(table, pca_params, Empty(), ctx()))
-    _best("pca shift (secure)", lambda: pca.local_shift(table, pca_params, Empty(), ctx()))
-    _best(
-        "pca scatter (secure, double-double)",
-        lambda: pca.local_scatter(table, pca_params, Shift(shift=x.mean(axis=0)), ctx()),
-    )
+    _best("pca gram (secure, exact)", lambda: pca.local_gram(table, pca_params, Empty(), ctx()))
     _best(
         "kmeans moments (double-double)",
         lambda: kmeans.local_moments(table, km_params, Empty(), ctx()),

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 
 from fedflow.apps import get_app
-from fedflow.apps._merge import exact_power_sums, exact_product_sum
-from fedflow.apps._merge_learning import AccurateSum, accurate_scatter, two_product
+from fedflow.apps._merge import exact_power_sums
+from fedflow.apps._merge_learning import AccurateSum, two_product
 from fedflow.apps.base import (
     SUM,
     Continue,
@@ -156,40 +156,24 @@ def test_accurate_sums_carry_about_100_bits(offset: float) -> None:
             assert abs(got - exact) <= abs(exact) * Fraction(1, 1 << 98)
 
 
-def test_accurate_scatter_is_the_exact_shifted_cross_products() -> None:
-    rng = np.random.default_rng(6)
-    x = 1e6 + rng.normal(size=(500, 3))
-    shift = x.mean(axis=0) + 0.25
-    sums, cross = accurate_scatter([x[:7], x[7:]], shift)
-    exact_shift = [Fraction(float(c)) for c in shift]
-    rows = [[Fraction(v) for v in row] for row in x.tolist()]
-    k = 0
-    for i in range(3):
-        s = sum((row[i] - exact_shift[i] for row in rows), Fraction(0))
-        assert abs(sums[i] - s) <= abs(s) * Fraction(1, 1 << 98) + Fraction(1, 1 << 200)
-        for j in range(i, 3):
-            c = sum(((r[i] - exact_shift[i]) * (r[j] - exact_shift[j]) for r in rows), Fraction(0))
-            assert abs(cross[k] - c) <= abs(c) * Fraction(1, 1 << 98)
-            k += 1
-    # the unshifted products agree with the exact helper of fedflow.apps._merge
-    _, raw = accurate_scatter([x], np.zeros(3))
-    assert abs(raw[1] - exact_product_sum(x[:, 0], x[:, 1])) <= raw[1] * Fraction(1, 1 << 98)
-
-
-def test_scatter_factor_corrects_for_any_shift() -> None:
-    """The pooled scatter about the mean is formed exactly from sums about any shift c (here
-    far from the mean): RᵀR and the mean equal the pooled centred ones."""
-    from fedflow.apps.pca import scatter_factor
+def test_gram_factor_is_the_pooled_centred_factor() -> None:
+    """From the exact Σ aaᵀ of rows a = [1, x] far from the origin: the mean, and an upper
+    triangular R with RᵀR the pooled centred scatter."""
+    from fedflow.apps._exact import ExactGram
+    from fedflow.apps.pca import gram_factor
 
     rng = np.random.default_rng(9)
-    x = rng.normal(size=(300, 4)) @ rng.normal(size=(4, 4)) + [5.0, -2.0, 40.0, 0.0]
-    shift = np.array([105.0, -50.0, 0.0, 3.0])
-    sums, cross = accurate_scatter([x[:100], x[100:]], shift)
-    mean, r = scatter_factor(len(x), shift, sums, cross)
+    x = rng.normal(size=(300, 4)) @ rng.normal(size=(4, 4)) + [5e3, -2.0, 4e6, 0.0]
+    gram = ExactGram(5)
+    for part in (x[:100], x[100:]):
+        gram.add(np.column_stack([np.ones(len(part)), part]))
+    mean, r = gram_factor(len(x), gram.upper(), 4)
     centred = x - x.mean(axis=0)
-    np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-14)
-    np.testing.assert_allclose(r.T @ r, centred.T @ centred, rtol=1e-12)
-    assert np.allclose(r, np.triu(r))
+    np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-15)
+    np.testing.assert_allclose(r.T @ r, centred.T @ centred, rtol=1e-9)
+    assert np.array_equal(r, np.triu(r))
+    with pytest.raises(AppError, match="count 300 rows, not 299"):
+        gram_factor(299, gram.upper(), 4)
 
 
 # -- kmeans ----------------------------------------------------------------------------------
@@ -258,7 +242,7 @@ def test_pca_secure_matches_plaintext_and_scikit_learn(
     raw = {**params, "columns": columns}
     secure = drive("pca", raw, tables, secure=True)
     plain = drive("pca", raw, tables, secure=False)
-    assert secure.phases == ["shift", "scatter"] and plain.phases == ["factor"]
+    assert secure.phases == ["gram"] and plain.phases == ["factor"]
     _assert_match(secure.result, plain.result, EXACT)
     app = get_app("pca")
     twin = app.centralized(_pooled(tables), app.parse_params(raw))
@@ -270,7 +254,7 @@ def test_pca_secure_projections_stay_at_the_sites() -> None:
     raw = {"columns": _WINE, "standardize": True, "n_components": 3, "projections": True}
     secure = drive("pca", raw, tables, secure=True)
     plain = drive("pca", raw, tables, secure=False)
-    assert secure.phases == ["shift", "scatter", "project"]
+    assert secure.phases == ["gram", "project"]
     for name in tables:
         mine = pd.read_csv(io.BytesIO(secure.sites[name].outputs["projections.csv"]))
         theirs = pd.read_csv(io.BytesIO(plain.sites[name].outputs["projections.csv"]))
@@ -344,7 +328,7 @@ def test_pca_through_the_secure_protocol_matches_plaintext_and_scikit_learn(
     raw = {"columns": _WINE, "standardize": True, "projections": True}
     secure = simulate("pca", raw, tables, seed=0, min_count=1, secure=True)
     plain = simulate("pca", raw, tables, seed=0, min_count=1)
-    assert secure.rounds == 3 and plain.rounds == 2  # shift, scatter, project / factor, project
+    assert secure.rounds == plain.rounds == 2  # gram or factor, then project
     _assert_match(secure.result, plain.result, EXACT)
     app = get_app("pca")
     _assert_match(secure.result, app.centralized(_pooled(tables), app.parse_params(raw)), EXACT)

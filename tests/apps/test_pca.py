@@ -135,13 +135,12 @@ def test_a_site_below_min_count_refuses() -> None:
 
 
 def test_phases_and_their_payload_types() -> None:
-    from fedflow.apps.pca import CentredFactor, Projection, Scatter, Shift, Totals
+    from fedflow.apps.pca import CentredFactor, Gram, Projection
 
     app = get_app("pca")
     assert {name: (p.request, p.reply, p.summed) for name, p in app.phases.items()} == {
         "factor": (Empty, CentredFactor, False),
-        "shift": (Empty, Totals, True),
-        "scatter": (Shift, Scatter, True),
+        "gram": (Empty, Gram, True),
         "project": (Projection, Empty, True),
     }
     params = app.parse_params({"columns": ["a", "b"]})

@@ -15,7 +15,6 @@ import numpy as np
 __all__ = [
     "AccurateSum",
     "accurate_moment_sums",
-    "accurate_scatter",
     "cholesky_exact",
     "merge_centered_factors",
     "merge_cluster_sums",
@@ -173,28 +172,6 @@ def accurate_moment_sums(
             p, e = two_product(block, block)
             squares.add(p, small=e)
     return sums.exact(), squares.exact()
-
-
-def accurate_scatter(
-    batches: Iterable[np.ndarray], shift: np.ndarray
-) -> tuple[tuple[Fraction, ...], tuple[Fraction, ...]]:
-    """Return (Σ(x − c), the upper triangle of Σ(x − c)(x − c)ᵀ row by row) over the rows of
-    ``batches`` (each rows × p) for the shift c, as dyadic rationals accurate to about 2⁻¹⁰⁰
-    relative: x − c is kept exactly as hi + lo (TwoSum), the products of the hi parts exactly
-    (TwoProduct), the small cross terms in float64."""
-    c = np.asarray(shift, dtype=np.float64)
-    p = len(c)
-    iu, ju = np.triu_indices(p)
-    sums, cross = AccurateSum((p,)), AccurateSum((len(iu),))
-    step = max(1, _BLOCK_CELLS // max(1, len(iu)))
-    for x in batches:
-        for start in range(0, len(x), step):
-            hi, lo = two_sum(x[start : start + step], -c)
-            sums.add(hi, small=lo)
-            prod, err = two_product(hi[:, iu], hi[:, ju])
-            small = err + hi[:, iu] * lo[:, ju] + lo[:, iu] * hi[:, ju] + lo[:, iu] * lo[:, ju]
-            cross.add(prod, small=small)
-    return sums.exact(), cross.exact()
 
 
 def cholesky_exact(

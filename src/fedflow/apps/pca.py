@@ -30,14 +30,14 @@ Streaming: a site reads its rows batch by batch (``data.batches``) and merges ea
 kept. ``project`` scores batch by batch too (the CSV text of the scores is held until the node
 agent writes it).
 
-Under ``secure = true`` the per-site factors (not sums) are never sent; instead two summed
-phases: ``shift`` (``Totals``: n and Σx; the coordinator takes c = Σx/n) and ``scatter``
-(request ``Shift`` c; reply ``Scatter``: n, Σ(x − c) and the upper triangle of
-Σ(x − c)(x − c)ᵀ as exact rationals accurate to about 2⁻¹⁰⁰, ``accurate_scatter``). The
-coordinator forms the scatter about the pooled mean exactly (``scatter_factor``; c is within
-rounding of x̄, so nothing cancels), takes its Cholesky factor in 60-digit decimal arithmetic
-and rounds R once: the same R, to float64 rounding, that the factored merge gives, so the SVD
-that follows keeps the small components' digits. ``project`` is summed too (its reply is empty).
+Under ``secure = true`` the per-site factors (not sums) are never sent; instead one summed
+phase, ``gram`` (``Gram``): each site sends n and the upper triangle of Σ aaᵀ over its rows
+a = [1, x] — n, Σx and Σxxᵀ — summed without any rounding (``ExactGram`` of
+``fedflow.apps._exact``: integer limbs multiplied by BLAS). The coordinator forms the scatter
+about the pooled mean, Σxxᵀ − ΣxΣxᵀ/n, in exact rationals (so nothing cancels), takes its
+Cholesky factor in 60-digit decimal arithmetic and rounds R once (``gram_factor``): the same R,
+to float64 rounding, that the factored merge gives, so the SVD that follows keeps the small
+components' digits. ``project`` is summed too (its reply is empty).
 
 Each site reveals its row count, its column means and its scatter matrix (in factored form);
 under ``secure = true`` the coordinator learns only their sums over sites (n, Σx, the pooled
@@ -50,18 +50,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator, Mapping
-from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
 
-from fedflow.apps._merge_learning import (
-    accurate_scatter,
-    cholesky_exact,
-    merge_centered_factors,
-    r_factor,
-)
+from fedflow.apps._exact import ExactGram, full_matrix
+from fedflow.apps._merge_learning import cholesky_exact, merge_centered_factors, r_factor
 from fedflow.apps.base import (
     SUM,
     App,
@@ -91,13 +86,11 @@ __all__ = [
     "PCA",
     "CentredFactor",
     "PCAParams",
+    "Gram",
     "Projection",
-    "Scatter",
-    "Shift",
-    "Totals",
+    "gram_factor",
     "normalise_signs",
     "projections_csv",
-    "scatter_factor",
 ]
 
 
@@ -144,34 +137,26 @@ def projections_csv(scores: np.ndarray, *, header: bool = True) -> bytes:
     return buffer.getvalue().encode()
 
 
-def scatter_factor(
-    n: int, shift: np.ndarray, sums: Exact, cross: Exact
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return (mean, R) of the pooled data from the summed replies of phase ``scatter``: n, the
-    shift c, Σ(x − c) and the upper triangle of Σ(x − c)(x − c)ᵀ (exact rationals).
+def gram_factor(n: int, gram: Exact, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (mean, R) of the pooled data from the summed reply of phase ``gram``: n and the
+    upper triangle of the exact Σ aaᵀ over the rows a = [1, x].
 
-    The scatter about the pooled mean x̄ = c + Σ(x − c)/n is S = Σ(x − c)(x − c)ᵀ −
-    Σ(x − c)Σ(x − c)ᵀ/n, formed exactly; c is within rounding of x̄, so nothing cancels. R with
-    RᵀR = S is its Cholesky factor in 60-digit arithmetic, rounded once (``cholesky_exact``). A
-    column whose spread is below 2⁻⁹⁰ of Σ(x − c)² (constant up to the shift's rounding) gets
-    an exact zero."""
-    p = len(shift)
-    if len(sums) != p or len(cross) != p * (p + 1) // 2:
-        raise AppError(
-            f"app 'pca': scatter sums of {len(sums)}/{len(cross)} values for {p} columns"
-        )
-    c = [Fraction(float(v)) for v in shift]
-    upper = iter(cross)
-    raw = [[Fraction(0)] * p for _ in range(p)]
-    for i in range(p):
-        for j in range(i, p):
-            raw[i][j] = raw[j][i] = next(upper)
-    scatter = [[raw[i][j] - sums[i] * sums[j] / n for j in range(p)] for i in range(p)]
-    for i in range(p):
-        if scatter[i][i] <= raw[i][i] * Fraction(1, 1 << 90):
-            for j in range(p):
-                scatter[i][j] = scatter[j][i] = Fraction(0)
-    mean = np.array([float(c[i] + sums[i] / n) for i in range(p)])
+    The scatter about the pooled mean, S = Σxxᵀ − ΣxΣxᵀ/n, is formed in exact rationals (no
+    digit cancels), and R with RᵀR = S is its Cholesky factor in 60-digit arithmetic, rounded
+    once (``cholesky_exact``): the R a QR of the pooled centred rows gives, to float64 rounding,
+    so the SVD that follows keeps the small components' digits. A constant column has an exactly
+    zero spread."""
+    if n < 1:
+        raise AppError(f"app 'pca': {n} rows in all")
+    try:
+        full = full_matrix(gram, p + 1)
+    except ValueError as exc:
+        raise AppError(f"app 'pca': the summed cross-products: {exc}") from None
+    if full[0][0] != n:
+        raise AppError(f"app 'pca': the summed cross-products count {full[0][0]} rows, not {n}")
+    sums = full[0][1:]
+    scatter = [[full[i + 1][j + 1] - sums[i] * sums[j] / n for j in range(p)] for i in range(p)]
+    mean = np.array([float(total / n) for total in sums])
     return mean, cholesky_exact(scatter)
 
 
@@ -184,27 +169,12 @@ class CentredFactor(Payload, frozen=True):
     r: np.ndarray
 
 
-class Totals(Payload, frozen=True):
-    """A site's row count and column sums (phase ``shift``, under ``secure = true``)."""
+class Gram(Payload, frozen=True):
+    """A site's row count and the upper triangle (row by row) of Σ aaᵀ over its rows
+    a = [1, x], summed exactly (``ExactGram``): n, Σx and Σxxᵀ (phase ``gram``)."""
 
     n: int
-    sums: np.ndarray
-
-
-class Shift(Payload, frozen=True):
-    """The pooled column means as rounded after phase ``shift``: the point the sites centre at
-    (phase ``scatter``)."""
-
-    shift: np.ndarray
-
-
-class Scatter(Payload, frozen=True):
-    """A site's row count, Σ(x − c) and the upper triangle (row by row) of Σ(x − c)(x − c)ᵀ for
-    the shift c, as exact rationals accurate to about 2⁻¹⁰⁰ (phase ``scatter``)."""
-
-    n: int
-    sums: Exact
-    cross: Exact
+    gram: Exact
 
 
 class Projection(Payload, frozen=True):
@@ -224,8 +194,7 @@ class PCA(App[PCAParams]):
     Params = PCAParams
     phases = {
         "factor": Phase(Empty, CentredFactor),
-        "shift": Phase(Empty, Totals, summed=True),
-        "scatter": Phase(Shift, Scatter, summed=True),
+        "gram": Phase(Empty, Gram, summed=True),
         "project": Phase(Projection, Empty, summed=True),
     }
     secure = True
@@ -248,9 +217,9 @@ class PCA(App[PCAParams]):
         return {c: "numeric" for c in params.columns or []}
 
     def start(self, params: PCAParams, ctx: CoordinatorContext) -> Step:
-        """Phase ``factor`` (per-site factors), or under ``secure = true`` phases ``shift`` and
-        ``scatter`` (sums over sites only)."""
-        return Continue("shift" if ctx.secure else "factor", Empty())
+        """Phase ``factor`` (per-site factors), or under ``secure = true`` phase ``gram`` (a sum
+        over sites only)."""
+        return Continue("gram" if ctx.secure else "factor", Empty())
 
     # -- site ---------------------------------------------------------------------------------
     @staticmethod
@@ -274,29 +243,15 @@ class PCA(App[PCAParams]):
             n, mean, r = merge_centered_factors([(n, mean, r), part]) if n else part
         return CentredFactor(n=int(n), mean=mean, r=r)
 
-    def local_shift(
-        self, data: Table, params: PCAParams, request: Empty, ctx: SiteContext
-    ) -> Totals:
-        total = np.zeros(len(params.columns or []))
+    def local_gram(self, data: Table, params: PCAParams, request: Empty, ctx: SiteContext) -> Gram:
+        columns = params.columns or []
+        gram = ExactGram(len(columns) + 1)
         for x in self._batches(data, params, ctx):
-            total += x.sum(axis=0)
-        return Totals(n=data.n_rows, sums=total)
-
-    def local_scatter(
-        self, data: Table, params: PCAParams, request: Shift, ctx: SiteContext
-    ) -> Scatter:
-        shift = np.asarray(request.shift, dtype=np.float64)
-        if shift.shape != (len(params.columns or []),):
-            raise AppError(
-                f"app 'pca': a shift of shape {shift.shape} for {len(params.columns or [])} columns"
-            )
-        try:
-            sums, cross = accurate_scatter(self._batches(data, params, ctx), shift)
-        except ValueError as exc:
-            raise DataError(
-                f"the site's columns {', '.join(params.columns or [])}: {exc}"
-            ) from None
-        return Scatter(n=data.n_rows, sums=sums, cross=cross)
+            try:
+                gram.add(np.column_stack([np.ones(len(x)), x]))
+            except ValueError as exc:  # a value that is not finite
+                raise DataError(f"the site's columns {', '.join(columns)}: {exc}") from None
+        return Gram(n=data.n_rows, gram=gram.upper())
 
     def local_project(
         self, data: Table, params: PCAParams, request: Projection, ctx: SiteContext
@@ -318,23 +273,11 @@ class PCA(App[PCAParams]):
         n, mean, r = merge_centered_factors(parts)
         return self._decompose(n, mean, r, params, ctx)
 
-    def aggregate_shift(
-        self, replies: Mapping[str, Totals], params: PCAParams, ctx: CoordinatorContext
+    def aggregate_gram(
+        self, replies: Mapping[str, Gram], params: PCAParams, ctx: CoordinatorContext
     ) -> Step:
-        total = replies[SUM] if ctx.secure else sum_replies(replies, Totals)
-        if total.n < 2:
-            raise AppError(f"app 'pca': {int(total.n)} rows in all; at least 2 are needed")
-        shift = ctx.state["shift"] = np.asarray(total.sums, dtype=np.float64) / total.n
-        return Continue("scatter", Shift(shift=shift))
-
-    def aggregate_scatter(
-        self, replies: Mapping[str, Scatter], params: PCAParams, ctx: CoordinatorContext
-    ) -> Step:
-        total = replies[SUM] if ctx.secure else sum_replies(replies, Scatter)
-        shift = ctx.state.get("shift")
-        if shift is None:
-            raise AppError("app 'pca': phase 'scatter' before phase 'shift'")
-        mean, r = scatter_factor(int(total.n), shift, total.sums, total.cross)
+        total = replies[SUM] if ctx.secure else sum_replies(replies, Gram)
+        mean, r = gram_factor(int(total.n), total.gram, len(params.columns or []))
         return self._decompose(float(total.n), mean, r, params, ctx)
 
     def _decompose(
