@@ -1,5 +1,9 @@
 """Merge functions of the learning apps (``glm``, ``pca``, ``kmeans``): pure, module-level, numpy.
 
+Also the pieces of their summed (secure) formulations: double-double sums of float64 rows
+(``AccurateSum``, ``accurate_moment_sums``: about 2⁻¹⁰⁰ relative, sent as exact dyadic
+rationals) and the Cholesky factor of an exact scatter matrix in 60 digits (``cholesky_exact``).
+
 Each is tested against the pooled computation in ``tests/apps/test_glm.py``, ``test_pca.py`` and
 ``test_kmeans.py``.
 """
