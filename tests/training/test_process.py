@@ -59,3 +59,51 @@ def test_without_torch_a_training_study_says_what_to_install(
     with pytest.raises(AppError, match=r"pip install 'fedflow-studies\[torch\]'"):
         run_study(study, out=tmp_path / "run", command=[])
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_coordinator_resumes_with_fedflow_resume_to_the_same_bytes(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the coordinator once a checkpoint exists (no handler runs), then ``fedflow
+    resume``: the model is the one the run would have made uninterrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("torch")
+    from fedflow.runtime.simulate import simulate
+    from fedflow.training.checkpoint import load_checkpoint
+
+    study_file = _study(tmp_path)
+    study_file.write_text(study_file.read_text().replace("rounds = 2", "rounds = 300"))
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "fedflow.cli", "run", str(study_file), "--out", str(out)]
+    proc = subprocess.Popen(command + ["-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint.safetensors").exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    done_before = load_checkpoint(out)[0]
+    assert 1 <= done_before < 301
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fedflow.cli", "resume", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    params = {**load_study(study_file).params, "plan": str(tmp_path / "plan.py")}
+    sim = simulate("train", params, blobs([50, 35, 60]), seed=8)
+    assert (out / "model-last.safetensors").read_bytes() == sim.done.artifacts[
+        "model-last.safetensors"
+    ]
+    assert (out / "attempts" / "1" / "manifest.json").is_file()
