@@ -316,3 +316,30 @@ def test_wire_messages_refuse_unknown_fields() -> None:
     )
     with pytest.raises(RemoteProtocolError, match="unknown field"):
         codec.decode(raw)
+
+
+def test_a_site_that_drops_during_a_secure_round_ends_the_run_naming_it() -> None:
+    import asyncio
+
+    from fedflow.connectors.memory import MemoryConnector
+    from fedflow.errors import SiteError
+    from fedflow.runtime.coordinator import Coordinator
+
+    tables = site_tables()
+    agents = {n: NodeAgent(n, preloaded=in_memory(t, n)) for n, t in tables.items()}
+
+    def dies_at_masking(message):
+        if isinstance(message, RelayShares):
+            raise ConnectionError("the site went away")
+        return agents["site-2"].handle(message)
+
+    connectors = {
+        n: MemoryConnector(n, handler=dies_at_masking if n == "site-2" else agents[n].handle)
+        for n in tables
+    }
+    coordinator = Coordinator(APP, {}, connectors, secure=True)
+    with pytest.raises(SiteError) as caught:
+        asyncio.run(coordinator.run())
+    assert caught.value.site == "site-2"
+    # the other sites had shared their keys: nothing was summed, the run ended
+    assert coordinator.metrics["rounds"] == []
