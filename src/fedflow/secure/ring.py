@@ -58,8 +58,17 @@ def neg(a: np.ndarray) -> np.ndarray:
 
 
 def sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Return a − b in Z/2^(64·limbs)."""
-    return add(a, neg(b))
+    """Return a − b in Z/2^(64·limbs) (new array; borrows propagate limb by limb)."""
+    out = a - b  # wraps modulo 2^64 per limb
+    if a.shape[1] == 1:
+        return out
+    borrow = (a < b).astype(np.uint64)
+    for i in range(1, a.shape[1]):
+        incoming = borrow[:, i - 1]
+        # a borrow out of limb i: from the limb difference itself, or from taking the incoming one
+        borrow[:, i] |= (out[:, i] < incoming).astype(np.uint64)
+        out[:, i] -= incoming
+    return out
 
 
 def from_ints(values: list[int], limbs: int) -> np.ndarray:
