@@ -110,3 +110,12 @@ def test_below_the_quorum_the_run_fails_naming_the_round(plan: Path) -> None:
         AppError, match=r"round 1: 1 of the 3 sampled sites answered .*min_sites = 2"
     ):
         _run(plan, faults, min_sites=2)
+
+
+def test_when_no_site_answers_the_run_fails_with_a_sites_own_reason(plan: Path) -> None:
+    from fedflow.errors import SiteError
+
+    faults = {n: {(1, 1): "die", (1, 2): "die"} for n in ("site0", "site1", "site2")}
+    with pytest.raises(SiteError, match="node agent exited") as caught:
+        _run(plan, faults, retries=1)
+    assert caught.value.site == "site0"

@@ -35,6 +35,7 @@ async def resilient_exchange(
     timeout = params.round_timeout or coordinator.timeout
     round_ = coordinator.driver.rounds
     events: list[dict[str, Any]] = coordinator.metrics.setdefault("round_events", [])
+    errors: dict[str, FedflowError] = {}
 
     def log(site: str, what: str, detail: str) -> None:
         events.append({"round": round_, "site": site, "event": what, "detail": detail})
@@ -52,8 +53,10 @@ async def resilient_exchange(
                     return await coordinator._ask(name, message, expect)
             except TimeoutError:
                 log(name, "timed out", f"no answer within {timeout:g} s")
+                errors[name] = SiteError(f"no answer within {timeout:g} s", site=name)
             except SiteError as exc:
                 log(name, "failed", exc.message)
+                errors[name] = exc
             except FedflowError as exc:
                 if exc.site is None:
                     exc.site = name
@@ -69,6 +72,8 @@ async def resilient_exchange(
         return None
 
     answers = await asyncio.gather(*(one(n, m) for n, m in tasks.items()))
+    if all(a is None for a in answers):  # nobody answered: the first site's own reason
+        raise errors[next(iter(tasks))]
     return {n: a for n, a in zip(tasks, answers, strict=True) if a is not None}
 
 
