@@ -5,9 +5,10 @@ Each site gets ``round_timeout`` seconds (default: the study's timeout) to answe
 that fails — its agent dies, loses its connection or is late — is restarted (its agent started
 again, greeted, set up and prepared as at the start of the run, and sent the same task) up to
 ``retries`` times. A site still without an answer is left out of this round; the app aggregates
-those who answered if at least ``min_sites`` of the sampled ones did, else the run fails. A site
-that refuses for a reason of its own (its data, its policy, an error in the plan) is not retried:
-it would refuse again. Every decision is logged (progress line, ``metrics.json`` under
+those who answered if at least ``min_sites`` of the sampled ones did, else the run fails (with the
+first site's own reason when none answered). A site that refuses for a reason of its own (its
+data, its policy, an app error) is not retried: it would refuse again; an exception raised by the
+plan counts as a failure. Every decision is logged (progress line, ``metrics.json`` under
 ``round_events``).
 """
 
