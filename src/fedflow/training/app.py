@@ -128,10 +128,8 @@ class Train(App[TrainParams]):
 
     # -- the coordinator -----------------------------------------------------------------------
     def start(self, params: TrainParams, ctx: CoordinatorContext) -> Continue | Done:
-        from fedflow.training.engine import initial_weights
-
         saved = ctx.state.get(CHECKPOINT)
-        weights, layout = initial_weights(self.plan(params), ctx.seed)
+        weights, layout = self._initial(params, ctx.seed)
         if saved is not None:
             self._check_resumable(saved, params, ctx, weights.size)
             if ctx.round > params.rounds:  # interrupted after the last validation
@@ -152,6 +150,25 @@ class Train(App[TrainParams]):
             },
         }
         return self._next(params, ctx)
+
+    def _initial(self, params: TrainParams, seed: int | None) -> tuple[np.ndarray, Any]:
+        """The initial global weights and their layout: the plan's torch model built with the
+        study's seed, or zeros for a scikit-learn estimator."""
+        from fedflow.training.sklearn_backend import is_sklearn, sk_layout
+
+        plan = self.plan(params)
+        probe = plan.model()
+        if is_sklearn(probe):
+            if params.strategy in ("fedprox", "scaffold"):
+                raise AppError(
+                    f"app 'train': strategy '{params.strategy}' needs a torch model; the plan's "
+                    "model is a scikit-learn estimator"
+                )
+            layout = sk_layout(plan, probe, len(params.features or []))
+            return np.zeros(layout.size), layout
+        from fedflow.training.engine import initial_weights
+
+        return initial_weights(plan, seed)
 
     def _check_resumable(
         self, saved: Mapping[str, Any], params: TrainParams, ctx: CoordinatorContext, size: int
@@ -326,6 +343,8 @@ class Train(App[TrainParams]):
             site = ctx.state["train"] = self._site_data(data, params, ctx)
         plan = self.plan(params)
         x, y, train_rows, held = site["x"], site["y"], site["train"], site["held"]
+        if site["sklearn"]:
+            return self._sklearn_round(plan, site, params, request, ctx)
         model, layout = model_with(plan, request.weights, ctx.seed)
         xv, yv = x[held], y[held]
         global_metrics = evaluate(plan, model, xv, yv) if request.validate else {}
@@ -350,10 +369,36 @@ class Train(App[TrainParams]):
             control_delta=delta,
         )
 
-    def _site_data(self, data: Table, params: TrainParams, ctx: SiteContext) -> dict[str, Any]:
-        import torch
+    def _sklearn_round(
+        self,
+        plan: Plan,
+        site: dict[str, Any],
+        params: TrainParams,
+        request: RoundTask,
+        ctx: SiteContext,
+    ) -> RoundReply:
+        from fedflow.training.sklearn_backend import sk_evaluate, sk_model_with, sk_train
 
-        from fedflow.training.engine import layout_of, split_rows, to_tensors
+        x, y, train_rows, held = site["x"], site["y"], site["train"], site["held"]
+        model, layout = sk_model_with(plan, request.weights, x.shape[1])
+        xv, yv = x[held], y[held]
+        global_metrics = sk_evaluate(plan, model, xv, yv) if request.validate else {}
+        if not request.train:
+            return RoundReply(val_rows=len(held), global_metrics=global_metrics)
+        seed = derive_seed(ctx.seed, "train", ctx.site, ctx.round)
+        weights, loss, _ = sk_train(plan, model, layout, x[train_rows], y[train_rows], params, seed)
+        return RoundReply(
+            val_rows=len(held),
+            global_metrics=global_metrics,
+            rows=len(train_rows),
+            weights=weights,
+            train_loss=loss,
+            local_metrics=sk_evaluate(plan, model, xv, yv) if request.validate else {},
+        )
+
+    def _site_data(self, data: Table, params: TrainParams, ctx: SiteContext) -> dict[str, Any]:
+        from fedflow.training.engine import split_rows
+        from fedflow.training.sklearn_backend import is_sklearn
 
         plan = self.plan(params)
         train_rows, held = split_rows(data.n_rows, params.validation, ctx.seed, ctx.site)
@@ -368,10 +413,20 @@ class Train(App[TrainParams]):
                 "(the plan says classification = True)",
                 column=params.target,
             )
+        matrix = data.matrix(list(params.features or []))
+        if is_sklearn(plan.model()):
+            if getattr(plan.module, "classes", None) is not None:
+                target = target.astype(np.int64)
+            return {"sklearn": True, "x": matrix, "y": target, "train": train_rows, "held": held}
+        import torch
+
+        from fedflow.training.engine import layout_of, to_tensors
+
         torch.manual_seed(0)
         dtype = layout_of(plan.model()).dtype
-        x, y = to_tensors(data.matrix(list(params.features or [])), target, dtype, classes)
+        x, y = to_tensors(matrix, target, dtype, classes)
         return {
+            "sklearn": False,
             "x": x,
             "y": y,
             "train": torch.from_numpy(train_rows),
@@ -383,6 +438,30 @@ class Train(App[TrainParams]):
         """Train the plan on the pooled rows for rounds × local_epochs epochs (same batch size,
         lr and optimizer, the model built as the federated run builds it), holding out the same
         fraction of the pooled rows (seeded); return its validation metrics as ``last``."""
+        from fedflow.training.engine import split_rows
+        from fedflow.training.sklearn_backend import is_sklearn
+
+        plan = self.plan(params)
+        train_rows, held = split_rows(len(pooled), params.validation, None, "pooled")
+        central = msgspec.structs.replace(
+            params, local_epochs=params.rounds * params.local_epochs, mu=0.0, strategy="fedavg"
+        )
+        seed = derive_seed(None, "centralized")
+        if is_sklearn(plan.model()):
+            from fedflow.training.sklearn_backend import sk_evaluate, sk_model_with, sk_train
+
+            features = list(params.features or [])
+            xs = pooled[features].to_numpy(dtype=np.float64)
+            ys = pooled[params.target].to_numpy(dtype=np.float64)
+            if getattr(plan.module, "classes", None) is not None:
+                ys = ys.astype(np.int64)
+            est, lay = sk_model_with(plan, self._initial(params, None)[0], len(features))
+            _, loss, _ = sk_train(plan, est, lay, xs[train_rows], ys[train_rows], central, seed)
+            return {
+                "metric": params.metric,
+                "last": sk_evaluate(plan, est, xs[held], ys[held]),
+                "last_train_loss": loss,
+            }
         import torch
 
         from fedflow.training.engine import (
@@ -390,11 +469,9 @@ class Train(App[TrainParams]):
             initial_weights,
             local_train,
             model_with,
-            split_rows,
             to_tensors,
         )
 
-        plan = self.plan(params)
         weights, layout = initial_weights(plan, None)
         model, _ = model_with(plan, weights)
         target = pooled[params.target].to_numpy(dtype=np.float64)
@@ -405,11 +482,6 @@ class Train(App[TrainParams]):
             layout.dtype,
             classes,
         )
-        train_rows, held = split_rows(len(pooled), params.validation, None, "pooled")
-        central = msgspec.structs.replace(
-            params, local_epochs=params.rounds * params.local_epochs, mu=0.0, strategy="fedavg"
-        )
-        seed = derive_seed(None, "centralized")
         tr, hd = torch.from_numpy(train_rows), torch.from_numpy(held)
         _, loss, _ = local_train(plan, model, layout, x[tr], y[tr], central, seed)
         return {
@@ -435,11 +507,17 @@ class TrainedModel:
     model has several, else its one output) and every raw ``output_<j>``."""
 
     def __init__(self, plan: Plan, weights: np.ndarray, features: list[str]) -> None:
-        from fedflow.training.engine import model_with
+        from fedflow.training.sklearn_backend import is_sklearn, sk_model_with
 
         self.plan = plan
-        self.model, _ = model_with(plan, weights)
         self._features = features
+        self.sklearn = is_sklearn(plan.model())
+        if self.sklearn:
+            self.model, _ = sk_model_with(plan, weights, len(features))
+            return
+        from fedflow.training.engine import model_with
+
+        self.model, _ = model_with(plan, weights)
 
     @property
     def features(self) -> list[str]:
@@ -457,13 +535,28 @@ class TrainedModel:
         features = json.loads(meta.get("features", "null"))
         if not isinstance(features, list):
             raise DataError(f"{where}/{name}: names no features", file=f"{where}/{name}")
-        import torch
+        from fedflow.training.sklearn_backend import is_sklearn, sk_layout
 
-        torch.manual_seed(0)
-        layout = layout_of(plan.model())
+        probe = plan.model()
+        if is_sklearn(probe):
+            layout = sk_layout(plan, probe, len(features))
+        else:
+            import torch
+
+            torch.manual_seed(0)
+            layout = layout_of(plan.model())
         return cls(plan, layout.flat(named), [str(f) for f in features])
 
     def predict_columns(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        if self.sklearn:
+            from fedflow.training.sklearn_backend import sk_output
+
+            prediction = np.asarray(self.model.predict(x))
+            out = sk_output(self.model, x).reshape(len(x), -1)
+            found: dict[str, np.ndarray] = {"prediction": prediction}
+            if getattr(self.model, "classes_", None) is not None:
+                found.update({f"output_{j}": out[:, j] for j in range(out.shape[1])})
+            return found
         import torch
 
         from fedflow.training.engine import layout_of
