@@ -36,6 +36,10 @@ def validate_study(path: str | Path) -> ValidationReport:
     column checks as at the start of a run, with no round.
     """
     study = load_study(path)
+    if study.app == "train" and study.platform == "native":  # its plan, found from the study
+        from fedflow.training.study import prepare_training
+
+        study = prepare_training(study)
     app = check_study(study)
     report = ValidationReport()
     if app is None:

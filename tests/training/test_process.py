@@ -107,3 +107,17 @@ def test_a_killed_coordinator_resumes_with_fedflow_resume_to_the_same_bytes(
         "model-last.safetensors"
     ]
     assert (out / "attempts" / "1" / "manifest.json").is_file()
+
+
+def test_validate_finds_the_plan_beside_the_study(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")
+    from fedflow.validate import validate_study
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root / "src")  # anywhere but the study's folder
+    report = validate_study(root / "examples" / "train" / "study.toml")
+    assert [line.split(":")[0] for line in report.lines] == [
+        "hospital_a",
+        "hospital_b",
+        "hospital_c",
+    ]
