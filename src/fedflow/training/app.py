@@ -59,7 +59,7 @@ CHECKPOINT = "checkpoint"
 
 
 class Train(App[TrainParams]):
-    """Federated training of a torch model defined by the study's plan."""
+    """Federated training of a torch model (or scikit-learn estimator) from the study's plan."""
 
     name = "train"
     Params = TrainParams
