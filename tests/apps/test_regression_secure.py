@@ -318,6 +318,16 @@ def test_a_site_sends_only_its_cross_products_and_count() -> None:
     assert reply.gram[k - 1] == sum(Fraction(float(v)) for v in part["TOTEMP"])  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("secure", [False, True], ids=["plaintext", "secure"])
+def test_a_constant_target_gives_an_undefined_r_squared(secure: bool) -> None:
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame({"x": rng.normal(size=30), "y": np.full(30, 3.0)})
+    run = converse("linear-regression", {"target": "y"}, _sites(frame, 2), secure=secure)
+    assert math.isnan(run.result["r_squared"]) and math.isnan(run.result["adj_r_squared"])
+    assert any("R² is undefined" in note for note in run.notes)
+    assert run.result["coefficients"]["intercept"] == pytest.approx(3.0, rel=1e-14)
+
+
 def test_secure_linear_regression_refuses_collinear_features_by_name() -> None:
     frame = dataset("longley").copy()
     frame["GNP2"] = 2 * frame["GNP"]

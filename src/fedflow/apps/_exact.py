@@ -260,11 +260,14 @@ def _bareiss(matrix: list[list[int]], p: int) -> tuple[list[list[int]], list[int
             bad.append(k)
             continue
         row_k = m[k]
+        tail = row_k[k + 1 :]
         for i in range(k + 1, p):
             row_i = m[i]
             factor = row_i[k]
-            for j in range(k + 1, len(row_i)):
-                row_i[j] = (pivot * row_i[j] - factor * row_k[j]) // previous
+            row_i[k + 1 :] = [
+                (pivot * a - factor * b) // previous
+                for a, b in zip(row_i[k + 1 :], tail, strict=True)
+            ]
             row_i[k] = 0
         previous = pivot
     return m, bad

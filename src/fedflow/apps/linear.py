@@ -24,6 +24,7 @@ errors come from the exact inverse: on Longley all 15 digits of NIST's certified
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -116,6 +117,12 @@ class CrossProducts(Payload, frozen=True):
     n: int
 
 
+def _undefined_r2(ctx: CoordinatorContext) -> float:
+    """Return NaN for R² and say why: the target does not vary (its total sum of squares is 0)."""
+    ctx.notes.append("linear-regression: the target does not vary, so R² is undefined (NaN)")
+    return math.nan
+
+
 def _constant(params: RegressionParams) -> int:
     """Return 1 when the model has an intercept (adjusted R² counts it), else 0."""
     return 1 if params.intercept else 0
@@ -205,7 +212,7 @@ class LinearRegression(App[RegressionParams]):
         sigma2 = rss / df_resid
         se = np.sqrt(sigma2 * np.diag(unscaled))
         tss = y_m2 if params.intercept else y_m2 + n * y_mean * y_mean
-        r2 = 1.0 - rss / tss
+        r2 = 1.0 - rss / tss if tss > 0 else _undefined_r2(ctx)
         adj_r2 = 1.0 - (n - _constant(params)) / df_resid * (1.0 - r2)
         fit = (r2, adj_r2, float(np.sqrt(sigma2)))
         return Done(_result(names, coef, se, int(n), rss, fit))
@@ -230,10 +237,13 @@ class LinearRegression(App[RegressionParams]):
         sigma2 = fit.rss / (n - k)
         se = np.array([sqrt_fraction(sigma2 * fit.inverse[i][i]) for i in range(k)])
         coef = np.array([float(c) for c in fit.coef])
-        # R² and adjusted R² exactly, rounded once (a zero TSS: every y equal, R² undefined)
-        r2 = 1 - fit.rss / tss if tss else Fraction(0)
-        adj_r2 = 1 - Fraction(n - _constant(params), n - k) * (1 - r2)
-        stats = (float(r2), float(adj_r2), sqrt_fraction(sigma2))
+        # R² and adjusted R² exactly, rounded once
+        if tss > 0:
+            r2 = 1 - fit.rss / tss
+            adj_r2 = 1 - Fraction(n - _constant(params), n - k) * (1 - r2)
+            stats = (float(r2), float(adj_r2), sqrt_fraction(sigma2))
+        else:
+            stats = (_undefined_r2(ctx), math.nan, sqrt_fraction(sigma2))
         return Done(_result(names, coef, se, n, float(fit.rss), stats))
 
     def centralized(self, pooled: pd.DataFrame, params: RegressionParams) -> dict[str, Any]:
