@@ -693,40 +693,26 @@ class _DelimitedFile(_File):
         return DataError(f"{name}: a line has the wrong number of fields", file=name)
 
     def _count(self) -> tuple[int, str, int]:
-        """Stream the file once: its sha256, size and rows. Rows are the non-empty lines,
-        counted as the bytes stream by, where a line break inside a quoted field (an odd number
-        of quotes before it) is no row break. Lone carriage returns, quotes that do not open or
-        close a field, or quotes at a chunk's edge leave the counting to the CSV reader, which
-        checks each line's fields."""
+        """Stream the file once: its sha256, size and rows. Without quotes (which may hold line
+        breaks) and lone carriage returns, rows are the non-empty lines, counted as the bytes
+        stream by; otherwise the CSV reader counts them, checking each line's fields."""
         lines = blank = 0
         simple = True
         pending = 0  # bytes of the current line in earlier chunks
         pending_cr = False  # ... and they are one carriage return
-        quoted = 0  # 1 inside a quoted field at the end of the last chunk
-        last = 10  # the byte before the chunk (a line break at the file's start)
         size = 0
         digest = hashlib.sha256()
         with self.path.open("rb") as f:
-            while chunk := f.read(1 << 20):
+            while chunk := f.read(1 << 22):
                 digest.update(chunk)
                 size += len(chunk)
                 if not simple:
                     continue
-                if chunk.count(b"\r") != chunk.count(b"\r\n"):
+                if b'"' in chunk or chunk.count(b"\r") != chunk.count(b"\r\n"):
                     simple = False
                     continue
                 codes = np.frombuffer(chunk, dtype=np.uint8)
                 breaks = np.flatnonzero(codes == 10)
-                edges = (last, (f.peek(1)[:1] or b"\n")[0])  # type: ignore[attr-defined]
-                last = chunk[-1]
-                if quoted or b'"' in chunk:
-                    quotes = np.flatnonzero(codes == 34)
-                    if not self._fields_quoted(codes, quotes, quoted, edges):
-                        simple = False
-                        continue
-                    inside = (np.searchsorted(quotes, breaks) + quoted) % 2 == 1
-                    breaks = breaks[~inside]
-                    quoted = (quoted + len(quotes)) % 2
                 if not len(breaks):
                     pending_cr = pending == 0 and chunk == b"\r"
                     pending += len(chunk)
@@ -740,7 +726,6 @@ class _DelimitedFile(_File):
                 lines += len(breaks)
                 tail = chunk[int(breaks[-1]) + 1 :]
                 pending, pending_cr = len(tail), tail == b"\r"
-        simple = simple and not quoted  # an unterminated quote: the reader says where
         if pending:
             lines += 1  # a last line without a line break
         if simple:
@@ -750,22 +735,6 @@ class _DelimitedFile(_File):
         for batch in self._stream(str(self.path), [first], {first: pa.string()}, threads=False):
             rows += batch.num_rows
         return rows, digest.hexdigest(), size
-
-    def _fields_quoted(
-        self, codes: np.ndarray, quotes: np.ndarray, quoted: int, edges: tuple[int, int]
-    ) -> bool:
-        """Whether every quote in a chunk opens a field (after a separator or a line break) or
-        closes one (before them), doubled quotes inside a field aside: then quotes pair up as
-        the CSV reader pairs them. ``edges``: the bytes before and after the chunk (a line
-        break at the file's start and end)."""
-        if not len(quotes):
-            return True
-        padded = np.concatenate(([edges[0]], codes, [edges[1]])).astype(np.uint8)
-        bounds = np.array([ord(self.delimiter), 10, 13, 34], dtype=np.uint8)
-        opening = (np.arange(len(quotes)) + quoted) % 2 == 0
-        before = np.isin(padded[quotes], bounds)
-        after = np.isin(padded[quotes + 2], bounds)
-        return bool(np.all(np.where(opening, before, after)))
 
     def _sample_kinds(self) -> dict[str, str]:
         """Return each column's kind in the first ``_SAMPLE`` bytes (every row of smaller files)."""
