@@ -31,7 +31,7 @@ def test_quickstart_with_compare(tmp_path: Path) -> None:
     assert manifest["status"] == "completed"
     for site in ("berlin", "vienna", "zurich"):
         log = (tmp_path / "run" / "logs" / f"{site}.log").read_text()
-        assert "loaded" in log and "run completed" in log
+        assert ("loaded" in log or "checked (streamed)" in log) and "run completed" in log
         pid = manifest["sites"][site]["pid"]
         assert pid and not Path(f"/proc/{pid}").exists(), f"site process {site} outlived the run"
 

@@ -329,6 +329,9 @@ class NodeAgent:
         floor = self.config.floor(owned=self.owned)
         min_count = max(self._setup.min_count, floor)
         started = time.perf_counter()
+        for name, kind in needed.items():  # text where numbers are needed, before any pass
+            if kind in ("numeric", "binary") and self._source.kinds.get(name) == "str":
+                raise DataError(f"column '{name}' is not numeric in the site's data", column=name)
         table = self._prepare_table(app, msg.app, needed, min_count)
         log.info(
             "%s %d column(s) in %.1f ms",
