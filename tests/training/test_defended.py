@@ -102,3 +102,22 @@ def test_a_plan_other_than_the_approved_one_is_refused(site: tuple[Path, Path, P
     _, reply = _prepare(policy, tampered, plan_hash(plan.read_bytes()))
     assert isinstance(reply, Failure) and reply.kind == "policy"
     assert not marker.exists()
+
+
+def test_a_plan_path_without_code_is_never_run(site: tuple[Path, Path, Path]) -> None:
+    """A coordinator that sends no code but names a plan file on the site's disk (with its true
+    hash) is refused: a defended site runs only approved copies, never a path it is told."""
+    policy, plan, marker = site
+    sha = plan_hash(plan.read_bytes())
+    agent = NodeAgent("h", load_config(policy), owned=False)
+    agent.handle(Hello(protocol=PROTOCOL_VERSION, version=__version__, site="h"))
+    assert isinstance(agent.handle(Setup(dataset="cohort", min_count=5, seed=1)), Ready)
+    params = {"plan": str(plan), "target": "label", "features": FEATURES, "plan_sha256": sha}
+    columns = {name: "numeric" for name in ["label", *FEATURES]}
+    reply = agent.handle(Prepare(app="train", params=params, columns=columns, code=None))
+    if not isinstance(reply, Failure):
+        task = Task(round=1, phase="round", payload={})
+        reply = agent.handle(task)
+    assert isinstance(reply, Failure) and reply.kind == "policy", reply
+    assert "none was sent" in reply.message
+    assert not marker.exists()

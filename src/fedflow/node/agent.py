@@ -267,7 +267,8 @@ class NodeAgent:
                     f"(allowed: {', '.join(sorted(allowed)) or 'none'})"
                 )
             app = get_app(msg.app)
-            if msg.code is not None:  # a built-in app that runs the study's code (train's plan)
+            runs_code = callable(getattr(app, "use_code", None))  # train runs the study's plan
+            if msg.code is not None or runs_code:
                 self._approve_study_code(app, msg)
             return app
         if msg.code is not None:
@@ -289,11 +290,12 @@ class NodeAgent:
         """Let a built-in app run the study code sent with ``msg`` (train's plan): at a defended
         site only the site's own approved copy with the same sha256, at an owned site the file
         the study names (the app checks its hash)."""
-        assert msg.code is not None
-        self._code_hash = source_hash(msg.code.encode("utf-8"))
         use = getattr(app, "use_code", None)
         if not callable(use):
             raise PolicyError(f"app '{msg.app}' runs no study code, yet code was sent")
+        if msg.code is None:  # else a path the coordinator names would run here
+            raise PolicyError(f"app '{msg.app}' runs the study's code, and none was sent")
+        self._code_hash = source_hash(msg.code.encode("utf-8"))
         if self.owned:
             use(self._code_hash, None)
             return
