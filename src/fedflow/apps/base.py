@@ -490,6 +490,9 @@ class App(ABC, Generic[P]):
     ``data.batches()`` (and ``data.n_rows``), so a site never holds all rows at once. Apps that
     need every row at once (False) get the whole table, and a site's ``memory_limit`` refuses
     them clearly when the needed columns would not fit."""
+    partial_rounds: ClassVar[bool] = False
+    """``True`` when a round may be aggregated from the sites that answered (training's quorum
+    and straggler cut-off); analytics need every site's reply."""
     tolerances: ClassVar[Mapping[str, tuple[float, float]]] = {}
     """Per result key (a path prefix such as ``"oob_accuracy"``): ``(rtol, atol)`` where the
     default does not apply; ``--compare`` writes the rule it applied to each value."""

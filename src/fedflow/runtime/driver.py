@@ -222,7 +222,7 @@ class Driver:
         kind = self.app.check_phase(phase).reply
         decoded = {}
         for name in self.ctx.sites:  # study order: aggregation never depends on arrival
-            if name not in replies and getattr(self.app, "partial_rounds", False):
+            if name not in replies and self.app.partial_rounds:
                 continue  # a site lost this round (an app that aggregates those who answered)
             reply = replies[name]
             if not isinstance(reply, Reply):
