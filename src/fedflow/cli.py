@@ -1,4 +1,5 @@
-"""The ``fedflow`` command: run, validate, template, apps, node, predict, trust, site.
+"""The ``fedflow`` command: run, report, compare, validate, template, apps, node, predict,
+trust, site.
 
 Every expected error is one line on stderr and a documented exit code (the one table is
 ``fedflow.errors.ExitCode``): 0 success, 2 bad study or input, 3 a site failed, 4 comparison
@@ -52,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
         help="secure aggregation, as if the study said secure = true",
     )
     run.add_argument("--json", action="store_true", help="print result.json instead of tables")
+    run.add_argument(
+        "--report", action="store_true", help="write report.html in the run directory at the end"
+    )
     run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -67,6 +71,18 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--json", action="store_true", help="print result.json instead of tables")
     resume.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     resume.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    report = sub.add_parser(
+        "report", help="write RUN_DIR/report.html: what ran, the result tables and plots"
+    )
+    report.add_argument("run_dir", type=Path, help="a run directory")
+    report.add_argument("--debug", action="store_true")
+
+    cmp = sub.add_parser("compare", help="print what differs between two run directories")
+    cmp.add_argument("run_a", type=Path)
+    cmp.add_argument("run_b", type=Path)
+    cmp.add_argument("--all", action="store_true", help="list every result value")
+    cmp.add_argument("--debug", action="store_true")
 
     val = sub.add_parser("validate", help="check a study without running it")
     val.add_argument("study", type=Path)
@@ -253,6 +269,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"fedflow: note: {notice}", file=sys.stderr)
     for warning in study_warnings(study):
         print(f"fedflow: warning: {warning}", file=sys.stderr)
+    if getattr(args, "report", False):
+        from fedflow.results.html_report import require_matplotlib
+
+        require_matplotlib()  # before the run, not after it
     err = Console(stderr=True)
     observer = progress_observer(err, quiet=args.quiet or args.json)
     try:
@@ -266,8 +286,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
             observer=observer,
             command=["fedflow", *args.argv],
         )
+    except FedflowError as exc:
+        failed_dir = getattr(exc, "run_dir", None)
+        if getattr(args, "report", False) and failed_dir:
+            try:  # the report of what the failed run left
+                _report_line(failed_dir)
+            except FedflowError as why:
+                print(f"fedflow: report not written: {why}", file=sys.stderr)
+        raise
     finally:
         observer.stop()
+    if getattr(args, "report", False):
+        _report_line(run.dir)
     mismatch = None
     if run.comparison is not None and not run.matches:
         worst = [i for i in run.comparison["items"] if not i["match"]][:3]
@@ -302,6 +332,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if mismatch is not None:
         print(f"fedflow: error: {mismatch}", file=sys.stderr)
     return code
+
+
+def _report_line(run_dir: Path) -> None:
+    from fedflow.results.html_report import write_report
+
+    print(f"fedflow: report: {write_report(Path(run_dir))}", file=sys.stderr)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from fedflow.results.html_report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from fedflow.results.run_compare import compare_runs
+    from fedflow.results.saved import load_run_dir
+
+    sys.stdout.write(
+        compare_runs(load_run_dir(args.run_a), load_run_dir(args.run_b), all_values=args.all)
+    )
+    return 0
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -505,6 +558,8 @@ _COMMANDS: dict[str, Any] = {
     "template": _cmd_template,
     "apps": _cmd_apps,
     "predict": _cmd_predict,
+    "report": _cmd_report,
+    "compare": _cmd_compare,
     "trust": _cmd_trust,
     "site": _cmd_site,
 }

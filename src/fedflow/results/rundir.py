@@ -9,6 +9,7 @@
     <run>/logs/<site>.log   each site's own log
     <run>/sites/<site>/     files an app wrote at a site (fetched from remote sites)
     <run>/<artifact>        files an app produced at the coordinator (e.g. forest.json)
+    <run>/report.html       with fedflow report / run --report: the page, its plots in report/
 
 Files are written as soon as they are known, so a run that fails still leaves its directory.
 """
@@ -58,6 +59,7 @@ RUN_FILES = (
     "comparison.json",
     "study.toml",
     "study.original.toml",
+    "report.html",
 )
 """The files every run may write at the top of its folder (besides ``logs/``, ``sites/`` and the
 artifacts its manifest lists)."""
@@ -82,7 +84,7 @@ def clear_run_files(folder: Path) -> None:
             target = folder / name
             if target.is_file() or target.is_symlink():
                 target.unlink()
-        for sub in ("logs", "sites"):
+        for sub in ("logs", "sites", "report"):
             target = folder / sub
             if target.is_symlink():
                 target.unlink()
