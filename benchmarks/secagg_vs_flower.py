@@ -4,6 +4,13 @@
     python benchmarks/secagg_vs_flower.py          # 3, 10 sites x 10, 10^4 values; 5 rounds
     python benchmarks/secagg_vs_flower.py --lengths 10 10000 1000000 --repeat 3
     python benchmarks/secagg_vs_flower.py --only flower     # or --only fedflow
+    python benchmarks/secagg_vs_flower.py --dropout         # fedflow with dropout recovery
+
+fedflow runs analytics' secure aggregation by default: one exchange a round, pairwise masks
+under keys agreed once per run, no dropout recovery (a dropped site ends the run). Flower's
+SecAgg+ always carries dropout recovery (self masks, Shamir shares, an unmasking stage); with
+``--dropout`` fedflow runs its dropout-tolerant protocol too (four exchanges a round: keys,
+shares, masked vector, reveal), the like-for-like comparison.
 
 For each (sites, length) the two run one after the other (fedflow first, then Flower), `--repeat`
 times, alternately. Both sum the same float64 vectors (site i holds sin(0.001·j + i), j < length)
@@ -117,6 +124,13 @@ class SecureVector(App[VectorParams]):
         raise NotImplementedError("a benchmark app: no pooled twin")
 
 
+class SecureVectorDropout(SecureVector):
+    """SecureVector through the dropout-tolerant protocol (an app that completes a round with
+    the sites that answered, as training does: four exchanges a round)."""
+
+    partial_rounds: ClassVar[bool] = True
+
+
 def flower_python() -> Path:
     venv = os.environ.get("FEDFLOW_FLOWER_VENV", str(Path.home() / ".cache/fedflow/peers/flower"))
     return Path(venv) / "bin" / "python"
@@ -129,12 +143,16 @@ def last_json(text: str, who: str) -> dict[str, Any]:
     raise RuntimeError(f"{who} printed no JSON line")
 
 
-def run_fedflow(sites: int, length: int, rounds: int, secure: bool = True) -> dict[str, Any]:
-    """One `fedflow run` of SecureVector on ``sites`` local sites; figures from metrics.json."""
+def run_fedflow(
+    sites: int, length: int, rounds: int, secure: bool = True, dropout: bool = False
+) -> dict[str, Any]:
+    """One `fedflow run` of SecureVector (SecureVectorDropout with ``dropout``) on ``sites``
+    local sites; figures from metrics.json."""
+    app = "SecureVectorDropout" if dropout else "SecureVector"
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         text = (
-            f'name = "secagg-bench"\napp = "secagg_vs_flower:SecureVector"\n'
+            f'name = "secagg-bench"\napp = "secagg_vs_flower:{app}"\n'
             f"secure = {'true' if secure else 'false'}\nseed = 1\n"
             f"[params]\nlength = {length}\nrounds = {rounds}\nsites = {sites}\n"
         )
@@ -246,9 +264,17 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--only", choices=["fedflow", "flower"], help="run one side only")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    parser.add_argument(
+        "--dropout", action="store_true", help="fedflow with dropout recovery (4 exchanges)"
+    )
     args = parser.parse_args()
 
+    def fedflow_side(n: int, length: int, rounds: int) -> dict[str, Any]:
+        return run_fedflow(n, length, rounds, dropout=args.dropout)
+
     print(f"load average before: {os.getloadavg()[0]:.2f}, {os.getloadavg()[1]:.2f}", flush=True)
+    mode = "dropout recovery, 4 exchanges" if args.dropout else "one exchange, no dropout recovery"
+    print(f"fedflow mode: {mode}", flush=True)
     print(
         "| sites | length | fedflow round | Flower round | ratio | fedflow wall | Flower wall "
         "| ratio | fedflow bytes/site/round (to, from) | Flower (to, from) | ratio (to+from) "
@@ -261,7 +287,7 @@ def main() -> None:
             runs: dict[str, list[dict[str, Any]]] = {"fedflow": [], "flower": []}
             notes: list[str] = []
             for _ in range(args.repeat):
-                for side, call in (("fedflow", run_fedflow), ("flower", run_flower)):
+                for side, call in (("fedflow", fedflow_side), ("flower", run_flower)):
                     if args.only and side != args.only:
                         continue
                     try:

@@ -8,6 +8,12 @@ round. ``round_overhead(n, length)`` returns the figures, for reuse (e.g. beside
 
     python benchmarks/secure_bench.py                 # 3, 10, 50 sites × 10, 10^4, 10^6 (skips 50 × 10^6)
     python benchmarks/secure_bench.py rounds --full   # also 50 sites × 10^6
+    python benchmarks/secure_bench.py rounds --dropout  # the dropout-tolerant protocol (training)
+
+Analytics (the default) runs one exchange a round: pairwise masks under keys agreed once per run
+(each site's public key in its Prepared answer), no self masks or shares, since a dropped site
+ends the run. ``--dropout`` runs ``VectorSumDropout``, an app that completes rounds with the
+sites that answered (as training does): four exchanges a round with Shamir-shared self masks.
     python benchmarks/secure_bench.py core [--full]   # the core alone, one process (below)
 
 ``core``: micro-benchmark of the secure-aggregation core (fedflow.secure), in one process.
@@ -53,7 +59,14 @@ from fedflow.apps.base import (
     Step,
     Table,
 )
-from fedflow.secure import CoordinatorAggregation, Session, SiteAggregation, ring
+from fedflow.secure import (
+    CoordinatorAggregation,
+    MaskLabel,
+    PairwiseMasker,
+    Session,
+    SiteAggregation,
+    ring,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -103,7 +116,15 @@ class VectorSum(App[VectorParams]):
         raise NotImplementedError
 
 
-def round_overhead(n: int, length: int, rounds: int = 5) -> dict[str, Any]:
+class VectorSumDropout(VectorSum):
+    """VectorSum through the dropout-tolerant protocol (four exchanges a round)."""
+
+    partial_rounds: ClassVar[bool] = True
+
+
+def round_overhead(
+    n: int, length: int, rounds: int = 5, *, dropout: bool = False
+) -> dict[str, Any]:
     """Run ``VectorSum`` over ``n`` real local sites, plaintext then secure; return the median
     seconds per round (the first round excluded: it carries the sites' first imports), the
     bytes per site per round both ways, and the largest difference between numpy's plaintext
@@ -125,7 +146,7 @@ def round_overhead(n: int, length: int, rounds: int = 5) -> dict[str, Any]:
             study = study_from_dict(
                 {
                     "name": "secure-bench",
-                    "app": "secure_bench:VectorSum",
+                    "app": "secure_bench:VectorSumDropout" if dropout else "secure_bench:VectorSum",
                     "params": {"length": length, "rounds": rounds},
                     "secure": secure,
                     "outdir": folder,
@@ -137,6 +158,7 @@ def round_overhead(n: int, length: int, rounds: int = 5) -> dict[str, Any]:
             timed = metrics[1:] if len(metrics) > 1 else metrics
             key = "secure" if secure else "plain"
             out[f"{key}_seconds"] = statistics.median(r["seconds"] for r in timed)
+            out[f"{key}_exchanges"] = statistics.median(r["exchanges"] for r in timed)
             out[f"{key}_bytes_up"] = statistics.median(
                 r["sites"]["s00"]["bytes_from_site"] for r in timed
             )
@@ -154,25 +176,30 @@ def _size(b: float) -> str:
     return f"{b / 1e6:.1f} MB" if b >= 1e6 else f"{b / 1e3:.1f} kB" if b >= 1e3 else f"{b:.0f} B"
 
 
-def rounds_table(full: bool) -> None:
+def rounds_table(full: bool, dropout: bool = False, sizes: tuple[int, ...] = (3, 10, 50)) -> None:
+    load = os.getloadavg()
+    print(f"load average before: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}", flush=True)
     print(
         "| sites | length | plaintext s/round | secure s/round | secure ÷ plaintext "
-        "| bytes up per site (plain → secure) | max abs diff |"
+        "| bytes up per site (plain → secure) | max abs diff | exchanges a round |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for n in (3, 10, 50):
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n in sizes:
         for length in (10, 10_000, 1_000_000):
             if n == 50 and length == 1_000_000 and not full:
                 print(f"| {n} | {length:,} | skipped (--full) | | | | |", flush=True)
                 continue
-            f = round_overhead(n, length, rounds=3 if length == 1_000_000 else 5)
+            rounds = 3 if length == 1_000_000 else 5
+            f = round_overhead(n, length, rounds=rounds, dropout=dropout)
             print(
                 f"| {n} | {length:,} | {f['plain_seconds'] * 1e3:.1f} ms "
                 f"| {f['secure_seconds'] * 1e3:.1f} ms | {f['ratio']:.2f}× "
                 f"| {_size(f['plain_bytes_up'])} → {_size(f['secure_bytes_up'])} "
-                f"| {f['max_abs_diff']:.1e} |",
+                f"| {f['max_abs_diff']:.1e} | {f['secure_exchanges']:g} |",
                 flush=True,
             )
+    load = os.getloadavg()
+    print(f"load average after: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}", flush=True)
 
 
 # -- the core, in one process ----------------------------------------------------------------------
@@ -220,31 +247,61 @@ def run(n: int, length: int, limbs: int, drop: bool) -> dict[str, float]:
     }
 
 
+def pairwise(n: int, length: int, limbs: int) -> dict[str, float]:
+    """The one-exchange protocol's core: key agreement of all sites (once per run), one site's
+    masking (n − 1 pairwise masks), and the coordinator's sum of n masked vectors."""
+    names = [f"s{i:02d}" for i in range(n)]
+    sites = {name: PairwiseMasker(name) for name in names}
+    keys = {name: site.public_key for name, site in sites.items()}
+    session = secrets.token_bytes(16)
+    t0 = time.perf_counter()
+    for site in sites.values():
+        site.agree(session, keys)
+    t1 = time.perf_counter()
+    label = MaskLabel(1, 1, "bench", length, limbs, -60, 60, n)
+    vector = ring.zeros(length, limbs)
+    masked, seconds = [], []
+    for site in sites.values():
+        started = time.perf_counter()
+        masked.append(site.mask(label, vector))
+        seconds.append(time.perf_counter() - started)
+    t2 = time.perf_counter()
+    total = ring.total(masked)
+    t3 = time.perf_counter()
+    assert not total.any()  # the masks cancel
+    return {"agree": t1 - t0, "mask": float(np.median(seconds)), "sum": t3 - t2}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="?", choices=["rounds", "core"], default="rounds")
     parser.add_argument("--full", action="store_true", help="also run 50 sites × 10^6")
     parser.add_argument("--limbs", type=int, nargs="+", default=[1, 2], help="core: ring widths")
+    parser.add_argument("--dropout", action="store_true", help="rounds: dropout-tolerant protocol")
+    parser.add_argument("--sites", type=int, nargs="+", default=[3, 10, 50], help="rounds: sites")
     args = parser.parse_args()
     if args.what == "rounds":
-        rounds_table(args.full)
+        rounds_table(args.full, args.dropout, tuple(args.sites))
         return
     print(
-        "| sites | length | ring bits | keys + shares, all sites | mask, one site | unmask | unmask, 1 dropped |"
+        "| sites | length | ring bits | keys + shares, all sites | mask, one site | unmask "
+        "| unmask, 1 dropped | one exchange: keys, all sites (once a run) | mask, one site | sum |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in (3, 10, 50):
         for length in (10, 10_000, 1_000_000):
             for limbs in args.limbs:
                 if n == 50 and length == 1_000_000 and not args.full:
-                    print(f"| {n} | {length:,} | {64 * limbs} | skipped (--full) | | | |")
+                    print(f"| {n} | {length:,} | {64 * limbs} | skipped (--full) | | | | | | |")
                     continue
                 plain = run(n, length, limbs, drop=False)
                 dropped = run(n, length, limbs, drop=True)
+                fast = pairwise(n, length, limbs)
                 print(
                     f"| {n} | {length:,} | {64 * limbs} | {plain['setup'] * 1e3:.1f} ms "
                     f"| {plain['mask'] * 1e3:.2f} ms | {plain['unmask'] * 1e3:.1f} ms "
-                    f"| {dropped['unmask'] * 1e3:.1f} ms |",
+                    f"| {dropped['unmask'] * 1e3:.1f} ms | {fast['agree'] * 1e3:.1f} ms "
+                    f"| {fast['mask'] * 1e3:.2f} ms | {fast['sum'] * 1e3:.1f} ms |",
                     flush=True,
                 )
 

@@ -11,11 +11,13 @@ from fedflow.apps.base import SUM, Table, sum_replies
 from fedflow.errors import AppError, DataError, RemoteProtocolError
 from fedflow.node.agent import NodeAgent
 from fedflow.runtime.driver import Driver
-from fedflow.runtime.secure import SecureRound
+from fedflow.runtime.secure import MaskedRound, MaskedRun, SecureRound
 from fedflow.runtime.simulate import in_memory, simulate
 from fedflow.wire import (
     Failure,
     Hello,
+    MaskedSum,
+    MaskedTask,
     MessageCodec,
     Prepare,
     Prepared,
@@ -45,7 +47,9 @@ def test_secure_and_plaintext_runs_give_identical_values() -> None:
     assert secure.result["histogram"] == reference.histogram.tolist()
     assert secure.result["n"] == sum(t.n_rows for t in sites.values())
     rounds = secure.metrics["rounds"]
-    assert [r["exchanges"] for r in rounds] == [4, 4] and secure.rounds == 2
+    # one exchange a round; the first takes a second one: its exact cross-products are finer
+    # than the encoding proposed for a phase not seen yet (2^-80)
+    assert [r["exchanges"] for r in rounds] == [2, 1] and secure.rounds == 2
     assert [r["exchanges"] for r in plain.metrics["rounds"]] == [1, 1]
 
 
@@ -94,6 +98,10 @@ def test_min_count_still_holds_under_secure() -> None:
 
 
 def _prepared(name: str, table: Table, *, secure: bool = True) -> NodeAgent:
+    return _prepare(name, table, secure=secure)[0]
+
+
+def _prepare(name: str, table: Table, *, secure: bool = True) -> tuple[NodeAgent, Prepared]:
     agent = NodeAgent(name, preloaded=in_memory(table, name))
     from fedflow._version import __version__
     from fedflow.wire import PROTOCOL_VERSION
@@ -110,7 +118,8 @@ def _prepared(name: str, table: Table, *, secure: bool = True) -> NodeAgent:
         )
     )
     assert isinstance(reply, Prepared), reply
-    return agent
+    assert (reply.mask_pk is not None) == secure
+    return agent, reply
 
 
 def _codec(message):  # every message crosses the wire codec, as it would on a socket
@@ -284,7 +293,8 @@ def test_the_driver_hands_the_aggregate_only_the_sum() -> None:
 
     driver.app.aggregate_moments = spy  # type: ignore[method-assign]
     tables = site_tables()
-    agents = {n: _prepared(n, t) for n, t in tables.items()}
+    ready = {n: _prepare(n, t) for n, t in tables.items()}
+    agents = {n: agent for n, (agent, _) in ready.items()}
     from fedflow.apps.base import SiteInfo
 
     infos = {
@@ -293,6 +303,7 @@ def test_the_driver_hands_the_aggregate_only_the_sum() -> None:
     }
     prepare = driver.prepare(infos)
     assert prepare.secure is True
+    driver.prepared({n: _codec(reply) for n, (_, reply) in ready.items()})
     driver.begin(infos)
     while (tasks := driver.tasks()) is not None:
         driver.feed({n: _codec(agents[n].handle(_codec(m))) for n, m in tasks.items()})
@@ -329,7 +340,7 @@ def test_a_site_that_drops_during_a_secure_round_ends_the_run_naming_it() -> Non
     agents = {n: NodeAgent(n, preloaded=in_memory(t, n)) for n, t in tables.items()}
 
     def dies_at_masking(message):
-        if isinstance(message, RelayShares):
+        if isinstance(message, MaskedTask) and message.round == 2:
             raise ConnectionError("the site went away")
         return agents["site-2"].handle(message)
 
@@ -341,5 +352,135 @@ def test_a_site_that_drops_during_a_secure_round_ends_the_run_naming_it() -> Non
     with pytest.raises(SiteError) as caught:
         asyncio.run(coordinator.run())
     assert caught.value.site == "site-2"
-    # the other sites had shared their keys: nothing was summed, the run ended
-    assert coordinator.metrics["rounds"] == []
+    # the keys were agreed and round 1 summed; round 2 was not: the run ended, nothing revealed
+    assert [r["round"] for r in coordinator.metrics["rounds"]] == [1]
+
+
+# -- the one-exchange protocol (no dropout recovery) -------------------------------------------
+
+
+class Masked:
+    """Real node agents driven by MaskedRounds, with the keys of their Prepared answers."""
+
+    def __init__(self, sizes=(40, 25, 31)) -> None:
+        self.tables = site_tables(sizes)
+        ready = {n: _prepare(n, t) for n, t in self.tables.items()}
+        self.agents = {n: agent for n, (agent, _) in ready.items()}
+        self.keys = {n: reply.mask_pk for n, (_, reply) in ready.items()}
+        self.run = MaskedRun(b"s" * 16, self.keys)
+
+    def ask(self, requests) -> dict:
+        return {n: _codec(self.agents[n].handle(_codec(m))) for n, m in requests.items()}
+
+    def round(self, number: int) -> MaskedRound:
+        names = list(self.tables)
+        return MaskedRound(self.run, number, "moments", Moments, {n: {} for n in names}, names)
+
+    def sum(self, number: int) -> MaskedRound:
+        r = self.round(number)
+        while not r.done:
+            r.feed(self.ask(r.requests()))
+        return r
+
+
+def test_a_masked_round_is_one_exchange_once_the_phase_is_known_and_sums_exactly() -> None:
+    fed = Masked()
+    reference = sum_replies({n: moments(t, 4) for n, t in fed.tables.items()}, Moments)
+    first = fed.sum(1)
+    # the exact cross-products are finer than the first proposal (2^-80): a second exchange
+    assert first.exchanges == 2
+    second = fed.sum(2)
+    assert second.exchanges == 1  # the proposal now holds every site's values, with margin
+    for r in (first, second):
+        got = r.result
+        assert got.exact == reference.exact and got.n == reference.n
+        assert got.total == reference.total
+        assert np.array_equal(got.columns, reference.columns)
+        assert np.array_equal(got.histogram, reference.histogram)
+
+
+def _masked_task(keys=None, **changes) -> MaskedTask:
+    fields = {
+        "round": 1,
+        "phase": "moments",
+        "payload": {},
+        "counter": 1,
+        "lsb": -200,
+        "msb": 40,
+        "terms": 3,
+        "session": b"s" * 16,
+        "keys": keys,
+    }
+    fields.update(changes)
+    return MaskedTask(**fields)
+
+
+def test_a_site_refuses_hostile_masked_tasks() -> None:
+    fed = Masked()
+    agent, keys = fed.agents["site-1"], fed.keys
+
+    def refused(message, text):
+        answer = agent.handle(_codec(message))
+        assert isinstance(answer, Failure) and text in answer.message, answer
+
+    refused(_masked_task(session=None), "before the run's keys were relayed")
+    refused(_masked_task(keys=keys, session=None), "a session id but no keys")
+    altered = {**keys, "site-1": keys["site-2"]}
+    refused(_masked_task(keys=altered), "own public key came back altered")
+    refused(_masked_task(keys={**keys, "site-2": bytes(32)}), "agrees no secret (site 'site-2')")
+    refused(_masked_task(keys=keys, terms=4), "sums of 4 terms in a run of 3 sites")
+    first = agent.handle(_codec(_masked_task(keys=keys)))
+    assert isinstance(first, MaskedSum) and first.vector is not None
+    refused(_masked_task(round=2, counter=1, session=None), "mask counter 1 replayed")
+    refused(_masked_task(round=1, counter=2, session=None, phase="check"), "a different request")
+    other = {**keys, "site-3": fed.keys["site-2"]}
+    refused(_masked_task(keys=other, round=2, counter=3), "another session or peer set")
+    refused(_masked_task(keys=keys, round=2, counter=3, session=b"t" * 16), "session changed")
+    ok = agent.handle(_codec(_masked_task(round=3, counter=4, session=None)))
+    assert isinstance(ok, MaskedSum) and ok.vector is not None
+    refused(_masked_task(round=2, counter=5, session=None), "round 2 replayed or out of order")
+    # a proposal that does not hold the site's values: its range and no vector
+    narrow = agent.handle(_codec(_masked_task(round=4, counter=6, session=None, lsb=-10)))
+    assert isinstance(narrow, MaskedSum) and narrow.vector is None and narrow.lsb < -10
+
+
+def test_the_coordinator_names_a_site_that_withholds_or_misshapes_its_vector() -> None:
+    fed = Masked()
+    fed.sum(1)  # the phase's ranges are known: round 2 is one exchange
+    r = fed.round(2)
+    replies = fed.ask(r.requests())
+    replies["site-2"] = msgspec.structs.replace(replies["site-2"], vector=None)
+    with pytest.raises(RemoteProtocolError, match="sent no masked vector") as caught:
+        r.feed(replies)
+    assert caught.value.site == "site-2"
+    r = fed.round(3)
+    replies = fed.ask(r.requests())
+    bad = np.zeros((3, 1), dtype=np.uint64)
+    replies["site-3"] = msgspec.structs.replace(replies["site-3"], vector=bad)
+    with pytest.raises(RemoteProtocolError, match="not a") as caught:
+        r.feed(replies)
+    assert caught.value.site == "site-3"
+    r = fed.round(4)
+    replies = fed.ask(r.requests())
+    del replies["site-1"]
+    with pytest.raises(RemoteProtocolError, match="no MaskedSum") as caught:
+        r.feed(replies)
+    assert caught.value.site == "site-1"
+
+
+def test_a_driver_without_the_sites_keys_refuses_to_start_a_secure_round() -> None:
+    from fedflow.apps.base import SiteInfo
+
+    tables = site_tables()
+    driver = Driver(APP, {}, secure=True)
+    infos = {
+        n: SiteInfo(n, t.n_rows, {"x": "float", "y": "float", "k": "int"})
+        for n, t in tables.items()
+    }
+    driver.prepare(infos)
+    with pytest.raises(RemoteProtocolError, match="no 32-byte public key") as caught:
+        driver.prepared({n: Prepared(rows=t.n_rows) for n, t in tables.items()})
+    assert caught.value.site == "site-1"
+    driver.begin(infos)
+    with pytest.raises(AppError, match="public keys were not taken"):
+        driver.tasks()

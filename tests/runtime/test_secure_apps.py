@@ -61,7 +61,8 @@ def test_secure_and_plaintext_agree_within_the_apps_tolerance(app: str) -> None:
     params = secure_params(app, case.params, frame)
     plain = simulate(case.app, params, sites, **kwargs)
     secure = simulate(case.app, params, sites, secure=True, **kwargs)
-    assert all(r["exchanges"] == 4 for r in secure.metrics["rounds"])
+    # one exchange a round (two when a phase's values need a wider encoding than proposed)
+    assert all(r["exchanges"] in (1, 2) for r in secure.metrics["rounds"])
     instance = get_app(app)
     comparison = compare_results(
         instance.comparable(secure.result),

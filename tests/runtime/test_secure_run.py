@@ -11,7 +11,8 @@ import pytest
 
 import fedflow
 from fedflow.apps.base import Table
-from fedflow.secure import FixedPoint
+from fedflow.runtime.secure import first_proposal
+from fedflow.secure import EncodingError, FixedPoint
 from fedflow.secure.layout import flatten
 from fedflow.study import load_study
 from tests.helpers import fedflow as cli
@@ -80,43 +81,38 @@ def test_a_secure_local_run_matches_plaintext_and_its_trace_hides_every_site(
 
     lines = _lines(secure.dir / "trace.jsonl")
     in_rounds = [m for m in lines if m["round"] is not None]
-    assert {m["type"] for m in lines} == {
-        "welcome",
-        "ready",
-        "prepared",
-        "keys",
-        "shares",
-        "masked",
-        "reveal",
-        "bye",
-    }
-    assert {m["type"] for m in in_rounds} == {"keys", "shares", "masked", "reveal"}
-    assert [m["type"] for m in in_rounds if m["site"] == "site-1"] == [
-        "keys",
-        "shares",
-        "masked",
-        "reveal",
-    ] * 2
+    assert {m["type"] for m in lines} == {"welcome", "ready", "prepared", "masked_sum", "bye"}
+    assert {m["type"] for m in in_rounds} == {"masked_sum"}
+    mine = [m["round"] for m in in_rounds if m["site"] == "site-1"]
+    assert sorted(set(mine)) == [1, 2] and len(mine) <= 4  # one exchange a round, or two
     seen = _numbers([m["message"] for m in in_rounds], set())
     for values, _ in own.values():
         assert not values & seen  # no float, no exact sum of any site
 
-    # nor any word of a site's encoded reply among the masked vectors' words
-    keys = [m["message"] for m in in_rounds if m["type"] == "keys" and m["round"] == 1]
-    spec = FixedPoint.agree([(k["lsb"], k["msb"]) for k in keys], 3)
+    # nor any word of a site's encoded reply among the masked vectors' words, in the encodings
+    # the coordinator could have asked for: the first proposal and the sites' agreed range
+    first = [m["message"] for m in in_rounds if m["round"] == 1]
+    specs = [
+        first_proposal(3),
+        FixedPoint.agree([(k["lsb"], k["msb"]) for k in first if k["lsb"] is not None], 3),
+    ]
     masked_words = {
-        w
-        for m in in_rounds
-        if m["type"] == "masked" and m["round"] == 1
-        for row in m["message"]["vector"]["data"]
-        for w in row
+        w for m in first if m["vector"] is not None for row in m["vector"]["data"] for w in row
     }
+    assert masked_words
+    checked = 0
     for _, reply in own.values():
-        words = set(flatten(reply).encode(spec).ravel().tolist()) - {0, 2**64 - 1}
-        assert words and not words & masked_words
+        for spec in specs:
+            try:
+                encoded = flatten(reply).encode(spec)
+            except EncodingError:  # values this encoding does not hold were not sent in it
+                continue
+            words = set(encoded.ravel().tolist()) - {0, 2**64 - 1}
+            assert words and not words & masked_words
+            checked += 1
+    assert checked >= len(own)
 
 
-@pytest.mark.slow
 def test_the_cli_runs_secure_and_validate_refuses_an_app_without_support(tmp_path: Path) -> None:
     study = _study(tmp_path, secure=False)
     done = cli("run", str(study), "--secure", "--json", "--out", str(tmp_path / "r"))

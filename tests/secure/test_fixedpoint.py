@@ -176,3 +176,42 @@ def test_clipped_64_bit_ring_meets_its_error_bound() -> None:
     assert codec.error_bound < 1e-15
     with pytest.raises(EncodingError, match="NaN"):
         codec.encode(np.array([np.nan]))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.floats(allow_nan=False, allow_infinity=False, min_value=-(2.0**60), max_value=2.0**60),
+        min_size=1,
+        max_size=30,
+    ),
+    st.integers(0, 12),
+    st.integers(0, 4),
+)
+def test_the_narrow_float_encoding_equals_the_exact_one(
+    values: list[float], below: int, above: int
+) -> None:
+    array = np.array(values)
+    lsb, msb = exponent_range(array)
+    spec = FixedPoint(lsb - below, max(lsb, msb) + above, 10)
+    encoded = spec.encode(array)  # one or two limbs: the float-only path when it fits
+    scale = Fraction(2) ** -spec.lsb
+    exact = [int(Fraction(v) * scale) for v in values]
+    assert ring.to_ints(encoded) == exact
+    assert spec.decode(encoded) == [Fraction(v) for v in values]
+
+
+def test_the_narrow_encoding_still_refuses_naming_the_value() -> None:
+    spec = FixedPoint(-10, 10, 3)
+    with pytest.raises(EncodingError, match="position 1 has bits finer"):
+        spec.encode(np.array([1.0, 2.0**-11, 3.0]))
+    with pytest.raises(EncodingError, match="position 2 lies outside"):
+        spec.encode(np.array([1.0, -2.0, 2.0**10]))
+    with pytest.raises(EncodingError, match="position 0 is not finite"):
+        spec.encode(np.array([np.nan, 1.0]))
+
+
+def test_negative_values_whose_low_word_is_zero_encode_exactly() -> None:
+    spec = FixedPoint(-64, 4, 3)  # −1.0 is −2^64 in the ring: a zero low word, a borrow
+    values = np.array([-1.0, -2.0, 1.0, -0.5, -(2.0**-64), 0.0])
+    assert ring.to_ints(spec.encode(values)) == [int(Fraction(v) * 2**64) for v in values]

@@ -107,3 +107,27 @@ def test_expand_is_deterministic_per_seed_and_looks_uniform() -> None:
     assert not np.array_equal(a, ring.expand(bytes(32), 1000, 2))
     ones = np.unpackbits(a.view(np.uint8)).mean()
     assert 0.48 < ones < 0.52
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 3),
+    st.lists(st.tuples(st.booleans(), st.integers(0, 2**192 - 1)), min_size=1, max_size=40),
+)
+def test_the_accumulator_equals_python_integer_sums(limbs: int, terms: list) -> None:
+    modulus = 1 << (64 * limbs)
+    length = 3
+    acc = ring.Accumulator(length, limbs)
+    expected = [0] * length
+    for k, (negative, value) in enumerate(terms):
+        values = [(value * (i + 1) + k) % modulus for i in range(length)]
+        vector = ring.from_ints(values, limbs)
+        raw = vector.tobytes() if k % 2 else vector  # as a keystream's bytes, or an array
+        acc.sub(raw) if negative else acc.add(raw)
+        expected = [
+            (e - v if negative else e + v) % modulus for e, v in zip(expected, values, strict=True)
+        ]
+    assert ring.to_ints(acc.result(), signed=False) == expected
+    # all-ones words: a carry out of every limb on every addition
+    top = ring.from_ints([modulus - 1] * length, limbs)
+    assert ring.to_ints(ring.total([top] * 5), signed=False) == [(5 * (modulus - 1)) % modulus] * 3

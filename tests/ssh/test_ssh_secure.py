@@ -1,5 +1,5 @@
 """secure = true over SSH sites (real sshd servers): the same result as plaintext and as local
-sites, only keys/shares/masked/reveal in the rounds of trace.jsonl, and a site killed during a
+sites, only masked sums in the rounds of trace.jsonl, and a site killed during a
 secure round ends the run naming it."""
 
 from __future__ import annotations
@@ -44,14 +44,14 @@ def test_secure_over_ssh_matches_plaintext_and_traces_only_masked_messages(
         json.loads(x) for x in (tmp_path / "run-secure" / "trace.jsonl").read_text().splitlines()
     ]
     in_rounds = [m for m in lines if m["round"] is not None]
-    assert in_rounds and {m["type"] for m in in_rounds} == {"keys", "shares", "masked", "reveal"}
+    assert in_rounds and {m["type"] for m in in_rounds} == {"masked_sum"}
     for site in ("berlin", "vienna", "zurich"):
-        mine = [m["type"] for m in in_rounds if m["site"] == site]
-        assert mine == ["keys", "shares", "masked", "reveal"] * got["rounds"]
+        mine = [m["round"] for m in in_rounds if m["site"] == site]
+        assert sorted(set(mine)) == list(range(1, got["rounds"] + 1))
     manifest = json.loads((tmp_path / "run-secure" / "manifest.json").read_text())
     assert manifest["secure"] is True
     rounds = json.loads((tmp_path / "run-secure" / "metrics.json").read_text())["rounds"]
-    assert all(r["exchanges"] == 4 for r in rounds)
+    assert all(r["exchanges"] in (1, 2) for r in rounds)
     for site in prepared.sites:
         assert wait_until(lambda s=site: not s.pids())
 

@@ -351,7 +351,8 @@ class NodeAgent:
             self._secure = SecureSite(self.site, self._summed)
         log.info("prepared app '%s' on %d rows (min_count %d)", msg.app, table.n_rows, min_count)
         self.state = "prepared"
-        return Prepared(rows=table.n_rows)
+        key = self._secure.public_key if self._secure is not None else None
+        return Prepared(rows=table.n_rows, mask_pk=key)
 
     def _prepare_table(
         self, app: App[Any], name: str, needed: Mapping[str, str], min_count: int

@@ -1,7 +1,16 @@
 """A site's side of secure aggregation: its reply to a summed phase leaves the site only masked.
 
 The node agent hands every secure-round message to ``SecureSite.handle`` (with ``secure = true``
-the agent answers no plain ``Task``). Per round::
+the agent answers no plain ``Task``). Its public key for the run's pairwise masks
+(``public_key``) leaves in the agent's ``Prepared`` answer. Without dropout recovery
+(analytics) a round is one message::
+
+    MaskedTask   (the first of the run: agree the pair keys with every site's relayed key, once)
+                 compute local_<phase> (a retry of the same round reuses the kept reply); answer
+                 its layout, its exponent range and, if the proposed encoding holds its values,
+                 the reply encoded and masked with pairwise masks under a fresh counter
+
+With dropout recovery (training), per round::
 
     SecureTask   compute local_<phase> (through ``compute``), keep the reply here, flatten it;
                  answer our public keys, its layout and the exponent range of its values
@@ -22,12 +31,26 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from fedflow.errors import RemoteProtocolError
-from fedflow.secure import FixedPoint, Keys, Session, ShareError, SiteAggregation, Unmask
+from fedflow.secure import (
+    FixedPoint,
+    Keys,
+    MaskLabel,
+    PairwiseMasker,
+    SecureAggregationError,
+    Session,
+    ShareError,
+    SiteAggregation,
+    Unmask,
+)
 from fedflow.secure.layout import MAX_BITS, Flat, flatten
 from fedflow.secure.shamir import SHARE_BYTES
 from fedflow.wire import (
     LayoutField,
+    MaskedSum,
+    MaskedTask,
     Message,
     PublicKeys,
     RelayKeys,
@@ -60,6 +83,16 @@ class ShareBlame(RemoteProtocolError):
 
 
 @dataclasses.dataclass
+class _Kept:
+    """The reply of the round in flight of the one-exchange protocol (kept for a retry)."""
+
+    round: int
+    phase: str
+    payload: dict[str, Any]
+    flat: Flat
+
+
+@dataclasses.dataclass
 class _Round:
     round: int
     flat: Flat
@@ -77,10 +110,21 @@ class SecureSite:
         """The run's session id (the first SecureTask's); another one later is refused."""
         self.last_round = 0
         self.current: _Round | None = None
+        self.masker = PairwiseMasker(site)
+        """This run's key pair and, once agreed, the pair keys (one-exchange protocol)."""
+        self.last_counter = 0
+        self.kept: _Kept | None = None
+
+    @property
+    def public_key(self) -> bytes:
+        """This site's X25519 public key for the run's pairwise masks."""
+        return self.masker.public_key
 
     def handle(self, message: Message) -> Message:
         """Return the answer to a secure-round message (raises ProtocolError and the app's
         errors, which the agent turns into a Failure)."""
+        if isinstance(message, MaskedTask):
+            return self._masked(message)
         if isinstance(message, SecureTask):
             return self._task(message)
         current = self._in_round(getattr(message, "round", None))
@@ -101,17 +145,85 @@ class SecureSite:
             )
         return self.current
 
-    # -- step 1 --------------------------------------------------------------------------------
-    def _task(self, msg: SecureTask) -> SecureKeys:
-        if msg.round <= self.last_round:
+    # -- one exchange (no dropout recovery) ---------------------------------------------------
+    def _masked(self, msg: MaskedTask) -> MaskedSum:
+        if (msg.session is None) != (msg.keys is None):
+            raise RemoteProtocolError("a masked task with a session id but no keys, or keys alone")
+        if msg.session is not None and msg.keys is not None:
+            self._check_session(msg.session)
+            self._check_sites(list(msg.keys))
+            try:
+                self.masker.agree(msg.session, msg.keys)
+            except SecureAggregationError as exc:
+                where = f" (site '{exc.site}')" if exc.site and exc.site != self.site else ""
+                raise RemoteProtocolError(exc.message + where) from None
+            self.session = msg.session
+        elif not self.masker.agreed:
+            raise RemoteProtocolError("a masked task before the run's keys were relayed")
+        if msg.terms != len(self.masker.keys):
+            raise RemoteProtocolError(
+                f"an encoding for sums of {msg.terms} terms in a run of "
+                f"{len(self.masker.keys)} sites"
+            )
+        if msg.counter <= self.last_counter:
+            raise RemoteProtocolError(
+                f"mask counter {msg.counter} replayed or out of order (last {self.last_counter}): "
+                "a mask is never used twice"
+            )
+        kept = self.kept
+        if kept is not None and msg.round == kept.round:  # a retry with a wider encoding
+            if msg.phase != kept.phase or not _same(msg.payload, kept.payload):
+                raise RemoteProtocolError(
+                    f"a different request for round {msg.round}, whose reply was computed already"
+                )
+            seconds = 0.0
+        elif msg.round > self.last_round:
+            self.last_round = msg.round
+            self.kept = None
+            reply, seconds = self.compute(msg.round, msg.phase, msg.payload)
+            kept = self.kept = _Kept(msg.round, msg.phase, dict(msg.payload), flatten(reply))
+        else:
             raise RemoteProtocolError(
                 f"secure round {msg.round} replayed or out of order (last round {self.last_round})"
             )
-        if not 16 <= len(msg.session) <= 64:
-            raise RemoteProtocolError(f"a session id of {len(msg.session)} bytes (16 to 64)")
-        if self.session is not None and msg.session != self.session:
+        self.last_counter = msg.counter
+        flat = kept.flat
+        own = flat.range
+        vector = None
+        if msg.lsb is not None and msg.msb is not None:
+            if not msg.lsb <= msg.msb or msg.msb - msg.lsb > MAX_BITS:
+                raise RemoteProtocolError(f"an encoding from 2^{msg.lsb} to 2^{msg.msb}")
+            if own is None or (msg.lsb <= own[0] and own[1] <= msg.msb):
+                spec = FixedPoint(msg.lsb, msg.msb, msg.terms)
+                label = MaskLabel(
+                    msg.counter,
+                    msg.round,
+                    msg.phase,
+                    flat.length,
+                    spec.limbs,
+                    spec.lsb,
+                    spec.msb,
+                    spec.terms,
+                )
+                vector = self.masker.mask(label, flat.encode(spec))
+        lsb, msb = own if own is not None else (None, None)
+        return MaskedSum(
+            round=msg.round,
+            counter=msg.counter,
+            layout=[LayoutField(f.name, f.kind, list(f.shape)) for f in flat.layout],
+            lsb=lsb,
+            msb=msb,
+            vector=vector,
+            seconds=seconds,
+        )
+
+    def _check_session(self, session: bytes) -> None:
+        if not 16 <= len(session) <= 64:
+            raise RemoteProtocolError(f"a session id of {len(session)} bytes (16 to 64)")
+        if self.session is not None and session != self.session:
             raise RemoteProtocolError("the secure-aggregation session changed within the run")
-        sites = list(msg.sites)
+
+    def _check_sites(self, sites: list[str]) -> None:
         if not 2 <= len(sites) <= MAX_SITES or len(set(sites)) != len(sites):
             raise RemoteProtocolError(f"a secure round over {len(sites)} sites, or a site twice")
         bad = [s for s in sites if not _NAME.fullmatch(s)]
@@ -119,6 +231,16 @@ class SecureSite:
             raise RemoteProtocolError(f"a secure round names an invalid site {bad[0][:70]!r}")
         if self.site not in sites:
             raise RemoteProtocolError(f"a secure round without this site ('{self.site}')")
+
+    # -- step 1 --------------------------------------------------------------------------------
+    def _task(self, msg: SecureTask) -> SecureKeys:
+        if msg.round <= self.last_round:
+            raise RemoteProtocolError(
+                f"secure round {msg.round} replayed or out of order (last round {self.last_round})"
+            )
+        self._check_session(msg.session)
+        sites = list(msg.sites)
+        self._check_sites(sites)
         n = len(sites)
         if not n // 2 + 1 <= msg.threshold <= n:
             raise RemoteProtocolError(
@@ -197,3 +319,20 @@ class SecureSite:
         return SecureReveal(
             round=current.round, self_seeds=reveal.self_seeds, mask_keys=reveal.mask_keys
         )
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two decoded payloads are equal (numpy arrays compared by dtype, shape, values)."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (
+            isinstance(a, np.ndarray)
+            and isinstance(b, np.ndarray)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+        )
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and bool(a == b)

@@ -255,6 +255,7 @@ class Coordinator:
         self.prepare_message = prepare  # kept, with self.setups, to restart a lost site's agent
         with self._phase("prepare"):
             prepared = await self._exchange({n: prepare for n in self.sites}, Prepared)
+            driver.prepared(prepared)  # secure = true: the sites' keys for pairwise masks
             for name, reply in prepared.items():
                 self.sites[name].rows_used = reply.rows
                 infos[name] = SiteInfo(name, reply.rows, infos[name].columns)
@@ -328,7 +329,7 @@ class Coordinator:
                 for n in self.sites
             },
         }
-        entry["exchanges"] = 0  # 4 for a secure round (keys, shares, masked, reveal), else 1
+        entry["exchanges"] = 0  # 1 (2 if a wider encoding was needed); 4 with dropout recovery
         return entry
 
     async def _finish(self, status: str) -> None:

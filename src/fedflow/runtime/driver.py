@@ -15,9 +15,12 @@ Replies are decoded into the phase's reply type; a reply that does not fit is a 
 blamed on the site that sent it.
 
 With ``secure=True`` (the study's ``secure = true``) a round of a summed phase is a
-``SecureRound`` (``fedflow.runtime.secure``): ``tasks()`` yields its four steps' requests one
-after the other (``expect`` names the answer type) and ``feed()`` takes the answers; when the sum
-is known, ``aggregate_<phase>`` receives ``{SUM: the sum}``. An app whose ``App.secure`` is not
+``MaskedRound`` (``fedflow.runtime.secure``; one exchange, under the pairwise keys the sites sent
+in their ``Prepared`` answers, handed over with ``prepared``) or, for an app that completes
+rounds with the sites that answered (``App.partial_rounds``: training), a ``SecureRound`` with
+dropout recovery (four exchanges): ``tasks()`` yields each exchange's requests (``expect`` names
+the answer type) and ``feed()`` takes the answers; when the sum is known, ``aggregate_<phase>``
+receives ``{SUM: the sum}``. An app whose ``App.secure`` is not
 True is refused at ``prepare``, and a step to a phase that is not summed ends the run.
 """
 
@@ -44,8 +47,8 @@ from fedflow.apps.base import (
     merged_columns,
 )
 from fedflow.errors import AppError, RemoteProtocolError
-from fedflow.runtime.secure import SecureRound, majority
-from fedflow.wire import Message, Prepare, Reply, Task
+from fedflow.runtime.secure import MaskedRound, MaskedRun, SecureRound, majority
+from fedflow.wire import Message, Prepare, Prepared, Reply, Task
 
 __all__ = ["Driver", "Outcome"]
 
@@ -78,6 +81,7 @@ class Driver:
         app_instance: App[Any] | None = None,
         secure: bool = False,
         threshold: int | None = None,
+        dropout: bool | None = None,
     ) -> None:
         self.ref = app
         self.app: App[Any] = app_instance if app_instance is not None else get_app(app)
@@ -95,7 +99,11 @@ class Driver:
         """The Shamir threshold of secure rounds (None: a majority of the sites)."""
         self.session_id = secrets.token_bytes(16)
         """Fresh per run: no secure message of another run opens in this one."""
-        self.secure_round: SecureRound | None = None
+        self.dropout = self.app.partial_rounds if dropout is None else dropout
+        """Secure rounds with dropout recovery (four exchanges) instead of one exchange."""
+        self.masked_run: MaskedRun | None = None
+        """The one-exchange protocol's keys and counter (from ``prepared``)."""
+        self.secure_round: SecureRound | MaskedRound | None = None
         """The secure round in flight, if any."""
 
     def restore(self, rounds: int, state: Mapping[str, Any]) -> None:
@@ -131,6 +139,22 @@ class Driver:
             columns=dict(self.app.columns(self.params)),
             secure=self.secure,
         )
+
+    def prepared(self, replies: Mapping[str, Prepared]) -> None:
+        """Take the sites' ``Prepared`` answers: with ``secure = true`` (no dropout recovery)
+        each carries the site's public key for the run's pairwise masks. Raises
+        RemoteProtocolError naming a site that sent none, or one not of 32 bytes."""
+        if not self.secure or self.dropout:
+            return
+        keys = {}
+        for name, reply in replies.items():
+            if reply.mask_pk is None or len(reply.mask_pk) != 32:
+                raise RemoteProtocolError(
+                    "sent no 32-byte public key for secure aggregation in its Prepared answer",
+                    site=name,
+                )
+            keys[name] = reply.mask_pk
+        self.masked_run = MaskedRun(self.session_id, keys)
 
     def _check_secure(self, n: int) -> None:
         support = type(self.app).secure
@@ -184,17 +208,34 @@ class Driver:
                     f"app '{self.app.name}' stepped to phase '{step.phase}', which is not summed, "
                     "with secure = true (only summed phases run securely)"
                 )
+            payloads = {
+                name: encode_payload(per_site[name]) if name in per_site else shared
+                for name in self.ctx.sites
+            }
+            reply = self.app.check_phase(step.phase).reply
+            if not self.dropout:
+                if self.masked_run is None or set(self.masked_run.keys) != set(self.ctx.sites):
+                    raise AppError(
+                        "secure = true: the sites' public keys were not taken (Driver.prepared)"
+                    )
+                self.secure_round = MaskedRound(
+                    self.masked_run,
+                    self.ctx.round,
+                    step.phase,
+                    reply,
+                    payloads,
+                    list(self.ctx.sites),
+                )
+                return self.secure_round.requests()
             self.secure_round = SecureRound(
                 self.session_id,
                 self.ctx.round,
                 step.phase,
-                self.app.check_phase(step.phase).reply,
-                {
-                    name: encode_payload(per_site[name]) if name in per_site else shared
-                    for name in self.ctx.sites
-                },
+                reply,
+                payloads,
                 list(self.ctx.sites),
                 self.threshold or majority(len(self.ctx.sites)),
+                dropout=True,
             )
             return self.secure_round.requests()
         return {

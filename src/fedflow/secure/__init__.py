@@ -2,6 +2,8 @@
 
 A sans-I/O core (no sockets, files or processes; it imports only ``fedflow.errors``):
 
+- ``pairwise``: pairwise masks under X25519 keys agreed once per run, one exchange per sum
+  (analytics: a dropped site ends the run, so nothing is ever unmasked);
 - ``protocol``: Bonawitz et al. (2017) for an honest-but-curious coordinator — X25519 key
   agreement, ChaCha20 masks, Shamir-shared self-mask seeds and mask keys so that the survivors
   can unmask a site that dropped after sending its keys, sealed (ChaCha20-Poly1305) shares bound
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from fedflow.secure.errors import EncodingError, SecureAggregationError, ShareError
 from fedflow.secure.fixedpoint import Clipped64, FixedPoint, exponent_range
+from fedflow.secure.pairwise import MaskLabel, PairwiseMasker, sum_vectors
 from fedflow.secure.protocol import (
     CoordinatorAggregation,
     Keys,
@@ -36,7 +39,9 @@ __all__ = [
     "EncodingError",
     "FixedPoint",
     "Keys",
+    "MaskLabel",
     "Masked",
+    "PairwiseMasker",
     "Reveal",
     "SecureAggregationError",
     "Session",
@@ -45,4 +50,5 @@ __all__ = [
     "SiteAggregation",
     "Unmask",
     "exponent_range",
+    "sum_vectors",
 ]

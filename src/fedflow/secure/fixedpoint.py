@@ -138,6 +138,10 @@ class FixedPoint:
         return ring.from_ints(ints, self.limbs)
 
     def _encode_floats(self, values: np.ndarray) -> np.ndarray:
+        if self.limbs <= 2 and self.msb - self.lsb <= 126:
+            fast = self._encode_narrow(values)
+            if fast is not None:
+                return fast
         limbs, n = self.limbs, values.shape[0]
         bad = ~np.isfinite(values)
         if bad.any():
@@ -165,6 +169,31 @@ class FixedPoint:
         negative = mantissa < 0
         if negative.any():
             out[negative] = ring.neg(out[negative])
+        return out
+
+    def _encode_narrow(self, values: np.ndarray) -> np.ndarray | None:
+        """``encode`` of floats into a ring of one or two limbs, with float operations only:
+        x = v·2^(−lsb) is exact, and an integer below 2^126 when v fits; its two 64-bit halves
+        are exact too (hi = ⌊|x|/2^64⌋, lo = |x| − hi·2^64 keeps a window of x's 53 bits).
+        Returns None when a value does not fit (the exact path then names it)."""
+        with np.errstate(all="ignore"):
+            scaled = np.ldexp(values, -self.lsb)
+            magnitude = np.abs(scaled)
+            if not (
+                np.all(magnitude < 2.0 ** (self.msb - self.lsb))
+                and np.all(np.floor(magnitude) == magnitude)
+            ):
+                return None  # not finite, too large, or bits finer than 2^lsb
+        if self.limbs == 1:
+            return scaled.astype(np.int64).view(np.uint64).reshape(-1, 1)
+        high = np.floor(np.ldexp(magnitude, -64))
+        low = (magnitude - np.ldexp(high, 64)).astype(np.uint64)
+        top = high.astype(np.uint64)
+        negative = scaled < 0
+        out = np.empty((values.shape[0], 2), dtype=np.uint64)
+        # −(hi·2^64 + lo) in Z/2^128: (2^64 − lo) mod 2^64, and ~hi + 1 when lo is 0 (else ~hi)
+        out[:, 0] = np.where(negative, np.negative(low), low)
+        out[:, 1] = np.where(negative, ~top + (low == 0).astype(np.uint64), top)
         return out
 
     def decode(self, vector: np.ndarray) -> list[Fraction]:

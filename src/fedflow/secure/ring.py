@@ -12,7 +12,18 @@ from __future__ import annotations
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-__all__ = ["add", "expand", "from_ints", "neg", "sub", "to_ints", "zeros"]
+__all__ = [
+    "Accumulator",
+    "add",
+    "expand",
+    "from_ints",
+    "neg",
+    "stream",
+    "sub",
+    "total",
+    "to_ints",
+    "zeros",
+]
 
 _NONCE = bytes(16)  # ChaCha20 in `cryptography`: 4-byte counter + 12-byte nonce, both zero
 
@@ -48,6 +59,89 @@ def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         carry[:, i] |= (column < out[:, i]).astype(np.uint64)
         out[:, i] = column
     return out
+
+
+def stream(seed: bytes, n: int, limbs: int) -> bytes:
+    """The raw keystream behind ``expand(seed, n, limbs)`` (little-endian words)."""
+    if len(seed) != 32:
+        raise ValueError("a mask seed has 32 bytes")
+    encryptor = Cipher(algorithms.ChaCha20(seed, _NONCE), mode=None).encryptor()
+    return encryptor.update(bytes(n * limbs * 8))
+
+
+class Accumulator:
+    """Sums (and differences) of many ring vectors of one shape, with one carry propagation.
+
+    Each limb is summed with numpy's wrapping addition, in place; for every limb but the last
+    the carries out of it are counted (a wrap shows as a sum below the previous one) and added
+    into the next limb once, by ``result``: a few vector operations per addition instead of the
+    limb-by-limb carry chain of ``add``. Subtrahends are summed apart and taken off at the end.
+    """
+
+    def __init__(self, n: int, limbs: int) -> None:
+        self.n, self.limbs = n, limbs
+        self._sums = [_Sum(n, limbs), _Sum(n, limbs)]
+
+    def _words(self, v: np.ndarray | bytes) -> np.ndarray:
+        if isinstance(v, bytes):
+            return np.frombuffer(v, dtype="<u8").reshape(self.n, self.limbs)
+        if v.shape != (self.n, self.limbs) or v.dtype != np.uint64:
+            raise ValueError(f"expected a ({self.n}, {self.limbs}) uint64 ring vector")
+        return v
+
+    def add(self, v: np.ndarray | bytes) -> None:
+        """Add a ring vector (or the raw little-endian words of one, e.g. a keystream)."""
+        self._sums[0].add(self._words(v))
+
+    def sub(self, v: np.ndarray | bytes) -> None:
+        """Subtract a ring vector (or its raw words)."""
+        self._sums[1].add(self._words(v))
+
+    def result(self) -> np.ndarray:
+        """Return the sum as a ring vector (a new array)."""
+        plus, minus = self._sums
+        if not minus.count:
+            return plus.settle()
+        if self.limbs == 1:
+            return plus.settle() - minus.settle()  # wraps modulo 2^64
+        return sub(plus.settle(), minus.settle())
+
+
+class _Sum:
+    def __init__(self, n: int, limbs: int) -> None:
+        self.limbs = [np.zeros(n, dtype=np.uint64) for _ in range(limbs)]
+        self.carries = [np.zeros(n, dtype=np.uint64) for _ in range(limbs - 1)]
+        self._spare = np.empty(n, dtype=np.uint64)
+        self._flag = np.empty(n, dtype=bool)
+        self.count = 0
+
+    def add(self, words: np.ndarray) -> None:
+        self.count += 1
+        for i, carries in enumerate(self.carries):
+            before, after = self.limbs[i], self._spare
+            np.add(before, words[:, i], out=after)
+            np.less(after, before, out=self._flag)  # wrapped: a carry into limb i + 1
+            np.add(carries, self._flag, out=carries, casting="unsafe")
+            self.limbs[i], self._spare = after, before
+        top = self.limbs[-1]
+        np.add(top, words[:, -1], out=top)
+
+    def settle(self) -> np.ndarray:
+        out = np.stack(self.limbs, axis=1)
+        for i, carries in enumerate(self.carries):  # carries of limb i, then their own carries
+            column = out[:, i + 1] + carries
+            if i + 2 < out.shape[1]:
+                self.carries[i + 1] += (column < carries).astype(np.uint64)
+            out[:, i + 1] = column
+        return out
+
+
+def total(vectors: list[np.ndarray]) -> np.ndarray:
+    """Return the sum of ring vectors of one shape (at least one; a new array)."""
+    acc = Accumulator(vectors[0].shape[0], vectors[0].shape[1])
+    for v in vectors:
+        acc.add(v)
+    return acc.result()
 
 
 def neg(a: np.ndarray) -> np.ndarray:

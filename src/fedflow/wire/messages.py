@@ -8,8 +8,17 @@ Conversation (coordinator → node, node → coordinator), one answer per reques
     Task(round, phase, payload)             → Reply(round, payload, seconds)     one per round
     Finish(status)                          → Bye(peak_rss, cpu_seconds, outputs)
 
-With ``secure = true`` (``Prepare.secure``) a round of a summed phase is four exchanges instead of
-one ``Task`` (docs/secure-aggregation.md; the site keeps its own reply and sends it only masked)::
+With ``secure = true`` (``Prepare.secure``) the site keeps its own reply to a summed phase and
+sends it only masked (docs/secure-aggregation.md). For analytics (a dropped site ends the run)
+each site's ``Prepared`` carries its X25519 public key for the run, the first ``MaskedTask``
+every site's key, and a round is one exchange::
+
+    MaskedTask(round, phase, payload, counter, lsb, msb, terms, session?, keys?)
+                                            → MaskedSum(layout, lsb, msb, vector?) "masked_sum"
+
+(a second one, with a higher counter, only when the encoding proposed does not hold a site's
+values: that site answers its range and no vector). With dropout recovery (training) a round is
+four exchanges instead of one ``Task``::
 
     SecureTask(round, phase, payload, session, sites, threshold)
                                             → SecureKeys(keys, layout, lsb, msb)  "keys"
@@ -34,6 +43,8 @@ from fedflow.errors import LocalProtocolError, RemoteProtocolError
 from fedflow.wire.arrays import ARRAY_EXT, decode_array, encode_array
 
 __all__ = [
+    "MaskedTask",
+    "MaskedSum",
     "PROTOCOL_VERSION",
     "Bye",
     "Column",
@@ -64,7 +75,7 @@ __all__ = [
     "Welcome",
 ]
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 
 class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True):
@@ -143,6 +154,8 @@ class Prepare(_Msg, tag="prepare", frozen=True):
 
 class Prepared(_Msg, tag="prepared", frozen=True):
     rows: int
+    mask_pk: bytes | None = None
+    """With ``secure = true``: the site's X25519 public key for this run's pairwise masks."""
 
 
 class Task(_Msg, tag="task", frozen=True):
@@ -270,7 +283,39 @@ class SecureReveal(_Msg, tag="reveal", frozen=True):
     mask_keys: dict[str, bytes]
 
 
-SECURE_REQUESTS = (SecureTask, RelayKeys, RelayShares, Unmask)
+class MaskedTask(_Msg, tag="masked_task", frozen=True):
+    """A summed phase as one exchange (no dropout recovery): compute ``phase`` and answer the
+    reply masked with pairwise masks. ``counter`` strictly increases within the run (a retry
+    of the same round reuses the reply kept at the site); ``lsb``/``msb``/``terms``: the
+    encoding proposed (``lsb`` None: answer the range only); ``session`` and ``keys`` (every
+    site's public key) come with the site's first one and may only be repeated unchanged."""
+
+    round: int
+    phase: str
+    payload: dict[str, Any]
+    counter: int
+    lsb: int | None
+    msb: int | None
+    terms: int
+    session: bytes | None = None
+    keys: dict[str, bytes] | None = None
+
+
+class MaskedSum(_Msg, tag="masked_sum", frozen=True):
+    """``MaskedTask``'s answer: the reply's layout, the exponent range of its values (both
+    None when every value is zero) and, when the encoding proposed holds them, the encoded
+    reply masked (a (length, limbs) uint64 array; None otherwise)."""
+
+    round: int
+    counter: int
+    layout: list[LayoutField]
+    lsb: int | None
+    msb: int | None
+    vector: Any = None
+    seconds: float = 0.0
+
+
+SECURE_REQUESTS = (SecureTask, RelayKeys, RelayShares, Unmask, MaskedTask)
 """What the coordinator sends during a secure round."""
 ROUND_REQUESTS = (Task, *SECURE_REQUESTS)
 """Requests answered within the study's round timeout."""
@@ -296,6 +341,8 @@ Message = (
     | SecureMasked
     | Unmask
     | SecureReveal
+    | MaskedTask
+    | MaskedSum
 )
 
 
