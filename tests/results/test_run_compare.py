@@ -174,3 +174,21 @@ def test_a_copied_run_directory_compares_identical(tmp_path: Path) -> None:
     n = len(flatten(_result(a)))
     assert f"result: {n} values: {n} identical, 0 differ" in text
     assert all(x.split()[-1] == "1.00×" for x in _part(text, "timings")[2:] if "×" in x)
+
+
+def test_a_dropped_feature_shows_as_whole_lists_and_values_in_one_run_only(
+    tmp_path: Path,
+) -> None:
+    a = memory_run("logistic-regression", tmp_path / "a").dir
+    b = memory_run("logistic-regression", tmp_path / "b", params={"features": ["GPA", "PSI"]}).dir
+    text = compare_runs(load_run_dir(a), load_run_dir(b))
+    study = _part(text, "study")
+    assert study[0].endswith(" keys identical, 1 differ")
+    assert study[2] == '  params.features  ["GPA", "TUCE", "PSI"]  ["GPA", "PSI"]'
+    fa, fb = flatten(_result(a)), flatten(_result(b))
+    only_a = [p for p in fa if p not in fb]
+    assert only_a and all(p.endswith(".TUCE") for p in only_a)
+    rows = _part(text, "result")
+    for path in only_a:
+        assert _row(rows, path)[0] == "A" and float(_row(rows, path)[2]) == pytest.approx(fa[path])
+    assert f"{len(only_a)} in one run only" in rows[0]

@@ -18,6 +18,7 @@ A failed run is compared as far as it goes (its error is shown, its missing resu
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -32,6 +33,7 @@ SHOWN = 40
 
 _STUDY_KEYS = (
     "study.name",
+    "study.file",
     "study.sha256",
     "app",
     "platform",
@@ -60,6 +62,8 @@ def _show(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:.10g}"
+    if isinstance(value, (list, dict)):
+        value = json.dumps(value, ensure_ascii=False)
     text = str(value)
     return text if len(text) <= 66 else text[:65] + "…"
 
@@ -85,12 +89,22 @@ def _lookup(doc: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
+def _params(value: Any, prefix: str = "params") -> dict[str, Any]:
+    """Return ``{"params.key": value}``, nested tables flattened; a list stays one value (so
+    ``features`` shows as the whole list on each side, not position by position)."""
+    if not isinstance(value, Mapping):
+        return {} if value is None and prefix == "params" else {prefix: value}
+    out: dict[str, Any] = {}
+    for key, sub in value.items():
+        out.update(_params(sub, f"{prefix}.{key}"))
+    return out
+
+
 def _study_part(a: SavedRun, b: SavedRun) -> list[str]:
     pairs: list[tuple[str, Any, Any]] = [
         (k, _lookup(a.manifest, k), _lookup(b.manifest, k)) for k in _STUDY_KEYS
     ]
-    pa = flatten(a.manifest.get("params") or {}, "params") if a.manifest.get("params") else {}
-    pb = flatten(b.manifest.get("params") or {}, "params") if b.manifest.get("params") else {}
+    pa, pb = _params(a.manifest.get("params")), _params(b.manifest.get("params"))
     for key in [*pa, *(k for k in pb if k not in pa)]:
         pairs.append((key, pa.get(key, _ABSENT), pb.get(key, _ABSENT)))
     differ = [(k, x, y) for k, x, y in pairs if x != y]
