@@ -62,11 +62,9 @@ def ensure_chromium() -> tuple[str | None, str | None]:
                 "install",
                 "-y",
                 "-qq",
-                "--no-install-recommends",
                 "-o",
-                "DPkg::Lock::Timeout=300",
-                "chromium",
-                "fonts-dejavu-core",
+                "DPkg::Lock::Timeout=300",  # another apt-get of the suite may hold the lock
+                "chromium",  # with its recommended fonts, as on a desktop
             ],
             capture_output=True,
             text=True,
