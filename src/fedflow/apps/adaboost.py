@@ -101,9 +101,6 @@ __all__ = [
 EVAL_NAME = "eval_on_local_testset.csv"
 """The file each client of the app writes (``write_results``)."""
 
-MISSING = ("mean", "median", "drop")
-"""``files.missing_data`` values the app acts on; any other value leaves missing values in."""
-
 _INT32_MAX = np.iinfo(np.int32).max
 
 
@@ -442,13 +439,13 @@ def eval_csv(metric: str, local_score: float, global_score: float) -> bytes:
     return f",{metric}\nlocal_model,{cells[0]}\nglobal_model,{cells[1]}\n".encode()
 
 
-def _ada_seed(params: AdaBoostParams, seed: int | None, site: str) -> tuple[int, bool]:
+def _ada_seed(params: AdaBoostParams, seed: int | None, site: str) -> int:
     """AdaBoost's seed at ``site``: the app's ``random_state or None``; unseeded → one drawn from
-    the study's seed and the site's name (returned with True)."""
+    the study's seed and the site's name."""
     if params.random_state:
-        return params.random_state, False
+        return params.random_state
     digest = hashlib.sha256(f"{seed or 0}:{site}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") % _INT32_MAX, True
+    return int.from_bytes(digest[:4], "little") % _INT32_MAX
 
 
 # -- the app -----------------------------------------------------------------------------------------
@@ -499,7 +496,7 @@ class FeatureCloudAdaBoost(App[AdaBoostParams]):
         y = columns[label]
         x = np.column_stack([columns[c] for c in features])
         check_min_count(len(y), ctx.min_count, "the site's rows")
-        seed, drawn = _ada_seed(params, ctx.seed, ctx.site)
+        seed = _ada_seed(params, ctx.seed, ctx.site)
         split_seed = seed if params.random_state is None else params.random_state
         try:
             x_train, x_test, y_train, y_test = split_like_the_app(
@@ -519,7 +516,6 @@ class FeatureCloudAdaBoost(App[AdaBoostParams]):
         ctx.state.update(
             x_test=x_test, y_test=y_test, classes=model.classes, local_score=local_score
         )
-        ctx.state["seed_drawn"] = drawn
         return LocalModel(
             features=features,
             classes=[str(v) for v in category_labels(model.classes)],
