@@ -65,7 +65,9 @@ table.facts td { padding: 2px 0; }
 table.data th, table.data td { border-bottom: 1px solid #eee; padding: 3px 10px; }
 table.data th { text-align: left; background: #f6f6f6; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-code, pre { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 0.9em; }
+code, pre { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 0.85rem; }
+#result pre { font-family: ui-monospace, "DejaVu Sans Mono", monospace !important;
+              line-height: 1.35; }
 pre.log { background: #f6f6f6; padding: 0.6em; overflow-x: auto; }
 .status { padding: 0.5em 0.8em; border-radius: 4px; display: inline-block; }
 .status.completed { background: #e6f4ea; }
