@@ -142,6 +142,21 @@ def test_coefficient_intervals_come_from_the_result_or_its_standard_errors(
         assert math.isclose(high, beta + z * se, rel_tol=1e-12)
 
 
+def test_many_coefficients_draw_the_first_ones_and_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = memory_run("cox", tmp_path / "cox")
+    full = plots.coefficient_figure(load_run_dir(run.dir))
+    monkeypatch.setattr(plots, "MAX_COEFFICIENTS", 3)
+    capped = plots.coefficient_figure(load_run_dir(run.dir))
+    assert full is not None and capped is not None
+    n = len(run.result["coefficients"])
+    assert "coefficients are drawn" not in full.caption
+    assert capped.caption.endswith(f"The first 3 of {n} coefficients are drawn.")
+    heights = [Image.open(io.BytesIO(f.png)).height for f in (full, capped) if f.png]
+    assert heights[1] < heights[0]
+
+
 @pytest.mark.slow  # a real run with site processes
 def test_pca_draws_variance_and_the_scores_the_sites_wrote(tmp_path: Path) -> None:
     out = tmp_path / "pca"

@@ -32,6 +32,7 @@ from fedflow.results.report import comparison_line  # noqa: E402
 from fedflow.results.saved import SavedRun  # noqa: E402
 
 __all__ = [
+    "MAX_COEFFICIENTS",
     "OBJECTIVES",
     "SCORE_POINTS",
     "Figure",
@@ -47,6 +48,9 @@ __all__ = [
 OBJECTIVES = ("loglik", "deviance", "inertia", "loss", "sse", "rss")
 """Scalar reply fields that are per-site parts of an app's objective: their sum over the sites
 in one round is the objective at that round's parameters (plotted from ``trace.jsonl``)."""
+
+MAX_COEFFICIENTS = 60
+"""At most this many coefficients are drawn (the first ones; every value is in result.json)."""
 
 SCORE_POINTS = 5000
 """At most this many PCA scores per site are drawn (the first rows of its projections.csv)."""
@@ -170,7 +174,9 @@ def coefficient_figure(run: SavedRun) -> Figure | None:
     coefficients = run.result.get("coefficients")
     if not isinstance(coefficients, Mapping) or not coefficients:
         return None
-    names = [str(n) for n in coefficients]
+    if not all(isinstance(v, (int, float)) or v is None for v in coefficients.values()):
+        return None  # not one number per name (e.g. one table per class)
+    names = [str(n) for n in coefficients][:MAX_COEFFICIENTS]
     ours = _flat_result(run.result)
     pooled = _pooled(run.comparison)
     fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.42 * len(names)))
@@ -206,6 +212,11 @@ def coefficient_figure(run: SavedRun) -> Figure | None:
         "coefficients: federated vs pooled" if has_pooled else "coefficients (federated fit)"
     )
     fig.tight_layout()
+    shown = (
+        f" The first {len(names)} of {len(coefficients)} coefficients are drawn."
+        if len(coefficients) > len(names)
+        else ""
+    )
     if run.comparison and has_pooled:
         caption = (
             "Circles: the federated estimates; squares: the same model fitted on the pooled "
@@ -221,7 +232,7 @@ def coefficient_figure(run: SavedRun) -> Figure | None:
             "The federated estimates with their 95% intervals (run with --compare to draw the "
             "pooled fit beside them)."
         )
-    return Figure("coefficients", "Coefficients", caption, _png(fig))
+    return Figure("coefficients", "Coefficients", caption + shown, _png(fig))
 
 
 # -- PCA ------------------------------------------------------------------------------------------
