@@ -14,6 +14,11 @@ actor). Each round every client trains `local_epochs` epochs of seeded minibatch
 held-out rows (`validation` fraction, seeded per site) — the same work per round as fedflow's
 `app = "train"` (train, then validate-global). torch runs one thread per client, deterministic.
 
+Every random stream is drawn as fedflow draws it (`derive_seed` below repeats
+fedflow.apps.train.derive_seed: sha256 of the seed and the stream's name), so both frameworks
+start from the same initial weights, hold out the same rows of each site and shuffle the same
+minibatches: they run the same computation and differ only in how they move and sum weights.
+
 - `round_seconds`: from configure_train to the end of aggregate_evaluate of each round, in the
   ServerApp; `overhead_seconds`: that minus the slowest client's training plus the slowest
   client's evaluation (as each client timed them).
@@ -27,6 +32,7 @@ held-out rows (`validation` fraction, seeded per site) — the same work per rou
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import resource
@@ -51,15 +57,27 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 
 
+def derive_seed(seed: int, *parts: object) -> int:
+    """fedflow's seed of the stream named by ``parts`` (fedflow.apps.train.derive_seed)."""
+    text = "\x1f".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") >> 1
+
+
+def site_name(site: int) -> str:
+    """The name training_vs_flower.py gives client ``site`` (0-based) in fedflow's study."""
+    return f"site{site + 1:02d}"
+
+
 def seeded_model(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
+    """The plan's model built as fedflow builds the initial global model."""
+    torch.manual_seed(derive_seed(seed, "init"))
     return digits_plan.model()
 
 
 def split(n: int, validation: float, seed: int, site: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training rows, held-out rows) of a site's ``n`` rows, seeded by study seed and site."""
+    """(training rows, held-out rows) of a site's ``n`` rows, as fedflow holds them out."""
     held = int(round(validation * n))
-    order = np.random.default_rng([seed, site]).permutation(n)
+    order = np.random.default_rng(derive_seed(seed, "validation", site_name(site))).permutation(n)
     return np.sort(order[held:]), np.sort(order[:held])
 
 
@@ -75,6 +93,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="folder of site01.csv … and test.csv")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs given to Ray")
     parser.add_argument("--verbose", action="store_true", help="keep Flower's and Ray's logs")
+    parser.add_argument(
+        "--weights-out", type=Path, help="save the final global weights here (.npy, flat)"
+    )
     args = parser.parse_args()
     if not args.verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -116,8 +137,9 @@ def run(args: argparse.Namespace, site_files: list[str], test_file: str) -> dict
         server_round = int(msg.content["config"]["server-round"])
         model = seeded_model(seed)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        torch.manual_seed(seed * 1_000_003 + server_round * 1_009 + site)
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + server_round * 1_009 + site)
+        stream = derive_seed(seed, "train", site_name(site), server_round)
+        torch.manual_seed(stream)
+        generator = torch.Generator().manual_seed(stream)
         optimizer = digits_plan.optimizer(model.parameters(), args.lr)
         model.train()
         total = 0.0
@@ -239,6 +261,9 @@ def run(args: argparse.Namespace, site_files: list[str], test_file: str) -> dict
     model = seeded_model(seed)
     model.load_state_dict(result.arrays.to_torch_state_dict())
     model.eval()
+    if args.weights_out is not None:  # state_dict order, as fedflow's flat weights
+        flat = [v.detach().numpy().ravel() for v in model.state_dict().values()]
+        np.save(args.weights_out, np.concatenate(flat), allow_pickle=False)
     x_test, y_test = digits_data.read(Path(test_file))
     with torch.no_grad():
         test_accuracy = digits_plan.metrics(
@@ -257,6 +282,7 @@ def run(args: argparse.Namespace, site_files: list[str], test_file: str) -> dict
         "seed": seed,
         "wall_seconds": wall,
         "rounds_seconds": sum(seconds),
+        "compute_round_seconds": [timing["train"][r] + timing["eval"][r] for r in rounds],
         "round_seconds": seconds,
         "median_round_seconds": statistics.median(seconds[later]),
         "median_overhead_seconds": statistics.median(overhead[later]),
