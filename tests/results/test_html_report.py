@@ -52,7 +52,7 @@ def _pixels_near(png: bytes, colour: tuple[int, int, int], tol: int = 12) -> int
 
 
 def _failed_run(folder: Path) -> Path:
-    """A real run (site processes, logs) in which site vienna raises in round 2."""
+    """A real run (site processes, logs) with --report in which site vienna raises in round 2."""
     copy_quickstart(folder)
     study = write_study(
         folder,
@@ -63,9 +63,13 @@ def _failed_run(folder: Path) -> Path:
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     )
-    proc = fedflow("run", str(study), "--out", str(folder / "failed"), "-q", env=env)
+    out = folder / "failed"
+    proc = fedflow("run", str(study), "--out", str(out), "-q", "--report", env=env)
     assert proc.returncode == 3, proc.stderr
-    return folder / "failed"
+    assert proc.stdout.strip().splitlines()[-1] == str(out)
+    assert f"fedflow: report: {out / 'report.html'}" in proc.stderr  # --report after a failure
+    assert (out / "report.html").is_file()
+    return out
 
 
 # -- what the page holds --------------------------------------------------------------------------
