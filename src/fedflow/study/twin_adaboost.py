@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
+import fedflow.study.original as original  # attribute use at call time: original may import us
 from fedflow.errors import StudyError
-from fedflow.study.original import CONFIG_NAMES, _resolve
 
 __all__ = ["SECTION", "TWIN_APP", "translate"]
 
@@ -66,7 +66,9 @@ def translate(
         files = [files] if isinstance(files, str) else list(files)
         configs = [f for f in files if isinstance(f, str) and Path(f).name == "config.yml"]
         if not configs:
-            other = [f for f in files if isinstance(f, str) and Path(f).name in CONFIG_NAMES]
+            other = [
+                f for f in files if isinstance(f, str) and Path(f).name in original.CONFIG_NAMES
+            ]
             if other:
                 raise StudyError(
                     f"{label}: {who}: ada-boost reads config.yml (the name is hard-coded in the "
@@ -264,7 +266,7 @@ def _find(path: str, folder: Path, notices: list[str], who: str) -> Path:
     """A data-list path resolved against the study's folder or, when only the current folder
     holds it, against that (the original resolved paths against the current folder: its
     workflow runs from its root with the studies in ``resources/<tool>/``)."""
-    resolved = _resolve(path, folder)
+    resolved = original._resolve(path, folder)
     if not resolved.exists() and not Path(path).expanduser().is_absolute():
         here = Path.cwd() / path
         if here.exists():
@@ -279,4 +281,4 @@ def _find(path: str, folder: Path, notices: list[str], who: str) -> Path:
 def _relocate(path: str, folder: Path, notices: list[str], who: str) -> str:
     """The data-list entry as a path the study loader finds (see ``_find``)."""
     found = _find(path, folder, notices, who)
-    return path if found == _resolve(path, folder) else str(found)
+    return path if found == original._resolve(path, folder) else str(found)
