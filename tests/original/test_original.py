@@ -19,6 +19,7 @@ from fedflow.apps import Table
 from fedflow.errors import StudyError
 from fedflow.runtime.simulate import simulate
 from fedflow.study import load_study
+from fedflow.study.original import TWINS, UNTWINNED
 from tests.helpers import fedflow
 
 EXAMPLE = Path(__file__).parent / "example"
@@ -152,11 +153,19 @@ def test_tool_without_a_twin_says_what_to_write(tmp_path: Path) -> None:
     text = (folder / "config_mean.toml").read_text()
     with pytest.raises(StudyError, match="tool = 'x-app' has no native twin.*set app ="):
         load_study(_study(folder, text.replace("'mean-app'", "'x-app'")))
-    with pytest.raises(StudyError, match='no native twin yet: write app = "pca"'):
-        load_study(_study(folder, text.replace("'mean-app'", "'federated-svd'")))
     done = fedflow("-c", "config_mean.toml", cwd=folder)
     assert done.returncode != 0
     assert done.stderr.count("\n") == 1 and 'platform = "featurecloud"' in done.stderr
+
+
+@pytest.mark.parametrize("tool", sorted(UNTWINNED))
+def test_an_app_of_the_workflow_without_a_twin_says_what_to_write(
+    tool: str, tmp_path: Path
+) -> None:
+    folder = _copy_example(tmp_path)
+    text = (folder / "config_mean.toml").read_text()
+    with pytest.raises(StudyError, match=f"tool = '{tool}' has no native twin yet: write app ="):
+        load_study(_study(folder, text.replace("'mean-app'", f"'{tool}'")))
 
 
 def test_a_twin_study_missing_its_config_or_input_says_what_to_add(tmp_path: Path) -> None:
@@ -198,4 +207,6 @@ def test_apps_lists_the_twins() -> None:
     done = fedflow("apps")
     assert done.returncode == 0
     assert "mean-app" in done.stdout and "FeatureCloud twins" in done.stdout
-    assert "federated-svd" in done.stdout
+    for tool, twin in TWINS.items():
+        assert f"{tool:22} → {twin}" in done.stdout
+    assert "federated-svd" in TWINS and "random-forest" in TWINS
