@@ -267,7 +267,7 @@ E2E = [
     pytest.param(
         "stats",
         {**STATS, "quantiles": [0.5]},
-        marks=pytest.mark.slow,  # 8 bisection rounds, each four secure exchanges
+        marks=pytest.mark.slow,  # 8 bisection rounds, each one or two secure exchanges
     ),
 ]
 

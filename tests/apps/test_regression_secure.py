@@ -509,7 +509,7 @@ def test_secure_run_end_to_end_keeps_the_certified_digits_and_sends_no_reply_in_
         list(result["std_errors"].values()), CERTIFIED_STD_ERRORS, rtol=1e-14
     )
     kinds = {kind for _, kind in sent}
-    assert "SecureMasked" in kinds  # each site's cross-products left it masked ...
+    assert "MaskedSum" in kinds  # each site's cross-products left it masked ...
     assert "Reply" not in kinds  # ... and never as a plain reply
 
 
@@ -561,4 +561,4 @@ def test_the_example_study_runs_securely_on_local_sites(app: str, tmp_path: Any)
     phases = {m["phase"] for m in trace if m["phase"] is not None}
     assert phases and all(get_app(app).check_phase(p).summed for p in phases)
     kinds = {m["type"] for m in trace}
-    assert "masked" in kinds and "reply" not in kinds  # no site's own reply reached the coordinator
+    assert "masked_sum" in kinds and "reply" not in kinds  # no site's own reply reached it

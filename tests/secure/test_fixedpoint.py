@@ -215,3 +215,17 @@ def test_negative_values_whose_low_word_is_zero_encode_exactly() -> None:
     spec = FixedPoint(-64, 4, 3)  # −1.0 is −2^64 in the ring: a zero low word, a borrow
     values = np.array([-1.0, -2.0, 1.0, -0.5, -(2.0**-64), 0.0])
     assert ring.to_ints(spec.encode(values)) == [int(Fraction(v) * 2**64) for v in values]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=64))
+def test_short_and_long_vectors_get_the_same_exponent_range(values: list[float]) -> None:
+    short = np.array(values)
+    long = np.tile(short, 65 // len(values) + 1)  # over 64 values: the vectorised path
+    assert exponent_range(short) == exponent_range(long)
+    lsb, msb = exponent_range(short)
+    if any(values):  # tight: every value a multiple of 2^lsb below 2^msb, one at each bound
+        exact = [Fraction(v) for v in values if v]
+        assert all((x / Fraction(2) ** lsb).denominator == 1 for x in exact)
+        assert any((x / Fraction(2) ** (lsb + 1)).denominator != 1 for x in exact)
+        assert max(abs(x) for x in exact) < Fraction(2) ** msb <= 2 * max(abs(x) for x in exact)

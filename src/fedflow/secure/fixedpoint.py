@@ -59,6 +59,8 @@ def exponent_range(values: np.ndarray | Iterable[float]) -> tuple[int, int]:
     """Return (lsb, msb): every value is a multiple of 2^lsb and below 2^msb in magnitude (the
     tightest such pair; (0, 0) for all zeros). Raises EncodingError for NaN or infinity."""
     array = np.asarray(values, dtype=np.float64).ravel()
+    if array.size <= 64:  # a short vector: Python floats cost less than numpy's calls
+        return _exponent_range_each(array.tolist())
     if not np.all(np.isfinite(array)):
         raise EncodingError("cannot encode NaN or infinity for secure aggregation")
     mantissa, exponent = _split(array)
@@ -68,6 +70,24 @@ def exponent_range(values: np.ndarray | Iterable[float]) -> tuple[int, int]:
     lsb = int(exponent[nonzero].min())
     _, top = np.frexp(array[nonzero])
     return lsb, int(top.max())
+
+
+def _exponent_range_each(values: list[float]) -> tuple[int, int]:
+    lsb: int | None = None
+    msb: int | None = None
+    for value in values:
+        if not math.isfinite(value):
+            raise EncodingError("cannot encode NaN or infinity for secure aggregation")
+        if value == 0:
+            continue
+        num, den = value.as_integer_ratio()  # den is a power of two
+        low = ((num & -num).bit_length() - 1) - (den.bit_length() - 1)
+        top = math.frexp(value)[1]
+        lsb = low if lsb is None else min(lsb, low)
+        msb = top if msb is None else max(msb, top)
+    if lsb is None or msb is None:
+        return 0, 0
+    return lsb, msb
 
 
 @dataclass(frozen=True)
