@@ -129,10 +129,15 @@ class Chromium:
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=self.log, stdin=subprocess.DEVNULL
         )
-        self.port = self._port()
         self._id = 0
         self._events: list[dict[str, Any]] = []
+        self._stack = contextlib.ExitStack()
         self.ws: Any = None
+        try:
+            self.port = self._port()
+        except BaseException:
+            self.close()
+            raise
 
     def _port(self) -> int:
         marker = self.profile / "DevToolsActivePort"
@@ -159,7 +164,10 @@ class Chromium:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list", timeout=10) as r:
             targets = json.loads(r.read())
         page = next(t for t in targets if t.get("type") == "page")
-        self.ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
+        # entered as a context manager (websockets 17 deprecates a bare connect()); close() exits it
+        self.ws = self._stack.enter_context(
+            connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
+        )
 
     def _call(self, method: str, **params: Any) -> dict[str, Any]:
         self._id += 1
@@ -249,9 +257,8 @@ class Chromium:
 
     def close(self) -> None:
         """End the browser and remove its profile."""
-        if self.ws is not None:
-            with contextlib.suppress(Exception):
-                self.ws.close()
+        with contextlib.suppress(Exception):
+            self._stack.close()
         self.process.terminate()
         try:
             self.process.wait(timeout=10)
