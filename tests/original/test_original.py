@@ -18,7 +18,7 @@ import pytest
 from fedflow.apps import Table
 from fedflow.errors import StudyError
 from fedflow.runtime.simulate import simulate
-from fedflow.study import load_study
+from fedflow.study import load_study, twin_adaboost
 from fedflow.study.original import TWINS, UNTWINNED
 from tests.helpers import fedflow
 
@@ -158,14 +158,36 @@ def test_tool_without_a_twin_says_what_to_write(tmp_path: Path) -> None:
     assert done.stderr.count("\n") == 1 and 'platform = "featurecloud"' in done.stderr
 
 
-@pytest.mark.parametrize("tool", sorted(UNTWINNED))
-def test_an_app_of_the_workflow_without_a_twin_says_what_to_write(
-    tool: str, tmp_path: Path
+def test_a_tool_listed_without_a_twin_says_what_to_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setitem(UNTWINNED, "x-boost", 'app = "random-forest" with [params] target')
     folder = _copy_example(tmp_path)
     text = (folder / "config_mean.toml").read_text()
-    with pytest.raises(StudyError, match=f"tool = '{tool}' has no native twin yet: write app ="):
-        load_study(_study(folder, text.replace("'mean-app'", f"'{tool}'")))
+    with pytest.raises(
+        StudyError, match="tool = 'x-boost' has no native twin yet: write app = \"random-forest\""
+    ):
+        load_study(_study(folder, text.replace("'mean-app'", "'x-boost'")))
+
+
+def test_an_original_ada_boost_study_selects_its_twin(tmp_path: Path) -> None:
+    """The ada-boost twin (``fedflow.study.twin_adaboost``, ``fedflow.apps.adaboost``) is
+    registered: its config.yml (the original workflow's, verbatim) selects it, named by
+    ``tool`` or, as in the workflow's FeatureCloud projects, by its section alone."""
+    assert TWINS["ada-boost"] == twin_adaboost.TWIN_APP and "ada-boost" not in UNTWINNED
+    frame = pd.DataFrame(
+        {"a": np.arange(40.0), "b": np.arange(40.0) ** 2, "health_status": np.arange(40) % 2}
+    )
+    frame.to_csv(tmp_path / "species.csv", index=False)
+    shutil.copy(Path(__file__).parent / "adaboost" / "config.yml", tmp_path / "config.yml")
+    for head in ("tool = 'ada-boost'\n", ""):
+        path = tmp_path / "study.toml"
+        path.write_text(f'{head}sim = true\n\n[[clients]]\ndata = ["species.csv", "config.yml"]\n')
+        study = load_study(path)
+        assert study.app == twin_adaboost.TWIN_APP
+        assert [Path(p).name for p in study.clients[0].data] == ["species.csv"]
+        assert study.params["label_col"] == "health_status"
+    assert "fc_boosting:, the section of FeatureCloud's ada-boost app" in "\n".join(study.notices)
 
 
 def test_a_twin_study_missing_its_config_or_input_says_what_to_add(tmp_path: Path) -> None:

@@ -35,15 +35,11 @@ TWINS: dict[str, str] = {
     "mean-app": "fedflow.apps.fc_mean:FeatureCloudMean",
     "federated-svd": "fedflow.apps.fc_svd:FeatureCloudSVD",
     "random-forest": "fedflow.apps.fc_forest:FeatureCloudForest",
+    "ada-boost": "fedflow.apps.adaboost:FeatureCloudAdaBoost",  # twin_adaboost.TWIN_APP
 }
 """FeatureCloud app (``tool``) → fedflow's native twin (the ``app`` reference it runs)."""
 
-UNTWINNED: dict[str, str] = {
-    "ada-boost": (
-        'app = "random-forest" (fedflow has no AdaBoost twin yet; the nearest ensemble classifier) '
-        'with [params] target = "<format.label>", n_estimators = <estimators>'
-    ),
-}
+UNTWINNED: dict[str, str] = {}
 """FeatureCloud apps used by the original's workflow that have no twin yet → what to write."""
 
 _MISSING: Any = object()
@@ -121,6 +117,7 @@ _SECTIONS_TOOL = {
     "mean-app": "fc_mean",
     "random-forest": "fc_random_forest",
     "federated-svd": "fc_pca",
+    "ada-boost": "fc_boosting",  # twin_adaboost.SECTION
 }
 """FeatureCloud app → the top-level section of its config file."""
 
@@ -668,9 +665,25 @@ def _svd_keys(config: _Config) -> dict[str, Any]:
     return values
 
 
+# -- ada-boost ----------------------------------------------------------------------------------
+def _ada_boost(
+    data: dict[str, Any], folder: Path, label: str, notices: list[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """FeatureCloud's ada-boost app (``FeatureCloud/fc-boosting``): ``fedflow.study.twin_adaboost``
+    translates its ``config.yml`` (imported here, when a study names it)."""
+    from fedflow.study.twin_adaboost import translate
+
+    return translate(data, folder, label, notices)
+
+
 _TRANSLATORS: dict[
     str, Callable[[dict[str, Any], Path, str, list[str]], tuple[dict[str, Any], list[str]]]
-] = {"mean-app": _mean_app, "random-forest": _random_forest, "federated-svd": _federated_svd}
+] = {
+    "mean-app": _mean_app,
+    "random-forest": _random_forest,
+    "federated-svd": _federated_svd,
+    "ada-boost": _ada_boost,
+}
 
 
 def _resolve(path: str, folder: Path) -> Path:
