@@ -1,4 +1,7 @@
-"""The plots of a run report, drawn with matplotlib (Agg, no display) from a run directory.
+"""The plots of a run report, drawn with matplotlib from a run directory.
+
+Figures are ``matplotlib.figure.Figure`` objects rendered straight to PNG (Agg): no pyplot, no
+display, no global state, so a notebook's own matplotlib backend is left alone.
 
 Each ``*_figure`` function takes what a run wrote and returns a ``Figure``: a PNG and a caption, or,
 when the run does not hold what the plot needs, no PNG and a sentence saying what is there
@@ -21,15 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure as MplFigure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure as MplFigure  # noqa: E402
-
-from fedflow.results.report import comparison_line  # noqa: E402
-from fedflow.results.saved import SavedRun  # noqa: E402
+from fedflow.results.report import comparison_line
+from fedflow.results.saved import SavedRun
 
 __all__ = [
     "MAX_COEFFICIENTS",
@@ -69,10 +67,15 @@ class Figure:
     png: bytes | None = None
 
 
+def _subplots(figsize: tuple[float, float], *args: Any, **kwargs: Any) -> tuple[MplFigure, Any]:
+    """Return a new figure of ``figsize`` inches and its axes (``Figure.subplots`` arguments)."""
+    fig = MplFigure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
+
+
 def _png(fig: MplFigure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -102,7 +105,7 @@ def kaplan_meier_figure(run: SavedRun) -> Figure | None:
     group_by = run.manifest.get("params", {}).get("group") if grouped else None
     alpha = _num(run.manifest.get("params", {}).get("alpha"))
     level = f"{100 * (1 - alpha):g}%" if math.isfinite(alpha) else "confidence"
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = _subplots((7.5, 4.2))
     for i, (group, curve) in enumerate(curves.items()):
         times = [_num(t) for t in curve["time"]]
         color = f"C{i % 10}"
@@ -179,7 +182,7 @@ def coefficient_figure(run: SavedRun) -> Figure | None:
     names = [str(n) for n in coefficients][:MAX_COEFFICIENTS]
     ours = _flat_result(run.result)
     pooled = _pooled(run.comparison)
-    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.42 * len(names)))
+    fig, ax = _subplots((7.5, 1.2 + 0.42 * len(names)))
     ys = list(range(len(names)))[::-1]
     has_pooled = False
     for y, name in zip(ys, names, strict=True):
@@ -259,7 +262,7 @@ def pca_figures(run: SavedRun) -> list[Figure]:
     ratios = [_num(v) for v in result.get("explained_variance_ratio") or []]
     if variance:
         labels = [f"PC{i + 1}" for i in range(len(variance))]
-        fig, ax = plt.subplots(figsize=(7.5, 3.8))
+        fig, ax = _subplots((7.5, 3.8))
         if ratios:
             ax.bar(labels, ratios, color="C0", label="explained variance ratio")
             cumulative, total = [], 0.0
@@ -287,7 +290,7 @@ def pca_figures(run: SavedRun) -> list[Figure]:
         )
     files = sorted(run.path.glob("sites/*/projections.csv"))
     if files:
-        fig, ax = plt.subplots(figsize=(6.5, 5.2))
+        fig, ax = _subplots((6.5, 5.2))
         drawn = 0
         header: list[str] = []
         for i, path in enumerate(files):
@@ -321,7 +324,7 @@ def pca_figures(run: SavedRun) -> list[Figure]:
         "sites (set it to have each site write its own projections.csv)"
     )
     if len(components) >= 2 and columns:
-        fig, ax = plt.subplots(figsize=(6.5, 5.2))
+        fig, ax = _subplots((6.5, 5.2))
         for j, column in enumerate(columns):
             x, y = _num(components[0][j]), _num(components[1][j])
             ax.annotate(
@@ -367,7 +370,7 @@ def _training_history(run: SavedRun) -> Figure | None:
         global_metric.append(_num(evaluated.get(metric)) if metric else math.nan)
         train_loss.append(_num(entry.get("train_loss")))
     panels = 2 if any(math.isfinite(v) for v in global_metric) else 1
-    fig, axes = plt.subplots(1, panels, figsize=(9 if panels == 2 else 6, 3.8), squeeze=False)
+    fig, axes = _subplots((9 if panels == 2 else 6, 3.8), 1, panels, squeeze=False)
     ax = axes[0][0]
     ax.plot(rounds, global_loss, "o-", color="C0", label="validation loss (global model)")
     if any(math.isfinite(v) for v in train_loss):
@@ -456,7 +459,7 @@ def convergence_figure(run: SavedRun) -> Figure | None:
             f"{len(rounds)} rounds ran; the traced replies hold none of the objective fields "
             f"the report knows ({', '.join(OBJECTIVES)}), so there is no curve to draw.",
         )
-    fig, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 3.8), squeeze=False)
+    fig, axes = _subplots((6 * len(series), 3.8), 1, len(series), squeeze=False)
     for ax, ((phase, key), points) in zip(axes[0], series.items(), strict=True):
         xs = sorted(points)
         ax.plot(xs, [points[x] for x in xs], "o-", color="C0")
@@ -487,7 +490,7 @@ def rounds_figure(run: SavedRun) -> Figure | None:
         sites = _map(r.get("sites"))
         sent.append(sum(_num(_map(s).get("bytes_to_site")) for s in sites.values()) / 1024)
         received.append(sum(_num(_map(s).get("bytes_from_site")) for s in sites.values()) / 1024)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax1, ax2) = _subplots((10, 3.6), 1, 2)
     ax1.bar(xs, exchange, color="C0", label="exchange (sites computing, bytes travelling)")
     ax1.bar(xs, aggregate, bottom=exchange, color="C1", label="aggregate (coordinator)")
     ax1.set_xlabel("round")
@@ -544,7 +547,7 @@ def sites_figure(run: SavedRun) -> Figure | None:
     names = list(totals)
     xs = list(range(len(names)))
     width = 0.38
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax1, ax2) = _subplots((10, 3.8), 1, 2)
 
     def bars(ax: Any, keys: Sequence[tuple[str, str]], scale: float) -> None:
         for k, (key, label) in enumerate(keys):
