@@ -180,10 +180,11 @@ def test_the_workflow_runs_federated_and_centralized_svd(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_the_workflow_runs_the_federated_random_forest(tmp_path: Path) -> None:
     root = _workflow(tmp_path)
-    done = fedflow(
-        "-c", "configs/vagrant/random-forest/config_fedsim_fed.toml", cwd=root, timeout=300
-    )
+    study = "configs/vagrant/random-forest/config_fedsim_fed.toml"
+    done = fedflow("-c", study, "--compare", cwd=root, timeout=300)
     assert done.returncode == 0, done.stderr
+    # against the app run with one client holding every row (test rows = training rows here)
+    assert "compare: matches scikit-learn" in done.stdout
     run = _run_dir(done)
     assert "min_count = 5" in done.stderr  # the leaf floor is announced
     rows = []

@@ -164,7 +164,7 @@ def train_test_split_rows(n_rows: int, test_rows: int) -> tuple[slice, slice]:
     return slice(0, n_rows - test_rows), slice(n_rows - test_rows, n_rows)
 
 
-def sklearn_trees(estimators: list[Any], classes: np.ndarray | None, n_features: int) -> list[Tree]:
+def sklearn_trees(estimators: list[Any], classes: np.ndarray | None) -> list[Tree]:
     """Return scikit-learn fitted trees as ``_trees.Tree`` arrays, leaf values mapped onto the
     global ``classes`` (class codes 0…C−1; a class the site lacks gets probability 0)."""
     trees = []
@@ -184,9 +184,7 @@ def sklearn_trees(estimators: list[Any], classes: np.ndarray | None, n_features:
                 left=np.asarray(t.children_left, dtype=np.int64),
                 right=np.asarray(t.children_right, dtype=np.int64),
                 value=value,
-                importances=np.asarray(est.feature_importances_, dtype=np.float64)
-                if n_features
-                else np.zeros(0),
+                importances=np.asarray(est.feature_importances_, dtype=np.float64),
             )
         )
     return trees
@@ -435,7 +433,7 @@ class FeatureCloudForest(App[FCForestParams]):
                     column=params.label,
                 )
             model = RandomForestRegressor(**settings).fit(x, y)
-        trees = sklearn_trees(model.estimators_, classes, len(features))
+        trees = sklearn_trees(model.estimators_, classes)
         return Grown(**_arrays(trees), importances=np.vstack([t.importances for t in trees]))
 
     def local_write(
