@@ -337,3 +337,19 @@ def test_svd_twin_refuses_a_site_with_fewer_samples_than_min_count() -> None:
     }
     with pytest.raises(Exception, match="min_count"):
         simulate(SVD, {"pcs": 2, "min_samples": 5}, sites, min_count=1)
+
+
+def test_forest_twin_with_text_labels_writes_them_as_the_app() -> None:
+    label = "species"
+    frame = _frame(load_iris, label)
+    frame[label] = np.array(["setosa", "versicolor", "virginica"])[frame[label]]
+    parts = [_through_csv(p) for p in _split(frame, [50, 50, 50], 4)]
+    expected = _fc_random_forest(parts, parts, label, 20, 1)
+    sites = {f"s{i}": Table.from_pandas(p) for i, p in enumerate(parts)}
+    sim = simulate(
+        FOREST, {"label": label, "estimators": 20, "random_state": 1}, sites, min_count=1
+    )
+    assert sim.result["classes"] == ["setosa", "versicolor", "virginica"]
+    for i, files in enumerate(expected):
+        for name, content in files.items():
+            assert sim.site_outputs[f"s{i}"][name] == content, (i, name)
