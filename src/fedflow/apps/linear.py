@@ -157,6 +157,7 @@ class LinearRegression(App[RegressionParams]):
     name = "linear-regression"
     Params = RegressionParams
     reference = "statsmodels OLS"
+    coordinator_imports = ("scipy.special", "scipy.linalg")
     phases = {
         "factor": Phase(Empty, Factor),
         "cross": Phase(Empty, CrossProducts, summed=True),
@@ -179,8 +180,12 @@ class LinearRegression(App[RegressionParams]):
     ) -> Factor:
         factor = FactorAccumulator(len(coefficient_names(params)) + 1)
         moments: list[tuple[float, float, float]] = []
-        for x, y in design_batches(data, params):
-            factor.add(np.column_stack([x, y]))
+        features = list(params.features or [])
+        ones = [1.0] if params.intercept else []
+        for batch in data.batches([*features, params.target]):
+            # [1 | X | y] goes column by column into the factor's buffer (no design matrix)
+            y = np.asarray(batch[params.target], dtype=np.float64)
+            factor.add_columns([*ones, *(batch[f] for f in features), y], len(y))
             mean = float(y.mean())
             moments.append((float(len(y)), mean, float(((y - mean) ** 2).sum())))
         n, mean, m2 = combine_moments(moments)
