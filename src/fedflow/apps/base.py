@@ -493,6 +493,10 @@ class App(ABC, Generic[P]):
     partial_rounds: ClassVar[bool] = False
     """``True`` when a round may be aggregated from the sites that answered (training's quorum
     and straggler cut-off); analytics need every site's reply."""
+    coordinator_imports: ClassVar[tuple[str, ...]] = ("scipy.stats",)
+    """Modules the app's ``aggregate_<phase>`` steps import lazily: the coordinator loads them in
+    a thread while the sites start (scipy.stats takes a second or more; apps that need only
+    scipy.special name that)."""
     tolerances: ClassVar[Mapping[str, tuple[float, float]]] = {}
     """Per result key (a path prefix such as ``"oob_accuracy"``): ``(rtol, atol)`` where the
     default does not apply; ``--compare`` writes the rule it applied to each value."""

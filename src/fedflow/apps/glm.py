@@ -283,6 +283,7 @@ class GLM(App[GLMParams]):
 
     name = "glm"
     reference = "statsmodels GLM"
+    coordinator_imports = ("scipy.special", "scipy.linalg")
     Params = GLMParams
     phases = {
         "start": Phase(Empty, StartTerms),

@@ -94,6 +94,7 @@ class LogisticRegression(App[LogisticParams]):
     name = "logistic-regression"
     Params = LogisticParams
     reference = "statsmodels Logit"
+    coordinator_imports = ("scipy.special",)
     phases = {"newton": Phase(Coefficients, NewtonTerms, summed=True)}
     secure = True
     streaming = True

@@ -21,7 +21,7 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
 
@@ -40,7 +40,6 @@ from fedflow.node.data import (
     prepare_streamed,
 )
 from fedflow.node.databases import open_dataset
-from fedflow.node.secure_site import SecureSite
 from fedflow.node.siteconfig import (
     Dataset,
     SiteConfig,
@@ -73,6 +72,9 @@ from fedflow.wire import (
     encode_frame,
     parse_header,
 )
+
+if TYPE_CHECKING:  # imported when a study is secure (cryptography: 0.3 s in every site)
+    from fedflow.node.secure_site import SecureSite
 
 __all__ = ["NodeAgent", "serve"]
 
@@ -348,6 +350,8 @@ class NodeAgent:
         if msg.secure:
             if app.secure is not True:
                 raise AppError(f"app '{msg.app}' cannot run with secure = true: {app.secure}")
+            from fedflow.node.secure_site import SecureSite
+
             self._secure = SecureSite(self.site, self._summed)
         log.info("prepared app '%s' on %d rows (min_count %d)", msg.app, table.n_rows, min_count)
         self.state = "prepared"

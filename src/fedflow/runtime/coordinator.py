@@ -200,9 +200,13 @@ class Coordinator:
 
     async def _open(self) -> dict[str, SiteInfo]:
         obs, driver = self.observer, self.driver
-        # the coordinator's statistics (p-values: scipy.stats, a second or more to import) load
-        # in a thread while the sites start and load their data, so no round carries the import
-        warm = asyncio.ensure_future(asyncio.to_thread(importlib.import_module, "scipy.stats"))
+        # the coordinator's statistics (p-values: scipy.stats, a second or more to import; the
+        # app names what it needs) load in a thread while the sites start and load their data,
+        # so no round carries the import
+        needs = type(self.app).coordinator_imports
+        warm = asyncio.ensure_future(
+            asyncio.to_thread(lambda: list(map(importlib.import_module, needs)))
+        )
         with self._phase("start sites"):
             obs.phase("starting sites")
             await self._each(self._start)

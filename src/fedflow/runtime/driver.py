@@ -29,7 +29,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -47,8 +47,10 @@ from fedflow.apps.base import (
     merged_columns,
 )
 from fedflow.errors import AppError, RemoteProtocolError
-from fedflow.runtime.secure import MaskedRound, MaskedRun, SecureRound, majority
 from fedflow.wire import Message, Prepare, Prepared, Reply, Task
+
+if TYPE_CHECKING:  # imported when a study is secure (cryptography: 0.3 s at every run)
+    from fedflow.runtime.secure import MaskedRound, MaskedRun, SecureRound
 
 __all__ = ["Driver", "Outcome"]
 
@@ -154,6 +156,8 @@ class Driver:
                     site=name,
                 )
             keys[name] = reply.mask_pk
+        from fedflow.runtime.secure import MaskedRun
+
         self.masked_run = MaskedRun(self.session_id, keys)
 
     def _check_secure(self, n: int) -> None:
@@ -165,6 +169,8 @@ class Driver:
             raise AppError(
                 "secure = true needs at least two sites (a sum over one site is its own)"
             )
+        from fedflow.runtime.secure import majority
+
         low = majority(n)
         if self.threshold is not None and not low <= self.threshold <= n:
             raise AppError(
@@ -213,6 +219,8 @@ class Driver:
                 for name in self.ctx.sites
             }
             reply = self.app.check_phase(step.phase).reply
+            from fedflow.runtime.secure import MaskedRound, SecureRound, majority
+
             if not self.dropout:
                 if self.masked_run is None or set(self.masked_run.keys) != set(self.ctx.sites):
                     raise AppError(
