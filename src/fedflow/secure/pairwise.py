@@ -143,11 +143,7 @@ class PairwiseMasker:
         acc.add(vector)
         for peer, key in self._pair.items():
             seed = HKDFExpand(algorithm=hashes.SHA256(), length=32, info=info).derive(key)
-            words = ring.stream(seed, label.length, label.limbs)
-            if self.name < peer:
-                acc.add(words)
-            else:
-                acc.sub(words)
+            acc.add_stream(seed, negative=self.name > peer)
         return acc.result()
 
 

@@ -18,7 +18,6 @@ __all__ = [
     "expand",
     "from_ints",
     "neg",
-    "stream",
     "sub",
     "total",
     "to_ints",
@@ -61,50 +60,57 @@ def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def stream(seed: bytes, n: int, limbs: int) -> bytes:
-    """The raw keystream behind ``expand(seed, n, limbs)`` (little-endian words)."""
-    if len(seed) != 32:
-        raise ValueError("a mask seed has 32 bytes")
-    encryptor = Cipher(algorithms.ChaCha20(seed, _NONCE), mode=None).encryptor()
-    return encryptor.update(bytes(n * limbs * 8))
-
-
 class Accumulator:
     """Sums (and differences) of many ring vectors of one shape, with one carry propagation.
 
     Each limb is summed with numpy's wrapping addition, in place; for every limb but the last
     the carries out of it are counted (a wrap shows as a sum below the previous one) and added
     into the next limb once, by ``result``: a few vector operations per addition instead of the
-    limb-by-limb carry chain of ``add``. Subtrahends are summed apart and taken off at the end.
+    limb-by-limb carry chain of ``add``. A subtraction adds the two's complement (~v, and one
+    more 1 added once at the end). ``add_stream`` adds a ChaCha20 keystream (``expand``'s words)
+    through one reused buffer.
     """
 
     def __init__(self, n: int, limbs: int) -> None:
         self.n, self.limbs = n, limbs
-        self._sums = [_Sum(n, limbs), _Sum(n, limbs)]
+        self._sum = _Sum(n, limbs)
+        self._ones = 0
+        self._zero: bytes | None = None
+        self._buffer: bytearray | None = None
 
-    def _words(self, v: np.ndarray | bytes) -> np.ndarray:
-        if isinstance(v, bytes):
+    def _words(self, v: np.ndarray | bytes | bytearray) -> np.ndarray:
+        if isinstance(v, (bytes, bytearray)):
             return np.frombuffer(v, dtype="<u8").reshape(self.n, self.limbs)
         if v.shape != (self.n, self.limbs) or v.dtype != np.uint64:
             raise ValueError(f"expected a ({self.n}, {self.limbs}) uint64 ring vector")
         return v
 
-    def add(self, v: np.ndarray | bytes) -> None:
+    def add(self, v: np.ndarray | bytes | bytearray) -> None:
         """Add a ring vector (or the raw little-endian words of one, e.g. a keystream)."""
-        self._sums[0].add(self._words(v))
+        self._sum.add(self._words(v))
 
-    def sub(self, v: np.ndarray | bytes) -> None:
-        """Subtract a ring vector (or its raw words)."""
-        self._sums[1].add(self._words(v))
+    def sub(self, v: np.ndarray | bytes | bytearray) -> None:
+        """Subtract a ring vector (or its raw words): add ~v, and 1 at the end."""
+        self._sum.add(np.invert(self._words(v)))
+        self._ones += 1
+
+    def add_stream(self, seed: bytes, *, negative: bool = False) -> None:
+        """Add (or subtract) ``expand(seed, n, limbs)``, without allocating it anew."""
+        if len(seed) != 32:
+            raise ValueError("a mask seed has 32 bytes")
+        size = self.n * self.limbs * 8
+        if self._zero is None or self._buffer is None:
+            self._zero, self._buffer = bytes(size), bytearray(size)
+        encryptor = Cipher(algorithms.ChaCha20(seed, _NONCE), mode=None).encryptor()
+        encryptor.update_into(self._zero, self._buffer)
+        if negative:
+            self.sub(self._buffer)
+        else:
+            self.add(self._buffer)
 
     def result(self) -> np.ndarray:
         """Return the sum as a ring vector (a new array)."""
-        plus, minus = self._sums
-        if not minus.count:
-            return plus.settle()
-        if self.limbs == 1:
-            return plus.settle() - minus.settle()  # wraps modulo 2^64
-        return sub(plus.settle(), minus.settle())
+        return self._sum.settle(self._ones)
 
 
 class _Sum:
@@ -117,6 +123,8 @@ class _Sum:
 
     def add(self, words: np.ndarray) -> None:
         self.count += 1
+        if self.count >= 1 << 32:
+            raise ValueError("at most 2^32 - 1 vectors in one sum")
         for i, carries in enumerate(self.carries):
             before, after = self.limbs[i], self._spare
             np.add(before, words[:, i], out=after)
@@ -126,8 +134,13 @@ class _Sum:
         top = self.limbs[-1]
         np.add(top, words[:, -1], out=top)
 
-    def settle(self) -> np.ndarray:
+    def settle(self, ones: int) -> np.ndarray:
         out = np.stack(self.limbs, axis=1)
+        if ones:  # the 1s of the two's complements, into limb 0 (a carry when it wraps)
+            low = out[:, 0] + np.uint64(ones)
+            if self.carries:
+                self.carries[0] += (low < out[:, 0]).astype(np.uint64)
+            out[:, 0] = low
         for i, carries in enumerate(self.carries):  # carries of limb i, then their own carries
             column = out[:, i + 1] + carries
             if i + 2 < out.shape[1]:
