@@ -175,3 +175,22 @@ def test_a_grid_the_settings_cannot_fill_is_refused_before_anything_runs(tmp_pat
     assert done.returncode != 0
     assert "config: split.sizes.sizes has no ratio for 4 sites" in done.stdout + done.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_collect_refuses_a_run_without_a_comparison_naming_it(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "pca" / "iid" / "3"
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text('{"app": "pca", "sites": {}}', encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(WORKFLOW / "scripts" / "collect.py"), "--out", "t.csv", str(run)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    message = done.stderr.strip()
+    assert (
+        message
+        == f"collect.py: {run / 'comparison.json'} is missing (was the run made with --compare?)"
+    )
+    assert not (tmp_path / "t.csv").exists()
