@@ -484,3 +484,38 @@ def test_a_driver_without_the_sites_keys_refuses_to_start_a_secure_round() -> No
     driver.begin(infos)
     with pytest.raises(AppError, match="public keys were not taken"):
         driver.tasks()
+
+
+def test_the_sites_audit_log_records_what_left_it_masked(tmp_path) -> None:
+    import json
+
+    from fedflow.node.siteconfig import SiteConfig
+
+    fed = Masked()
+    log = tmp_path / "audit.jsonl"
+    agent = NodeAgent(
+        "site-1", SiteConfig(audit_log=log), preloaded=in_memory(fed.tables["site-1"])
+    )
+    from fedflow._version import __version__
+    from fedflow.wire import PROTOCOL_VERSION
+
+    agent.handle(Hello(protocol=PROTOCOL_VERSION, version=__version__, site="site-1"))
+    agent.handle(Setup(min_count=5))
+    prepared = agent.handle(
+        Prepare(
+            app=APP,
+            params={},
+            columns={"x": "numeric", "y": "numeric", "k": "numeric"},
+            secure=True,
+        )
+    )
+    keys = {**fed.keys, "site-1": prepared.mask_pk}
+    answer = agent.handle(_codec(_masked_task(keys=keys)))
+    assert isinstance(answer, MaskedSum) and answer.vector is not None
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    masked = [e for e in entries if e["event"] == "maskedtask"]
+    assert masked and masked[0]["outcome"] == "released" and masked[0]["round"] == 1
+    assert masked[0]["phase"] == "moments"
+    assert masked[0]["released"]["shape"] == {
+        "masked": {"shape": list(answer.vector.shape), "dtype": "uint64"}
+    }

@@ -58,6 +58,8 @@ from fedflow.wire import (
     FileInfo,
     Finish,
     Hello,
+    MaskedSum,
+    MaskedTask,
     Message,
     MessageCodec,
     Prepare,
@@ -482,12 +484,12 @@ class NodeAgent:
         if isinstance(message, Prepare):
             record.update(app=message.app, params=message.params, columns=message.columns)
             record["code_sha256"] = self._code_hash
-        if isinstance(message, (Task, SecureTask)):
+        if isinstance(message, (Task, SecureTask, MaskedTask)):
             record.update(app=self._app_ref, round=message.round, phase=message.phase)
         if isinstance(reply, Failure):
             record.update(outcome="refused" if reply.kind == "policy" else "failed")
             record["reason"] = reply.message
-        elif isinstance(reply, (Reply, SecureMasked)):  # what left the site (masked or not)
+        elif isinstance(reply, (Reply, SecureMasked, MaskedSum)):  # what left the site
             encoded = MessageCodec().encode(reply)
             record.update(
                 outcome="released",
