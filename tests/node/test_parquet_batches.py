@@ -82,3 +82,34 @@ def test_a_table_straddling_record_batches_holds_both_parts(tmp_path: Path) -> N
     assert [p.n_rows for p in parts] == [250, 250, 250, 250]
     assert parts[1]["a"].tolist() == whole[250:500]
     assert parts[1]["a"].flags.writeable  # joined from two row groups: a new array
+
+
+@pytest.mark.parametrize("dropna", [True, False])
+def test_non_finite_and_overflowing_floats_are_told_apart(tmp_path: Path, dropna: bool) -> None:
+    # a column's values are checked from their sum first: an infinity, a NaN and a sum that
+    # overflows (finite values) must still be told apart value by value
+    big = np.full(600, 1e308)  # finite, but their sum overflows
+    with_nan = np.arange(600.0)
+    with_nan[450] = np.nan  # missing: dropped, or refused without dropna
+    with_inf = np.arange(600.0)
+    with_inf[451] = np.inf
+    path = tmp_path / "site.parquet"
+    pq.write_table(pa.table({"big": big, "n": with_nan, "i": with_inf}), path, row_group_size=300)
+
+    def prepare(needed: dict[str, str]) -> data.StreamedTable:
+        return prepare_streamed(
+            open_files([path]), needed, dropna=dropna, min_count=5, memory_limit=1 << 40
+        )
+
+    table = prepare({"big": "numeric"})
+    assert table.n_rows == 600
+    assert np.concatenate([b["big"] for b in table.batches(rows=64)]).tolist() == big.tolist()
+    if dropna:
+        assert prepare({"n": "numeric"}).n_rows == 599
+    else:
+        with pytest.raises(data.DataError, match="column 'n' has 1 missing value"):
+            prepare({"n": "numeric"})
+    with pytest.raises(
+        data.DataError, match="column 'i' holds the non-finite value inf in row 452"
+    ):
+        prepare({"i": "numeric"})

@@ -150,6 +150,14 @@ def _float_view(array: pa.Array) -> np.ndarray:
     return values
 
 
+def _all_finite(values: np.ndarray) -> bool:
+    """Whether every value is finite, from their sum (one read, no mask): a NaN or an infinity
+    makes the sum non-finite. A non-finite sum of finite values (overflow) returns False, and
+    the caller then looks at each value."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.add.reduce(values)))
+
+
 def nulls(array: pa.Array) -> np.ndarray:
     """Return the mask of an Arrow array's nulls, read from its validity bitmap."""
     validity = array.buffers()[0]
@@ -905,7 +913,10 @@ def typed_pieces(batch: pa.RecordBatch, types: Mapping[str, pa.DataType]) -> dic
                 values[nulls(array)] = np.nan
             else:  # the common case: the file's buffer itself, not a copy
                 values = _float_view(array)
-            pieces[column] = (values, np.isnan(values))
+            missing = np.zeros(len(values), dtype=bool)
+            if not _all_finite(values):
+                missing = np.isnan(values)
+            pieces[column] = (values, missing)
         elif pa.types.is_integer(kind) or pa.types.is_boolean(kind):
             pieces[column] = (to_numpy(array).astype(np.int64, copy=False), nulls(array))
         else:
@@ -1332,7 +1343,7 @@ class _Plan:
                     continue
             if kind == "binary" and not np.isin(values, (0, 1)).all():
                 found.not_binary.add(name)
-            if values.dtype.kind == "f":
+            if values.dtype.kind == "f" and not _all_finite(values):
                 bad = ~np.isfinite(values)
                 if bad.any():
                     at = int(np.argmax(bad))
