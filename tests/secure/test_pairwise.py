@@ -116,3 +116,21 @@ def test_bad_keys_are_refused_naming_the_site() -> None:
     assert not a.agreed
     with pytest.raises(SecureAggregationError, match="before the keys were agreed"):
         a.mask(_label(1, 2), ring.zeros(2, 1))
+
+
+@pytest.mark.parametrize(
+    ("lsb", "msb", "terms"), [(-75, 3, 10), (0, 12, 3), (-2148, 2048, 50), (-4400, 0, 7), (5, 5, 2)]
+)
+def test_a_proposal_holds_the_range_in_the_same_ring_and_within_what_sites_accept(
+    lsb: int, msb: int, terms: int
+) -> None:
+    from fedflow.runtime.secure import first_proposal, propose
+    from fedflow.secure import FixedPoint
+    from fedflow.secure.layout import MAX_BITS
+
+    spec = FixedPoint(lsb, msb, terms)
+    wider = propose(spec)
+    assert wider.lsb <= lsb and msb <= wider.msb and wider.terms == terms
+    assert wider.limbs == spec.limbs and wider.msb - wider.lsb <= MAX_BITS
+    first = first_proposal(terms)
+    assert first.limbs == 2 and first.msb == 40

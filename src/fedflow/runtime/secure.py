@@ -242,9 +242,10 @@ class SecureRound:
 
 def propose(spec: FixedPoint) -> FixedPoint:
     """Return an encoding that holds ``spec``'s range with the spare bits of its ring spent on
-    margins (up to 8 bits above, the rest below), so that the next round of the phase, whose
-    values differ, most likely still fits without a wider ring."""
-    spare = 64 * spec.limbs - spec.bits
+    margins (up to 8 bits above, the rest below; never wider than ``MAX_BITS``, which sites
+    refuse), so that the next round of the phase, whose values differ, most likely still fits
+    without a wider ring."""
+    spare = min(64 * spec.limbs - spec.bits, MAX_BITS - (spec.msb - spec.lsb))
     above = min(8, spare // 4)
     return FixedPoint(spec.lsb - (spare - above), spec.msb + above, spec.terms)
 
