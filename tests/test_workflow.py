@@ -154,18 +154,50 @@ def test_the_report_holds_the_table_and_both_plots(quick_run: Path) -> None:
     assert shown == {
         (r["app"], r["split"], r["sites"], r["verdict"]) for r in read_table(quick_run)
     }
+    # config-quick.yaml sets run_reports: false: each row links its run directory only
+    for cells, links in zip(body, parser.links[1:], strict=True):
+        assert links == [f"../runs/{cells[0]}/{cells[1]}/{cells[2]}"]
     assert len(parser.images) == 2
     assert all(src.startswith("data:image/png;base64,") for src in parser.images)
     for name in ("max_rel_diff.png", "tolerance_use.png"):
         assert (quick_run / "results" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
+def test_the_summary_links_the_report_of_a_run_that_has_one(quick_run: Path) -> None:
+    run = quick_run / read_table(quick_run)[0]["run_dir"]
+    out = quick_run / "relinked" / "summary.html"
+    (run / "report.html").write_text("<html></html>", encoding="utf-8")
+    try:
+        subprocess.run(
+            [
+                sys.executable,
+                str(WORKFLOW / "scripts" / "summary_report.py"),
+                str(quick_run / "results" / "comparisons.csv"),
+                "--out",
+                str(out),
+            ],
+            cwd=quick_run,
+            check=True,
+        )
+    finally:
+        (run / "report.html").unlink()
+    parser = _Tables()
+    parser.feed(out.read_text(encoding="utf-8"))
+    linked = [links for links in parser.links if any(a.endswith("report.html") for a in links)]
+    rel = os.path.relpath(run, out.parent)
+    assert linked == [[rel, f"{rel}/report.html"]]
+
+
 def test_the_full_grid_plans_one_run_per_cell(tmp_path: Path) -> None:
-    done = snakemake(tmp_path, "-n", "-c1", "--quiet", "rules", timeout=120)
+    done = snakemake(tmp_path, "-n", "-p", "-c1", timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     counts = dict(line.split()[:2] for line in done.stdout.splitlines() if len(line.split()) == 2)
     cells = grid(WORKFLOW / "config.yaml")
     assert int(counts["run"]) == int(counts["split"]) == len(cells) == 32
+    # config.yaml sets run_reports: every run writes its report.html
+    runs = [line for line in done.stdout.splitlines() if "fedflow run " in line]
+    assert len(runs) == 32 and all(" --compare --report " in line for line in runs)
 
 
 def test_a_grid_the_settings_cannot_fill_is_refused_before_anything_runs(tmp_path: Path) -> None:
