@@ -10,10 +10,17 @@
     python benchmarks/cohort_bench.py parquet [--rows 20000000]
         one local site holding ROWS rows of Parquet (six float columns), linear-regression:
         wall time and the site's peak RSS.
-    python benchmarks/cohort_bench.py huge [--rows 100000000]
+    python benchmarks/cohort_bench.py huge [--rows 100000000] [--repeat 3]
         the same with ROWS rows generated on the fly into a Parquet file in a temporary folder,
         against DuckDB computing the same sums (every sum(a*b) of the six columns, their sums and
-        count: what the regression needs) over the same file in one process; rows per second.
+        count: what the regression needs) over the same file in one process, run alternately;
+        rows per second, ratios of medians, and the CPU time of each (others may load the
+        machine: CPU seconds are steadier than wall time then).
+
+    python benchmarks/cohort_bench.py site [--rows 10000000] [--repeat 3]
+        one Parquet site's local work in this process, stage by stage (open, Prepare's pass,
+        linear-regression's factor), wall and CPU; run it with PYTHONPATH=<another tree>/src
+        to compare trees.
 
 Data are generated into a temporary folder at each run (never committed). Figures are printed as
 Markdown table rows; benchmarks/README.md holds the latest ones.
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -86,8 +94,17 @@ def _study(folder: Path, files: dict[str, Path]) -> Path:
     return study
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of every finished child process and its descendants."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _fedflow(folder: Path, study: Path, tag: str) -> tuple[float, dict]:
+    """Run the study; return its wall time and metrics, with ``cpu_seconds`` added: the CPU of
+    the whole run (coordinator, fork server and sites)."""
     out = folder / f"run-{tag}"
+    cpu = _children_cpu()
     started = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "fedflow.cli", "run", str(study), "--out", str(out), "-q"],
@@ -96,7 +113,9 @@ def _fedflow(folder: Path, study: Path, tag: str) -> tuple[float, dict]:
         stdout=subprocess.DEVNULL,
     )
     wall = time.perf_counter() - started
-    return wall, json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["cpu_seconds"] = _children_cpu() - cpu
+    return wall, metrics
 
 
 def regression(rows: int, repeat: int) -> None:
@@ -108,15 +127,18 @@ def regression(rows: int, repeat: int) -> None:
         size = files["berlin"].stat().st_size
         study = _study(folder, files)
         pooled = [sys.executable, "-c", POOLED, ",".join(FEATURES), *map(str, files.values())]
-        fed, ref, rss, phases = [], [], [], {}
+        fed, ref, rss, phases, fed_cpu, ref_cpu = [], [], [], {}, [], []
         for i in range(repeat):
             wall, metrics = _fedflow(folder, study, str(i))
             fed.append(wall)
+            fed_cpu.append(metrics["cpu_seconds"])
             rss.extend(s["peak_rss_bytes"] for s in metrics["sites"].values())
             phases = {p["name"]: p["seconds"] for p in metrics["phases"]}
+            cpu = _children_cpu()
             started = time.perf_counter()
             subprocess.run(pooled, check=True, stdout=subprocess.DEVNULL)
             ref.append(time.perf_counter() - started)
+            ref_cpu.append(_children_cpu() - cpu)
         needed = rows * (len(FEATURES) + 1) * 8
         print(f"| 3 sites × {rows:,} rows CSV ({size / 1e6:.0f} MB each), linear-regression |")
         print(f"| fedflow run: median {statistics.median(fed):.2f} s (runs {_list(fed)}) |")
@@ -124,6 +146,11 @@ def regression(rows: int, repeat: int) -> None:
             f"| pooled pandas + statsmodels: median {statistics.median(ref):.2f} s ({_list(ref)}) |"
         )
         print(f"| ratio of medians: {statistics.median(fed) / statistics.median(ref):.2f}× |")
+        print(
+            f"| CPU (all processes), medians: fedflow {statistics.median(fed_cpu):.2f} s "
+            f"({_list(fed_cpu)}), pooled {statistics.median(ref_cpu):.2f} s ({_list(ref_cpu)}); "
+            f"ratio {statistics.median(fed_cpu) / statistics.median(ref_cpu):.2f}× |"
+        )
         print(
             f"| phases of the last run: {', '.join(f'{k} {v:.2f} s' for k, v in phases.items())} |"
         )
@@ -207,20 +234,26 @@ def _parquet_file(path: Path, rows: int) -> None:
             )
 
 
-def _solo(folder: Path, path: Path, rows: int) -> float:
-    """Run linear-regression at one site holding ``path``; print its figures; return the wall."""
-    study = _study(folder, {"solo": path})
-    wall, metrics = _fedflow(folder, study, "0")
+def _solo(folder: Path, path: Path, rows: int, tag: str = "0") -> tuple[float, dict]:
+    """Run linear-regression at one site holding ``path``; return the wall time and metrics."""
+    return _fedflow(folder, _study(folder, {"solo": path}), tag)
+
+
+def _phases(metrics: dict) -> str:
+    phases = {p["name"]: p["seconds"] for p in metrics["phases"]}
+    phases["factor round"] = sum(r["seconds"] for r in metrics["rounds"])
+    return ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
+
+
+def _print_solo(path: Path, rows: int, wall: float, metrics: dict) -> None:
     site = metrics["sites"]["solo"]
     needed = rows * 6 * 8
-    phases = {p["name"]: p["seconds"] for p in metrics["phases"]}
     print(f"| one site × {rows:,} rows Parquet ({path.stat().st_size / 1e6:.0f} MB), six floats |")
-    print(f"| wall {wall:.1f} s; phases {', '.join(f'{k} {v:.2f} s' for k, v in phases.items())} |")
+    print(f"| wall {wall:.1f} s, CPU {metrics['cpu_seconds']:.1f} s; {_phases(metrics)} |")
     print(
         f"| site peak RSS {site['peak_rss_bytes'] / 2**20:.0f} MiB; needed columns as float64 "
         f"{needed / 2**20:.0f} MiB; {rows / wall / 1e6:.2f} M rows/s end to end |"
     )
-    return wall
 
 
 def parquet(rows: int) -> None:
@@ -228,7 +261,48 @@ def parquet(rows: int) -> None:
         folder = Path(tmp)
         path = folder / "site.parquet"
         _parquet_file(path, rows)
-        _solo(folder, path, rows)
+        _print_solo(path, rows, *_solo(folder, path, rows))
+
+
+def site(rows: int, repeat: int) -> None:
+    """A Parquet site's local work in this process, stage by stage: Setup (open: sha256, schema),
+    Prepare (one streaming pass typing and checking the six columns) and linear-regression's
+    factor (one pass and the QR); wall and CPU seconds, medians of ``repeat``."""
+    from fedflow.apps.base import Empty, SiteContext
+    from fedflow.apps.linear import LinearRegression
+    from fedflow.node.data import open_files, prepare_streamed
+
+    app = LinearRegression()
+    params = app.parse_params({"target": "y", "features": FEATURES})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "site.parquet"
+        _parquet_file(path, rows)
+        timings: dict[str, list[tuple[float, float]]] = {}
+        for _ in range(repeat):
+            stages = {}
+            for stage in ("open", "prepare", "factor"):
+                wall, cpu = time.perf_counter(), time.process_time()
+                if stage == "open":
+                    source = open_files([path])
+                elif stage == "prepare":
+                    table = prepare_streamed(
+                        source, app.columns(params), dropna=False, min_count=5, memory_limit=1 << 30
+                    )
+                else:
+                    reply = app.local_factor(table, params, Empty(), SiteContext("s"))
+                stages[stage] = (time.perf_counter() - wall, time.process_time() - cpu)
+            for stage, value in stages.items():
+                timings.setdefault(stage, []).append(value)
+        print(
+            f"| one site's local work, {rows:,} rows Parquet ({path.stat().st_size / 1e6:.0f} MB) |"
+        )
+        for stage, values in timings.items():
+            wall = statistics.median(v[0] for v in values)
+            cpu = statistics.median(v[1] for v in values)
+            print(
+                f"| {stage}: median wall {wall:.2f} s, CPU {cpu:.2f} s, {rows / wall / 1e6:.1f} M rows/s |"
+            )
+        print(f"<!-- R[-1, -1] = {reply.r[-1, -1]!r}, y's M2 = {reply.y_m2!r} -->")
 
 
 DUCKDB = """
@@ -243,33 +317,57 @@ print(time.perf_counter() - started)
 """
 
 
-def huge(rows: int) -> None:
+def huge(rows: int, repeat: int) -> None:
+    """fedflow (one site, linear-regression) and DuckDB's sums over the same Parquet file, run
+    alternately ``repeat`` times; ratios of medians."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         path = folder / "site.parquet"
         started = time.perf_counter()
         _parquet_file(path, rows)
         print(f"| generated in {time.perf_counter() - started:.0f} s |")
-        wall = _solo(folder, path, rows)
-        started = time.perf_counter()
-        inner = subprocess.run(
-            [sys.executable, "-c", DUCKDB, str(path), ",".join([*FEATURES, "y"])],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        outer = time.perf_counter() - started
-        query = float(inner.split()[-1])
+        walls, rounds, cpus, rss, queries, outers, duck_cpus = [], [], [], [], [], [], []
+        metrics: dict = {}
+        for i in range(repeat):
+            wall, metrics = _solo(folder, path, rows, str(i))
+            walls.append(wall)
+            rounds.append(sum(r["seconds"] for r in metrics["rounds"]))
+            cpus.append(metrics["cpu_seconds"])
+            rss.append(metrics["sites"]["solo"]["peak_rss_bytes"])
+            print(f"<!-- fedflow run {i}: wall {wall:.1f} s, {_phases(metrics)} -->")
+            cpu = _children_cpu()
+            started = time.perf_counter()
+            inner = subprocess.run(
+                [sys.executable, "-c", DUCKDB, str(path), ",".join([*FEATURES, "y"])],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            outers.append(time.perf_counter() - started)
+            duck_cpus.append(_children_cpu() - cpu)
+            queries.append(float(inner.split()[-1]))
+        _print_solo(path, rows, walls[-1], metrics)
+        wall, query, round_ = (statistics.median(v) for v in (walls, queries, rounds))
         print(
-            f"| DuckDB, the same sums over the same file in one process: query {query:.1f} s "
-            f"({rows / query / 1e6:.2f} M rows/s), process {outer:.1f} s; fedflow / DuckDB "
-            f"{wall / query:.2f}× |"
+            f"| fedflow, {repeat} runs: wall median {wall:.1f} s ({_list(walls)}), "
+            f"{rows / wall / 1e6:.2f} M rows/s; the factor round alone median {round_:.1f} s "
+            f"({_list(rounds)}); CPU of the whole run median {statistics.median(cpus):.1f} s; "
+            f"site peak RSS max {max(rss) / 2**20:.0f} MiB |"
+        )
+        print(
+            f"| DuckDB, the same sums over the same file in one process, run alternately: query "
+            f"median {query:.1f} s ({_list(queries)}), {rows / query / 1e6:.2f} M rows/s; "
+            f"process median {statistics.median(outers):.1f} s, CPU {statistics.median(duck_cpus):.1f} s |"
+        )
+        print(
+            f"| fedflow / DuckDB query, ratio of medians: end to end {wall / query:.2f}×; "
+            f"the factor round (one streaming pass and the site's QR) {round_ / query:.2f}× |"
         )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["regression", "loader", "parquet", "huge"])
+    parser.add_argument("what", choices=["regression", "loader", "parquet", "huge", "site"])
     parser.add_argument("--rows", type=int)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
@@ -281,8 +379,10 @@ def main() -> None:
         loader(args.rows or 1_000_000, args.repeat)
     elif args.what == "parquet":
         parquet(args.rows or 20_000_000)
+    elif args.what == "site":
+        site(args.rows or 10_000_000, args.repeat)
     else:
-        huge(args.rows or 100_000_000)
+        huge(args.rows or 100_000_000, args.repeat)
     print(f"<!-- load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())} -->")
 
 
