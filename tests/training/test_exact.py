@@ -77,13 +77,19 @@ def test_one_step_fedavg_equals_centralized_gradient_descent(
     assert np.max(np.abs(unweighted - w)) > 1e-3
 
 
-def _scaffold_reference(sites: dict[str, Table], steps: int) -> np.ndarray:
+def _scaffold_reference(
+    sites: dict[str, Table], steps: int, validation: float = 0.0, seed: int | None = None
+) -> np.ndarray:
     """SCAFFOLD (Karimi et al. 2020, option II) for the linear model in numpy, full participation,
-    full-batch local steps, the server averaging weights and controls by rows."""
-    data = [
-        (np.column_stack([t.matrix(["x0", "x1", "x2"]), np.ones(t.n_rows)]), t["y"])
-        for t in sites.values()
-    ]
+    full-batch local steps on each site's training rows (``validation`` of them held out as the
+    study's seed draws them), the server averaging weights and controls by training rows."""
+    from fedflow.training.engine import split_rows  # which rows are held out, nothing else
+
+    data = []
+    for name, t in sites.items():
+        rows = split_rows(t.n_rows, validation, seed, name)[0]
+        a = np.column_stack([t.matrix(["x0", "x1", "x2"]), np.ones(t.n_rows)])
+        data.append((a[rows], t["y"][rows]))
     n = np.array([len(y) for _, y in data], dtype=float)
     share = n / n.sum()
     x = np.zeros(P + 1)
@@ -103,9 +109,12 @@ def _scaffold_reference(sites: dict[str, Table], steps: int) -> np.ndarray:
     return x
 
 
-def test_scaffold_with_several_local_steps_follows_the_reference(tmp_path: Path) -> None:
+@pytest.mark.parametrize("validation", [0.0, 0.3])
+def test_scaffold_with_several_local_steps_follows_the_reference(
+    tmp_path: Path, validation: float
+) -> None:
     plan = write_plan(tmp_path, LINEAR_PLAN.replace("{p}", str(P)))
-    sites, _, _ = _sites([7, 40, 113])
+    sites, _, _ = _sites([7, 40, 113] if validation == 0 else [20, 40, 113])
     params = {
         "plan": str(plan),
         "target": "y",
@@ -113,13 +122,13 @@ def test_scaffold_with_several_local_steps_follows_the_reference(tmp_path: Path)
         "local_epochs": 3,
         "batch_size": 0,
         "lr": LR,
-        "validation": 0.0,
+        "validation": validation,
         "strategy": "scaffold",
     }
     sim = simulate("train", params, sites, seed=11)
     weights, _ = from_safetensors(sim.done.artifacts["model-last.safetensors"], "last")
     got = np.append(weights["weight"].ravel(), weights["bias"])
-    expected = _scaffold_reference(sites, 3)
+    expected = _scaffold_reference(sites, 3, validation, 11)
     assert np.max(np.abs(got - expected)) < 1e-10
     fedavg = simulate("train", {**params, "strategy": "fedavg"}, sites, seed=11)
     plain, _ = from_safetensors(fedavg.done.artifacts["model-last.safetensors"], "last")

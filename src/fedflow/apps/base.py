@@ -590,6 +590,13 @@ class App(ABC, Generic[P]):
     def centralized(self, pooled: pd.DataFrame, params: P) -> dict[str, Any]:
         """Return the same result computed on pooled data by an independent, trusted library."""
 
+    def centralized_seeded(
+        self, pooled: pd.DataFrame, params: P, seed: int | None
+    ) -> dict[str, Any]:
+        """``centralized`` for a study run with ``seed``, for twins whose result depends on it
+        (training: initial weights, held-out rows, batch order). Default: the seed is not used."""
+        return self.centralized(pooled, params)
+
     def comparable(self, result: Mapping[str, Any]) -> dict[str, Any]:
         """Return the part of a result that ``--compare`` checks (default: all of it).
 

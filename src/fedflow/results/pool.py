@@ -133,12 +133,14 @@ def compare_with_pooled(
     *,
     dropna: bool,
     reading: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int | None = None,
 ) -> tuple[Comparison, dict[str, Any]]:
     """Return the comparison of ``result`` with the app's centralized twin on the pooled data
-    (files read as ``reading`` says per site, see ``pooled_frame``), and the twin's own result."""
+    (files read as ``reading`` says per site, see ``pooled_frame``; the study's ``seed`` given to
+    twins that use one), and the twin's own result."""
     pooled = pooled_frame(data, list(app.columns(params)), dropna=dropna, reading=reading)
     try:
-        central = app.centralized(pooled, params)
+        central = app.centralized_seeded(pooled, params, seed)
     except ImportError as exc:
         raise StudyError(
             f"--compare for '{app.name}' needs {exc.name}: pip install 'fedflow-studies[compare]'"

@@ -282,6 +282,7 @@ async def arun_study(
                         {c.name: c.data for c in study.clients},
                         dropna=study.dropna,
                         reading={c.name: c.reading() for c in study.clients},
+                        seed=study.seed,
                     )
                 run.comparison = comparison.to_dict()
                 rd.write_json("comparison.json", run.comparison)

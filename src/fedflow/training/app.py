@@ -259,7 +259,11 @@ class Train(App[TrainParams]):
             elif reply.weights is not None:
                 raise AppError(f"app 'train': site '{name}' trained though not sampled")
         if params.strategy == "scaffold":
-            rows = {n: info.rows for n, info in ctx.sites.items()}
+            # every site's training rows (its held-out rows excluded), as FedAvg weighs them
+            rows = {
+                n: info.rows - int(round(params.validation * info.rows))
+                for n, info in ctx.sites.items()
+            }
             self._update_controls(arrays, {n: replies[n] for n in answered}, rows)
         server = ServerOptimizer(params, arrays)
         new = server.step(arrays["weights"], weighted_average(updates))
@@ -277,8 +281,8 @@ class Train(App[TrainParams]):
         arrays: dict[str, np.ndarray], replies: Mapping[str, RoundReply], rows: Mapping[str, int]
     ) -> None:
         """SCAFFOLD: c_i += Δc_i for every sampled site, c += Σ n_i·Δc_i / Σ n (n: every site's
-        rows), so that c stays the row-weighted mean of the sites' controls — the weighting
-        FedAvg uses (Karimi et al. weigh sites equally)."""
+        training rows), so that c stays the row-weighted mean of the sites' controls — the
+        weighting FedAvg uses (Karimi et al. weigh sites equally)."""
         size = arrays["weights"].size
         total = np.zeros(size, dtype=np.float64)
         for name, reply in replies.items():
@@ -435,18 +439,25 @@ class Train(App[TrainParams]):
 
     # -- the centralized twin and predict ------------------------------------------------------
     def centralized(self, pooled: pd.DataFrame, params: TrainParams) -> dict[str, Any]:
+        """The centralized twin of a study without a seed (see ``centralized_seeded``)."""
+        return self.centralized_seeded(pooled, params, None)
+
+    def centralized_seeded(
+        self, pooled: pd.DataFrame, params: TrainParams, seed: int | None
+    ) -> dict[str, Any]:
         """Train the plan on the pooled rows for rounds × local_epochs epochs (same batch size,
-        lr and optimizer, the model built as the federated run builds it), holding out the same
-        fraction of the pooled rows (seeded); return its validation metrics as ``last``."""
+        lr and optimizer, the model built from the study's ``seed`` as the federated run builds
+        it), holding out the same fraction of the pooled rows (seeded by the study's seed);
+        return its validation metrics as ``last``."""
         from fedflow.training.engine import split_rows
         from fedflow.training.sklearn_backend import is_sklearn
 
         plan = self.plan(params)
-        train_rows, held = split_rows(len(pooled), params.validation, None, "pooled")
+        train_rows, held = split_rows(len(pooled), params.validation, seed, "pooled")
         central = msgspec.structs.replace(
             params, local_epochs=params.rounds * params.local_epochs, mu=0.0, strategy="fedavg"
         )
-        seed = derive_seed(None, "centralized")
+        train_seed = derive_seed(seed, "centralized")
         if is_sklearn(plan.model()):
             from fedflow.training.sklearn_backend import sk_evaluate, sk_model_with, sk_train
 
@@ -455,8 +466,10 @@ class Train(App[TrainParams]):
             ys = pooled[params.target].to_numpy(dtype=np.float64)
             if getattr(plan.module, "classes", None) is not None:
                 ys = ys.astype(np.int64)
-            est, lay = sk_model_with(plan, self._initial(params, None)[0], len(features))
-            _, loss, _ = sk_train(plan, est, lay, xs[train_rows], ys[train_rows], central, seed)
+            est, lay = sk_model_with(plan, self._initial(params, seed)[0], len(features))
+            _, loss, _ = sk_train(
+                plan, est, lay, xs[train_rows], ys[train_rows], central, train_seed
+            )
             return {
                 "metric": params.metric,
                 "last": sk_evaluate(plan, est, xs[held], ys[held]),
@@ -472,7 +485,7 @@ class Train(App[TrainParams]):
             to_tensors,
         )
 
-        weights, layout = initial_weights(plan, None)
+        weights, layout = initial_weights(plan, seed)
         model, _ = model_with(plan, weights)
         target = pooled[params.target].to_numpy(dtype=np.float64)
         classes = bool(getattr(plan.module, "classification", False))
@@ -483,7 +496,7 @@ class Train(App[TrainParams]):
             classes,
         )
         tr, hd = torch.from_numpy(train_rows), torch.from_numpy(held)
-        _, loss, _ = local_train(plan, model, layout, x[tr], y[tr], central, seed)
+        _, loss, _ = local_train(plan, model, layout, x[tr], y[tr], central, train_seed)
         return {
             "metric": params.metric,
             "last": evaluate(plan, model, x[hd], y[hd]),
