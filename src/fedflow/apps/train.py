@@ -28,12 +28,14 @@ __all__ = [
     "STRATEGIES",
     "RoundReply",
     "RoundTask",
+    "SecureRoundReply",
     "ServerOptimizer",
     "TrainParams",
     "derive_seed",
     "is_better",
     "lower_is_better",
     "sample_sites",
+    "secure_metric_names",
     "weighted_average",
     "global_record",
     "train_record",
@@ -145,6 +147,37 @@ class RoundReply(Payload, frozen=True):
     local_metrics: dict[str, float] = {}
     control_delta: np.ndarray | None = None
     """SCAFFOLD: c_i⁺ − c_i = −c + (W_{k-1} − y_i)/(steps·lr) (Karimi et al. 2020, option II)."""
+
+
+class SecureRoundReply(Payload, frozen=True):
+    """From each site under ``secure = true`` (phase ``secure_round``, summed): every field is
+    a term of a sum over sites, so the coordinator learns only the sums. A site that did not
+    train this round sends zeros (``trained`` = ``rows`` = 0); one without held-out rows (or not
+    asked to validate) sends ``val_rows`` = 0 and zeros. Metric vectors follow
+    ``secure_metric_names``."""
+
+    trained: int
+    """1 when the site trained this round: the sum counts the sampled sites that answered."""
+    rows: int
+    """Its training rows n_i (0 when it did not train)."""
+    weights: np.ndarray
+    """n_i · w_i in float64 (w_i: its updated weights, flat; zeros when it did not train)."""
+    train_loss: float
+    """n_i · its mean training loss of the last epoch."""
+    val_rows: int
+    """Its held-out rows m_i the global weights were evaluated on."""
+    global_metrics: np.ndarray
+    """m_i · each metric of the global weights on its held-out rows (float64)."""
+    local_val_rows: int
+    """m_i when it trained and validated its updated weights, else 0."""
+    local_metrics: np.ndarray
+    """m_i · each metric of its updated weights on its held-out rows (float64)."""
+
+
+def secure_metric_names(params: TrainParams) -> list[str]:
+    """The metrics a site sends under ``secure = true``: the loss and the study's ``metric``
+    (the coordinator must know the names before any sum: a sum has no per-site keys)."""
+    return ["loss"] if params.metric == "loss" else ["loss", params.metric]
 
 
 def derive_seed(seed: int | None, *parts: object) -> int:

@@ -310,9 +310,9 @@ class Coordinator:
 
     async def _round_exchange(self, tasks: Mapping[str, Message], expect: type[M]) -> dict[str, M]:
         """A round's exchange: every site must answer, unless a ``round_exchange`` hook (a
-        training run's round timeout, retries and quorum) lets some sites fail (not in secure
-        rounds)."""
-        if self.round_exchange is not None and not self.driver.secure:
+        training run's round timeout, retries and quorum) lets some sites fail (in secure rounds
+        only with dropout recovery)."""
+        if self.round_exchange is not None and (not self.driver.secure or self.driver.dropout):
             return await self.round_exchange(self, tasks, expect)  # type: ignore[no-any-return]
         return await self._exchange(tasks, expect)
 

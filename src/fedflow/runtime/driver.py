@@ -265,6 +265,7 @@ class Driver:
             if self.secure_round.done:
                 summed = self.secure_round.result
                 assert summed is not None
+                self._note_dropped(self.secure_round)
                 self.secure_round = None
                 self.step = self.app.aggregate(phase, {SUM: summed}, self.params, self.ctx)
             return
@@ -288,6 +289,19 @@ class Driver:
                     site=name,
                 ) from None
         self.step = self.app.aggregate(phase, decoded, self.params, self.ctx)
+
+    def _note_dropped(self, round_: SecureRound | MaskedRound) -> None:
+        """With dropout recovery: note the sites whose reply is not in the round's sum."""
+        aggregation = getattr(round_, "aggregation", None)
+        if aggregation is None or self.ctx is None:
+            return
+        left = [n for n in round_.sites if n not in aggregation.masked]
+        if left:
+            self.ctx.notes.append(
+                f"round {round_.round}: the secure sum is over "
+                f"{', '.join(n for n in round_.sites if n in aggregation.masked)}, without "
+                f"{', '.join(left)} (no answer; the masks they shared were removed)"
+            )
 
     def outcome(self) -> Outcome:
         """Return the outcome of a finished conversation."""

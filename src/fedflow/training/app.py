@@ -21,6 +21,7 @@ import msgspec
 import numpy as np
 
 from fedflow.apps.base import (
+    SUM,
     App,
     ColumnKind,
     Continue,
@@ -36,6 +37,7 @@ from fedflow.apps.base import (
 from fedflow.apps.train import (
     RoundReply,
     RoundTask,
+    SecureRoundReply,
     ServerOptimizer,
     TrainParams,
     derive_seed,
@@ -43,6 +45,7 @@ from fedflow.apps.train import (
     is_better,
     lower_is_better,
     sample_sites,
+    secure_metric_names,
     train_record,
     weighted_average,
 )
@@ -56,6 +59,19 @@ __all__ = ["Train", "TrainedModel"]
 
 CHECKPOINT = "checkpoint"
 """The key of the coordinator's resumable state in ``ctx.state``."""
+SCAFFOLD_NOT_SECURE = (
+    "app 'train': strategy 'scaffold' cannot run with secure = true: the coordinator keeps each "
+    "site's own control variate, which secure aggregation would hide (use fedavg, fedprox, "
+    "fedadam, fedyogi or fedadagrad)"
+)
+PER_SITE_HIDDEN = "not available with secure = true: the coordinator learns only sums over sites"
+
+
+def _means(names: list[str], sums: np.ndarray, rows: int) -> dict[str, float]:
+    """The row-weighted means of the metrics ``names`` from their sums over sites."""
+    if rows <= 0:
+        return {}
+    return {n: float(sums[j] / rows) for j, n in enumerate(names)}
 
 
 class Train(App[TrainParams]):
@@ -64,8 +80,13 @@ class Train(App[TrainParams]):
     name = "train"
     Params = TrainParams
     reference = "torch (the plan trained centrally on the pooled rows)"
-    phases = {"round": Phase(RoundTask, RoundReply)}
-    secure = "federated training sends each site's weights; secure aggregation of weights is not wired yet"
+    phases = {
+        "round": Phase(RoundTask, RoundReply),
+        "secure_round": Phase(RoundTask, SecureRoundReply, summed=True),
+    }
+    secure = True
+    """With ``secure = true`` each round is phase ``secure_round``: the coordinator learns only
+    Σ n_i·w_i, Σ n_i and the row-weighted sums of the metrics (strategy "scaffold" refused)."""
     partial_rounds = True
     """A round aggregates the sites that answered (round_timeout, retries, min_sites)."""
     tolerance = 0.05
@@ -128,6 +149,8 @@ class Train(App[TrainParams]):
 
     # -- the coordinator -----------------------------------------------------------------------
     def start(self, params: TrainParams, ctx: CoordinatorContext) -> Continue | Done:
+        if ctx.secure and params.strategy == "scaffold":
+            raise AppError(SCAFFOLD_NOT_SECURE)
         saved = ctx.state.get(CHECKPOINT)
         weights, layout = self._initial(params, ctx.seed)
         if saved is not None:
@@ -186,14 +209,15 @@ class Train(App[TrainParams]):
         weights = saved["arrays"]["weights"]
         k = ctx.round + 1
         everyone = RoundTask(weights=weights, train=False, validate=params.validation > 0)
+        phase = "secure_round" if ctx.secure else "round"
         if k > params.rounds:
-            return Continue("round", everyone)
+            return Continue(phase, everyone)
         sampled = sample_sites(list(ctx.sites), params.fraction, params.min_sites, ctx.seed, k)
         saved["meta"]["sampling"] = {**saved["meta"].get("sampling", {}), str(k): sampled}
         validate = params.validation > 0
         if params.strategy != "scaffold":
             trains = RoundTask(weights=weights, train=True, validate=validate)
-            return Continue("round", everyone, per_site={s: trains for s in sampled})
+            return Continue(phase, everyone, per_site={s: trains for s in sampled})
         arrays = saved["arrays"]
         zero = np.zeros(weights.size, dtype=np.float64)
         c = arrays.get("control", zero)
@@ -218,17 +242,8 @@ class Train(App[TrainParams]):
         history = meta["history"]
         # validate-global: the metrics of W_{k-1}, the weights this exchange carried
         pooled, per_site = global_record(replies)
-        history[k - 1]["global"] = pooled
         history[k - 1]["global_sites"] = per_site
-        if params.validation > 0:
-            if params.metric not in pooled:
-                raise AppError(
-                    f"app 'train': metric '{params.metric}' is not among the plan's metrics "
-                    f"({', '.join(pooled) or 'none'})"
-                )
-            if is_better(pooled[params.metric], meta["best_value"], lower_is_better(params)):
-                meta["best_value"], meta["best_round"] = pooled[params.metric], k - 1
-                arrays["best"] = arrays["weights"]
+        self._validated(params, meta, arrays, pooled, k - 1)
         if k > params.rounds:
             return self._done(params, meta, arrays)
         sampled = meta["sampling"][str(k)]
@@ -273,6 +288,88 @@ class Train(App[TrainParams]):
         history[-1]["answered"] = answered
         meta["round"] = k
         if params.validation == 0:  # no held-out rows: the last model is the best one known
+            arrays["best"], meta["best_round"] = arrays["weights"], k
+        return self._next(params, ctx)
+
+    @staticmethod
+    def _validated(
+        params: TrainParams,
+        meta: dict[str, Any],
+        arrays: dict[str, np.ndarray],
+        pooled: dict[str, float],
+        round_: int,
+    ) -> None:
+        """Record the pooled validate-global metrics of W_{k-1} (``round_`` = k − 1, exchange k
+        carried them) and keep W_{k-1} as the best model when its metric beats the best so far."""
+        meta["history"][round_]["global"] = pooled
+        if params.validation > 0:
+            if params.metric not in pooled:
+                raise AppError(
+                    f"app 'train': metric '{params.metric}' is not among the plan's metrics "
+                    f"({', '.join(pooled) or 'none'})"
+                )
+            if is_better(pooled[params.metric], meta["best_value"], lower_is_better(params)):
+                meta["best_value"], meta["best_round"] = pooled[params.metric], round_
+                arrays["best"] = arrays["weights"]
+
+    def aggregate_secure_round(
+        self,
+        replies: Mapping[str, SecureRoundReply],
+        params: TrainParams,
+        ctx: CoordinatorContext,
+    ) -> Continue | Done:
+        """``secure = true``: one sum over the sites that answered (``replies[SUM]``); the new
+        global weights are Σ n_i·w_i / Σ n_i, metrics Σ m_i·metric_i / Σ m_i."""
+        total = replies[SUM]
+        saved = ctx.state[CHECKPOINT]
+        arrays, meta = saved["arrays"], saved["meta"]
+        k = ctx.round
+        history = meta["history"]
+        names = secure_metric_names(params)
+        pooled = _means(names, total.global_metrics, total.val_rows)
+        history[k - 1]["global_sites"] = PER_SITE_HIDDEN
+        self._validated(params, meta, arrays, pooled, k - 1)
+        if k > params.rounds:
+            return self._done(params, meta, arrays)
+        sampled = meta["sampling"][str(k)]
+        if total.trained < params.min_sites:
+            raise AppError(
+                f"app 'train': round {k}: {total.trained} of the {len(sampled)} sampled sites "
+                f"answered, fewer than min_sites = {params.min_sites}"
+            )
+        if total.trained > len(sampled):
+            raise AppError(
+                f"app 'train': round {k}: {total.trained} sites trained, {len(sampled)} sampled"
+            )
+        if total.trained < len(sampled):
+            ctx.notes.append(
+                f"round {k}: aggregated {total.trained} of the {len(sampled)} sampled sites "
+                "(secure sum over those that answered)"
+            )
+        if total.rows <= 0:
+            raise AppError("app 'train': no training rows in this round")
+        if total.weights.shape != arrays["weights"].shape:
+            raise AppError(
+                f"app 'train': the summed weights have shape {total.weights.shape}, "
+                f"the model {arrays['weights'].shape}"
+            )
+        server = ServerOptimizer(params, arrays)
+        new = server.step(arrays["weights"], total.weights / total.rows)
+        arrays["weights"] = new.astype(arrays["weights"].dtype)
+        arrays.update(server.state())
+        history.append(
+            {
+                "round": k,
+                "sampled": list(sampled),
+                "train_loss": total.train_loss / total.rows,
+                "local": _means(names, total.local_metrics, total.local_val_rows),
+                "global": {},
+                "sites": PER_SITE_HIDDEN,
+                "trained": total.trained,
+            }
+        )
+        meta["round"] = k
+        if params.validation == 0:
             arrays["best"], meta["best_round"] = arrays["weights"], k
         return self._next(params, ctx)
 
@@ -371,6 +468,50 @@ class Train(App[TrainParams]):
             train_loss=loss,
             local_metrics=local_metrics,
             control_delta=delta,
+        )
+
+    def local_secure_round(
+        self, data: Table, params: TrainParams, request: RoundTask, ctx: SiteContext
+    ) -> SecureRoundReply:
+        """``secure = true``: the round as ``local_round``, its reply turned into terms of sums
+        (n_i·w_i, n_i, row-weighted metrics; zeros for what the site did not do)."""
+        if request.control is not None:
+            raise AppError(SCAFFOLD_NOT_SECURE)
+        reply = self.local_round(data, params, request, ctx)
+        names = secure_metric_names(params)
+
+        def terms(metrics: Mapping[str, float], rows: int) -> np.ndarray:
+            if not rows or not metrics:
+                return np.zeros(len(names))
+            missing = [n for n in names if n not in metrics]
+            if missing:
+                raise AppError(
+                    f"app 'train': metric '{missing[0]}' is not among the plan's metrics "
+                    f"({', '.join(metrics)})"
+                )
+            return np.array([rows * float(metrics[n]) for n in names], dtype=np.float64)
+
+        if reply.weights is None:
+            return SecureRoundReply(
+                trained=0,
+                rows=0,
+                weights=np.zeros(np.asarray(request.weights).size, dtype=np.float64),
+                train_loss=0.0,
+                val_rows=reply.val_rows if reply.global_metrics else 0,
+                global_metrics=terms(reply.global_metrics, reply.val_rows),
+                local_val_rows=0,
+                local_metrics=np.zeros(len(names)),
+            )
+        rows = reply.rows
+        return SecureRoundReply(
+            trained=1,
+            rows=rows,
+            weights=rows * np.asarray(reply.weights, dtype=np.float64),
+            train_loss=rows * float(reply.train_loss or 0.0),
+            val_rows=reply.val_rows if reply.global_metrics else 0,
+            global_metrics=terms(reply.global_metrics, reply.val_rows),
+            local_val_rows=reply.val_rows if reply.local_metrics else 0,
+            local_metrics=terms(reply.local_metrics, reply.val_rows),
         )
 
     def _sklearn_round(

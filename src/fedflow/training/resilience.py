@@ -10,6 +10,11 @@ first site's own reason when none answered). A site that refuses for a reason of
 data, its policy, an app error) is not retried: it would refuse again; an exception raised by the
 plan counts as a failure. Every decision is logged (progress line, ``metrics.json`` under
 ``round_events``).
+
+With ``secure = true`` a round takes four exchanges (keys, shares, masked, reveal), each with the
+round's timeout. Only the first is retried: a restarted agent holds none of the round's secrets,
+so a site lost at a later step is left out of the round (the survivors' shares remove its masks)
+and restarted for the next round's first step.
 """
 
 from __future__ import annotations
@@ -22,7 +27,15 @@ from typing import Any
 
 from fedflow._version import __version__
 from fedflow.errors import FedflowError, SiteError
-from fedflow.wire import PROTOCOL_VERSION, Hello, Message, Prepared, Ready, Welcome
+from fedflow.wire import (
+    PROTOCOL_VERSION,
+    Hello,
+    Message,
+    Prepared,
+    Ready,
+    SecureKeys,
+    Welcome,
+)
 
 __all__ = ["resilient_exchange"]
 
@@ -42,14 +55,20 @@ async def resilient_exchange(
         events.append({"round": round_, "site": site, "event": what, "detail": detail})
         coordinator.observer.message(f"round {round_}: site {site}: {what} ({detail})")
 
+    # A secure round's later steps go to an agent that holds the round's secrets: a restarted
+    # one has none, so a site lost after the first step is left out of the round (its masks are
+    # removed with the survivors' shares) and restarted for the next round's first step.
+    mid_secure = coordinator.driver.secure and expect is not SecureKeys
+    attempts = 1 if mid_secure else params.retries + 1
+
     async def one(name: str, message: Message) -> Any:
-        for attempt in range(params.retries + 1):
+        for attempt in range(attempts):
             started = time.perf_counter()
             try:
                 if attempt > 0 or name in coordinator.lost:
                     await _restart(coordinator, name)
                     coordinator.lost.discard(name)
-                    log(name, "restarted", f"attempt {attempt + 1} of {params.retries + 1}")
+                    log(name, "restarted", f"attempt {attempt + 1} of {attempts}")
                 async with asyncio.timeout(timeout):
                     return await coordinator._ask(name, message, expect)
             except TimeoutError:
@@ -69,7 +88,7 @@ async def resilient_exchange(
         coordinator.lost.add(name)
         with contextlib.suppress(Exception):
             await coordinator.sites[name].connector.close()
-        log(name, "left out", f"after {params.retries + 1} attempt(s)")
+        log(name, "left out", f"after {attempts} attempt(s)")
         return None
 
     answers = await asyncio.gather(*(one(n, m) for n, m in tasks.items()))

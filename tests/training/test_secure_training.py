@@ -1,0 +1,271 @@
+"""Federated training with ``secure = true``: the coordinator learns only Σ n_i·w_i, Σ n_i and
+row-weighted sums of the metrics, and the model is the plaintext run's; a site lost during a
+round leaves the round's sum (its masks removed with the survivors' shares) and the run goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from fedflow.apps.base import Table  # noqa: E402
+from fedflow.connectors.memory import MemoryConnector  # noqa: E402
+from fedflow.errors import AppError  # noqa: E402
+from fedflow.node.agent import NodeAgent  # noqa: E402
+from fedflow.results.trace import TraceWriter  # noqa: E402
+from fedflow.runtime.coordinator import Coordinator  # noqa: E402
+from fedflow.runtime.simulate import in_memory, simulate  # noqa: E402
+from fedflow.secure import FixedPoint  # noqa: E402
+from fedflow.training.resilience import resilient_exchange  # noqa: E402
+from fedflow.training.weights import from_safetensors  # noqa: E402
+from fedflow.wire import RelayShares, SecureTask, Task  # noqa: E402
+
+from .helpers import LINEAR_PLAN, MLP_PLAN, blobs, mlp_params, write_plan  # noqa: E402
+
+SIZES = [50, 40, 60]
+
+
+@pytest.fixture()
+def plan(tmp_path: Path) -> Path:
+    return write_plan(tmp_path, MLP_PLAN)
+
+
+def _weights(outcome: Any, name: str = "model-last.safetensors") -> dict[str, np.ndarray]:
+    named, _ = from_safetensors(outcome.done.artifacts[name], name)
+    return named
+
+
+def _secure_history(outcome: Any) -> list[dict[str, Any]]:
+    history = outcome.done.result["history"]
+    # the secure formulation ran: the coordinator had no per-site reply to record
+    assert all(isinstance(h["sites"], str) for h in history[1:])
+    assert all(h["trained"] >= 1 for h in history[1:])
+    return history
+
+
+def test_secure_fedavg_gives_the_plaintext_model_bit_for_bit(plan: Path) -> None:
+    sites = blobs(SIZES)
+    plain = simulate("train", mlp_params(plan), sites, seed=3)
+    secure = simulate("train", mlp_params(plan), sites, seed=3, secure=True)
+    history = _secure_history(secure)
+    assert [h["trained"] for h in history[1:]] == [3, 3, 3]
+    # float32 weights: n_i·w_i is exact in float64 and the secure sum is exact, rounded once
+    for name in ("model-last.safetensors", "model-best.safetensors"):
+        assert secure.done.artifacts[name] == plain.done.artifacts[name]
+    for got, want in zip(history, plain.done.result["history"], strict=True):
+        for key in ("global", "local"):
+            assert got.get(key, {}).keys() <= want.get(key, {}).keys()
+            for metric, value in got.get(key, {}).items():
+                assert value == pytest.approx(want[key][metric], rel=1e-12, abs=1e-15)
+        if got["round"]:
+            assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-12)
+    assert secure.done.result["best_round"] == plain.done.result["best_round"]
+
+
+def test_secure_fedavg_of_a_float64_model_within_1e_12(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    tables = {}
+    for i, n in enumerate(SIZES):
+        x = rng.normal(size=(n, 3))
+        y = x @ np.array([1.5, -2.0, 0.5]) + 0.3 + rng.normal(scale=0.1, size=n)
+        tables[f"s{i}"] = Table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "y": y})
+    linear = write_plan(tmp_path, LINEAR_PLAN.format(p=3), "linear.py")
+    params = {"plan": str(linear), "target": "y", "rounds": 4, "lr": 0.05, "batch_size": 0}
+    plain = simulate("train", params, tables, seed=2)
+    secure = simulate("train", params, tables, seed=2, secure=True)
+    _secure_history(secure)
+    want, got = _weights(plain), _weights(secure)
+    assert want.keys() == got.keys()
+    moved = max(float(np.max(np.abs(w))) for w in want.values())
+    assert moved > 0.1  # the model trained: the comparison is not between zeros
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-12)
+
+
+def test_secure_fedadam_with_sampling_gives_the_plaintext_model(plan: Path) -> None:
+    sites = blobs(SIZES, seed=1)
+    params = mlp_params(plan, strategy="fedadam", server_lr=0.05, fraction=0.6, rounds=4)
+    plain = simulate("train", params, sites, seed=6)
+    secure = simulate("train", params, sites, seed=6, secure=True)
+    history = _secure_history(secure)
+    # two of three sites train each round: the third sends zeros
+    assert [h["trained"] for h in history[1:]] == [2, 2, 2, 2]
+    assert [h["sampled"] for h in history] == [h["sampled"] for h in plain.done.result["history"]]
+    secure_last = secure.done.artifacts["model-last.safetensors"]
+    assert secure_last == plain.done.artifacts["model-last.safetensors"]
+    assert secure.done.result["last"] == pytest.approx(plain.done.result["last"], rel=1e-12)
+
+
+def test_scaffold_with_secure_is_refused_in_one_line(plan: Path) -> None:
+    with pytest.raises(AppError, match=r"strategy 'scaffold' cannot run with secure = true") as e:
+        simulate("train", mlp_params(plan, strategy="scaffold"), blobs(SIZES), secure=True)
+    assert "\n" not in str(e.value)
+
+
+# -- a site lost during a secure round ------------------------------------------------------------
+
+
+class FlakySite(MemoryConnector):
+    """An in-process site whose agent can be restarted; ``faults`` maps (message type, round,
+    start number) to "die": the agent exits on that message."""
+
+    def __init__(self, name: str, table: Table, faults: set[tuple[type, int, int]]) -> None:
+        super().__init__(name)
+        self.table, self.faults, self.starts = table, faults, 0
+
+    async def start(self) -> None:
+        self.starts += 1
+        agent = NodeAgent(self.site, preloaded=in_memory(self.table, self.site))
+        start = self.starts
+
+        def handle(message: Any) -> Any:
+            if (type(message), getattr(message, "round", None), start) in self.faults:
+                raise RuntimeError("killed")
+            return agent.handle(message)
+
+        self.handler = handle
+        self._replies = asyncio.Queue()
+        self.started, self.closed = True, False
+
+
+def _run(
+    plan: Path,
+    faults: dict[str, set[tuple[type, int, int]]],
+    *,
+    secure: bool,
+    trace: Path | None = None,
+    **extra: Any,
+) -> tuple[Any, Coordinator, dict[str, FlakySite]]:
+    connectors = {n: FlakySite(n, t, faults.get(n, set())) for n, t in blobs(SIZES).items()}
+    coordinator = Coordinator(
+        "train",
+        mlp_params(plan, **extra),
+        connectors,
+        seed=4,
+        round_exchange=resilient_exchange,
+        secure=secure,
+        trace=TraceWriter(trace) if trace is not None else None,
+    )
+    outcome = asyncio.run(coordinator.run())
+    return outcome, coordinator, connectors
+
+
+def _events(coordinator: Coordinator) -> list[tuple[int, str, str]]:
+    return [(e["round"], e["site"], e["event"]) for e in coordinator.metrics["round_events"]]
+
+
+def test_a_site_lost_after_sharing_its_keys_leaves_the_round_which_sums_the_survivors(
+    plan: Path,
+) -> None:
+    # the reference: the same loss in a plaintext run (the round aggregates the two others)
+    reference, _, _ = _run(plan, {"site1": {(Task, 2, 1)}}, secure=False, min_sites=2)
+    assert any("aggregated without site1" in n for n in reference.notes)
+    # secure: site1 dies when the sealed shares come (step 3), after its keys were relayed
+    outcome, coordinator, connectors = _run(
+        plan, {"site1": {(RelayShares, 2, 1)}}, secure=True, min_sites=2, retries=1
+    )
+    history = _secure_history(outcome)
+    assert [h["trained"] for h in history[1:]] == [3, 2, 3]
+    assert any(
+        "round 2: the secure sum is over site0, site2, without site1" in n for n in outcome.notes
+    )
+    # not retried mid-round (a restarted agent holds none of the round's secrets): left out,
+    # and back, with fresh keys, for the next round
+    assert _events(coordinator) == [
+        (2, "site1", "failed"),
+        (2, "site1", "left out"),
+        (3, "site1", "restarted"),
+    ]
+    assert connectors["site1"].starts == 2
+    rounds = coordinator.metrics["rounds"]
+    assert [r["exchanges"] for r in rounds] == [4, 4, 4, 4]
+    outcome_last = outcome.done.artifacts["model-last.safetensors"]
+    assert outcome_last == reference.done.artifacts["model-last.safetensors"]
+
+
+def test_a_site_lost_at_the_first_step_is_restarted_and_changes_nothing(plan: Path) -> None:
+    clean, _, _ = _run(plan, {}, secure=True)
+    outcome, coordinator, connectors = _run(
+        plan, {"site2": {(SecureTask, 2, 1)}}, secure=True, retries=1
+    )
+    assert _events(coordinator) == [(2, "site2", "failed"), (2, "site2", "restarted")]
+    assert connectors["site2"].starts == 2
+    assert [h["trained"] for h in _secure_history(outcome)[1:]] == [3, 3, 3]
+    outcome_last = outcome.done.artifacts["model-last.safetensors"]
+    assert outcome_last == clean.done.artifacts["model-last.safetensors"]
+
+
+def test_below_the_quorum_a_secure_round_fails_naming_it(plan: Path) -> None:
+    faults = {"site1": {(RelayShares, 1, 1)}}
+    with pytest.raises(
+        AppError, match=r"round 1: 2 of the 3 sampled sites answered.*min_sites = 3"
+    ):
+        _run(plan, faults, secure=True, min_sites=3)
+
+
+# -- what reaches the coordinator ---------------------------------------------------------------
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _floats(obj: Any, out: set[float]) -> set[float]:
+    if isinstance(obj, dict):
+        for v in obj.values():
+            _floats(v, out)
+    elif isinstance(obj, list):
+        for v in obj:
+            _floats(v, out)
+    elif isinstance(obj, float):
+        out.add(obj)
+    return out
+
+
+def test_the_trace_of_a_secure_run_holds_no_sites_weights(plan: Path, tmp_path: Path) -> None:
+    plain, _, _ = _run(plan, {}, secure=False, trace=tmp_path / "plain.jsonl")
+    secure, _, _ = _run(plan, {}, secure=True, trace=tmp_path / "secure.jsonl")
+    assert secure.done.artifacts == plain.done.artifacts  # the same weights at every site
+
+    # each site's own weights and rows, per round, from the plaintext run's trace
+    own: dict[tuple[str, int], tuple[int, np.ndarray]] = {}
+    for line in _lines(tmp_path / "plain.jsonl"):
+        if line["type"] == "reply" and line["round"] <= 3:
+            body = line["message"]["payload"]
+            w = body["weights"]
+            own[line["site"], line["round"]] = (
+                body["rows"],
+                np.asarray(w["data"], dtype=w["dtype"]).reshape(w["shape"]),
+            )
+    assert len(own) == 9 and all(w.size > 50 for _, w in own.values())
+
+    lines = _lines(tmp_path / "secure.jsonl")
+    in_rounds = [m for m in lines if m["round"] is not None]
+    assert {m["type"] for m in in_rounds} == {"keys", "shares", "masked", "reveal"}
+    seen = _floats([m["message"] for m in in_rounds], set())
+    words: dict[int, set[int]] = {}
+    ranges: dict[int, list[tuple[int, int]]] = {}
+    for m in in_rounds:
+        if m["type"] == "masked":
+            data = m["message"]["vector"]["data"]
+            words.setdefault(m["round"], set()).update(w for row in data for w in row)
+        if m["type"] == "keys":
+            ranges.setdefault(m["round"], []).append((m["message"]["lsb"], m["message"]["msb"]))
+    checked = 0
+    for (site, round_), (rows, w) in own.items():
+        scaled = rows * w.astype(np.float64)
+        values = {float(v) for v in w.ravel()} | {float(v) for v in scaled.ravel()}
+        assert not values & seen, site  # neither w_i nor n_i·w_i, as a number
+        # nor any word of n_i·w_i encoded as the round's agreed encoding encodes it
+        spec = FixedPoint.agree(ranges[round_], 3)
+        encoded = set(spec.encode(scaled).ravel().tolist()) - {0, 2**64 - 1}
+        assert encoded and not encoded & words[round_], site
+        checked += 1
+    assert checked == 9
