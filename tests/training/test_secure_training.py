@@ -173,9 +173,10 @@ def test_a_site_lost_after_sharing_its_keys_leaves_the_round_which_sums_the_surv
     )
     history = _secure_history(outcome)
     assert [h["trained"] for h in history[1:]] == [3, 2, 3]
-    assert any(
-        "round 2: the secure sum is over site0, site2, without site1" in n for n in outcome.notes
-    )
+    assert (
+        "round 2: the secure sum is over site0, site2, without site1 (no answer); the masks of "
+        "site1 were removed with the survivors' shares"
+    ) in outcome.notes
     # not retried mid-round (a restarted agent holds none of the round's secrets): left out,
     # and back, with fresh keys, for the next round
     assert _events(coordinator) == [
@@ -269,3 +270,44 @@ def test_the_trace_of_a_secure_run_holds_no_sites_weights(plan: Path, tmp_path: 
         assert encoded and not encoded & words[round_], site
         checked += 1
     assert checked == 9
+
+
+@pytest.mark.slow
+def test_a_site_process_that_dies_in_a_secure_round_is_left_out_and_the_run_completes(
+    tmp_path: Path,
+) -> None:
+    from fedflow.runtime.run import run_study
+    from fedflow.study import load_study
+
+    from .test_faults_process import SIZES as PROCESS_SIZES
+    from .test_faults_process import _acted, _events, _study
+
+    path = _study(tmp_path, "die", at=2, min_sites=2)
+    text = path.read_text()
+    path.write_text(text.replace('app = "train"\n', 'app = "train"\nsecure = true\n', 1))
+    study = load_study(path)
+    assert study.secure
+    run = run_study(study, out=tmp_path / "run", command=[], trace=True)
+    assert run.status == "completed"
+    assert len(_acted(tmp_path)) == 1
+    events = _events(run.dir)
+    victim = events[0][1]
+    assert events[:2] == [(2, victim, "failed"), (2, victim, "left out")]
+    assert (3, victim, "restarted") in events
+    result = json.loads((run.dir / "result.json").read_text())["result"]
+    assert [h["trained"] for h in result["history"][1:]] == [3, 2, 3]
+    assert run.manifest["secure"] is True
+    sites = list(blobs(PROCESS_SIZES))
+    survivors = ", ".join(s for s in sites if s != victim)
+    assert any("round 2: aggregated 2 of the 3 sampled sites" in n for n in run.notes)
+    # it died computing its reply (the first step, before sharing keys): nothing to unmask
+    assert f"round 2: the secure sum is over {survivors}, without {victim} (no answer)" in (
+        run.notes
+    )
+    lines = _lines(run.dir / "trace.jsonl")
+    assert {m["type"] for m in lines if m["round"] is not None} == {
+        "keys",
+        "shares",
+        "masked",
+        "reveal",
+    }

@@ -296,12 +296,17 @@ class Driver:
         if aggregation is None or self.ctx is None:
             return
         left = [n for n in round_.sites if n not in aggregation.masked]
-        if left:
-            self.ctx.notes.append(
-                f"round {round_.round}: the secure sum is over "
-                f"{', '.join(n for n in round_.sites if n in aggregation.masked)}, without "
-                f"{', '.join(left)} (no answer; the masks they shared were removed)"
-            )
+        if not left:
+            return
+        note = (
+            f"round {round_.round}: the secure sum is over "
+            f"{', '.join(n for n in round_.sites if n in aggregation.masked)}, without "
+            f"{', '.join(left)} (no answer)"
+        )
+        unmasked = [n for n in left if n in aggregation.shares]
+        if unmasked:  # shared its keys, then sent no masked vector
+            note += f"; the masks of {', '.join(unmasked)} were removed with the survivors' shares"
+        self.ctx.notes.append(note)
 
     def outcome(self) -> Outcome:
         """Return the outcome of a finished conversation."""
