@@ -103,6 +103,22 @@ def test_secure_fedadam_with_sampling_gives_the_plaintext_model(plan: Path) -> N
     assert secure.done.result["last"] == pytest.approx(plain.done.result["last"], rel=1e-12)
 
 
+def test_a_secure_sklearn_plan_gives_the_plaintext_model(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    from .test_sklearn import PLAN
+
+    plan = write_plan(tmp_path, PLAN, "sk.py")
+    sites = blobs([60, 45, 80])
+    params = {"plan": str(plan), "target": "label", "rounds": 3, "metric": "accuracy"}
+    plain = simulate("train", params, sites, seed=2)
+    secure = simulate("train", params, sites, seed=2, secure=True)
+    _secure_history(secure)
+    want, got = _weights(plain), _weights(secure)
+    assert max(float(np.max(np.abs(w))) for w in want.values()) > 0.01
+    for key in want:  # float64 coefficients: n_i·w_i rounded once at the site
+        np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-12)
+
+
 def test_scaffold_with_secure_is_refused_in_one_line(plan: Path) -> None:
     with pytest.raises(AppError, match=r"strategy 'scaffold' cannot run with secure = true") as e:
         simulate("train", mlp_params(plan, strategy="scaffold"), blobs(SIZES), secure=True)
