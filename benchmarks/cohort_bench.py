@@ -17,10 +17,11 @@
         rows per second, ratios of medians, and the CPU time of each (others may load the
         machine: CPU seconds are steadier than wall time then).
 
-    python benchmarks/cohort_bench.py site [--rows 10000000] [--repeat 3]
-        one Parquet site's local work in this process, stage by stage (open, Prepare's pass,
-        linear-regression's factor), wall and CPU; run it with PYTHONPATH=<another tree>/src
-        to compare trees.
+    python benchmarks/cohort_bench.py site [--rows 10000000] [--repeat 3] [--no-defer]
+        one Parquet site's local work in this process, stage by stage (open, Prepare,
+        linear-regression's factor), wall and CPU; the values are checked in the factor's pass
+        as the site agent does, or with --no-defer in a pass at Prepare; run it with
+        PYTHONPATH=<another tree>/src to compare trees.
 
 Data are generated into a temporary folder at each run (never committed). Figures are printed as
 Markdown table rows; benchmarks/README.md holds the latest ones.
@@ -264,10 +265,12 @@ def parquet(rows: int) -> None:
         _print_solo(path, rows, *_solo(folder, path, rows))
 
 
-def site(rows: int, repeat: int) -> None:
+def site(rows: int, repeat: int, defer: bool = True) -> None:
     """A Parquet site's local work in this process, stage by stage: Setup (open: sha256, schema),
-    Prepare (one streaming pass typing and checking the six columns) and linear-regression's
-    factor (one pass and the QR); wall and CPU seconds, medians of ``repeat``."""
+    Prepare and linear-regression's factor (one pass and the QR); wall and CPU seconds, medians
+    of ``repeat``. With ``defer`` (what the site agent does), Prepare reads only the schema and
+    the factor's pass checks the values; without (``--no-defer``), Prepare makes a pass of its
+    own typing and checking the six columns."""
     from fedflow.apps.base import Empty, SiteContext
     from fedflow.apps.linear import LinearRegression
     from fedflow.node.data import open_files, prepare_streamed
@@ -286,15 +289,24 @@ def site(rows: int, repeat: int) -> None:
                     source = open_files([path])
                 elif stage == "prepare":
                     table = prepare_streamed(
-                        source, app.columns(params), dropna=False, min_count=5, memory_limit=1 << 30
+                        source,
+                        app.columns(params),
+                        dropna=False,
+                        min_count=5,
+                        memory_limit=1 << 30,
+                        defer=defer,
                     )
                 else:
                     reply = app.local_factor(table, params, Empty(), SiteContext("s"))
+                    table.ensure_checked()  # as the site does before replying: a no-op here
+                    assert table.checked
                 stages[stage] = (time.perf_counter() - wall, time.process_time() - cpu)
             for stage, value in stages.items():
                 timings.setdefault(stage, []).append(value)
+        how = "checks in the factor's pass" if defer else "checks in a pass at Prepare"
         print(
-            f"| one site's local work, {rows:,} rows Parquet ({path.stat().st_size / 1e6:.0f} MB) |"
+            f"| one site's local work, {rows:,} rows Parquet ({path.stat().st_size / 1e6:.0f} MB), "
+            f"{how} |"
         )
         for stage, values in timings.items():
             wall = statistics.median(v[0] for v in values)
@@ -370,6 +382,9 @@ def main() -> None:
     parser.add_argument("what", choices=["regression", "loader", "parquet", "huge", "site"])
     parser.add_argument("--rows", type=int)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--no-defer", action="store_true", help="site: check the values in a pass at Prepare"
+    )
     args = parser.parse_args()
     os.environ.setdefault("PYTHONHASHSEED", "0")
     print(f"<!-- load average before: {', '.join(f'{v:.2f}' for v in os.getloadavg())} -->")
@@ -380,7 +395,7 @@ def main() -> None:
     elif args.what == "parquet":
         parquet(args.rows or 20_000_000)
     elif args.what == "site":
-        site(args.rows or 10_000_000, args.repeat)
+        site(args.rows or 10_000_000, args.repeat, defer=not args.no_defer)
     else:
         huge(args.rows or 100_000_000, args.repeat)
     print(f"<!-- load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())} -->")

@@ -369,8 +369,13 @@ class NodeAgent:
         dropna = self._setup.dropna
         if app.streaming and not isinstance(self._source, MemorySource):
             limit = self.config.memory_bytes()
-            return prepare_streamed(
-                self._source, needed, dropna=dropna, min_count=min_count, memory_limit=limit
+            return prepare_streamed(  # defer: a Parquet site's checks ride on the first pass
+                self._source,
+                needed,
+                dropna=dropna,
+                min_count=min_count,
+                memory_limit=limit,
+                defer=True,
             )
         self._check_memory(name, list(needed) or self._source.columns)
         return prepare_source(self._source, needed, dropna=dropna, min_count=min_count)
@@ -417,7 +422,11 @@ class NodeAgent:
             ) from None
         started = time.perf_counter()
         try:
-            reply = self._app.local(self._table, self._params, phase, request, self._ctx)
+            try:
+                reply = self._app.local(self._table, self._params, phase, request, self._ctx)
+            finally:  # no reply before every value is checked (see prepare_streamed's defer)
+                if isinstance(self._table, StreamedTable):
+                    self._table.ensure_checked()
         except DataError as exc:
             exc.site = None
             raise
