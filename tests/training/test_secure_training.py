@@ -129,12 +129,18 @@ def test_scaffold_with_secure_is_refused_in_one_line(plan: Path) -> None:
 
 
 class FlakySite(MemoryConnector):
-    """An in-process site whose agent can be restarted; ``faults`` maps (message type, round,
-    start number) to "die": the agent exits on that message."""
+    """An in-process site whose agent can be restarted; its agent exits on a message whose
+    (type, round, start number) is in ``faults``, and never answers one in ``hangs``."""
 
-    def __init__(self, name: str, table: Table, faults: set[tuple[type, int, int]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        table: Table,
+        faults: set[tuple[type, int, int]],
+        hangs: set[tuple[type, int, int]] | None = None,
+    ) -> None:
         super().__init__(name)
-        self.table, self.faults, self.starts = table, faults, 0
+        self.table, self.faults, self.hangs, self.starts = table, faults, hangs or set(), 0
 
     async def start(self) -> None:
         self.starts += 1
@@ -142,8 +148,11 @@ class FlakySite(MemoryConnector):
         start = self.starts
 
         def handle(message: Any) -> Any:
-            if (type(message), getattr(message, "round", None), start) in self.faults:
+            key = (type(message), getattr(message, "round", None), start)
+            if key in self.faults:
                 raise RuntimeError("killed")
+            if key in self.hangs:
+                return None
             return agent.handle(message)
 
         self.handler = handle
@@ -157,9 +166,13 @@ def _run(
     *,
     secure: bool,
     trace: Path | None = None,
+    hangs: dict[str, set[tuple[type, int, int]]] | None = None,
     **extra: Any,
 ) -> tuple[Any, Coordinator, dict[str, FlakySite]]:
-    connectors = {n: FlakySite(n, t, faults.get(n, set())) for n, t in blobs(SIZES).items()}
+    connectors = {
+        n: FlakySite(n, t, faults.get(n, set()), (hangs or {}).get(n, set()))
+        for n, t in blobs(SIZES).items()
+    }
     coordinator = Coordinator(
         "train",
         mlp_params(plan, **extra),
@@ -203,6 +216,24 @@ def test_a_site_lost_after_sharing_its_keys_leaves_the_round_which_sums_the_surv
     assert connectors["site1"].starts == 2
     rounds = coordinator.metrics["rounds"]
     assert [r["exchanges"] for r in rounds] == [4, 4, 4, 4]
+    outcome_last = outcome.done.artifacts["model-last.safetensors"]
+    assert outcome_last == reference.done.artifacts["model-last.safetensors"]
+
+
+@pytest.mark.slow
+def test_a_site_that_hangs_at_the_masked_step_is_cut_off_and_unmasked(plan: Path) -> None:
+    reference, _, _ = _run(plan, {"site0": {(Task, 2, 1)}}, secure=False, min_sites=2)
+    outcome, coordinator, _ = _run(
+        plan,
+        {},
+        hangs={"site0": {(RelayShares, 2, 1)}},
+        secure=True,
+        min_sites=2,
+        round_timeout=2.0,
+    )
+    assert _events(coordinator)[:2] == [(2, "site0", "timed out"), (2, "site0", "left out")]
+    assert (3, "site0", "restarted") in _events(coordinator)
+    assert any("the masks of site0 were removed" in n for n in outcome.notes)
     outcome_last = outcome.done.artifacts["model-last.safetensors"]
     assert outcome_last == reference.done.artifacts["model-last.safetensors"]
 
@@ -327,3 +358,39 @@ def test_a_site_process_that_dies_in_a_secure_round_is_left_out_and_the_run_comp
         "masked",
         "reveal",
     }
+
+
+def test_an_interrupted_secure_run_resumes_to_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .test_resume import _resume, _stop_after
+    from .test_resume import _run as run_study_file
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    write_plan(folder, MLP_PLAN)
+    clients = []
+    for name, table in blobs(SIZES).items():
+        table.to_pandas().to_csv(folder / f"{name}.csv", index=False)
+        clients.append(f'[[clients]]\nname = "{name}"\ndata = ["{name}.csv"]\n')
+    study = folder / "study.toml"
+    study.write_text(
+        'name = "resume"\napp = "train"\nseed = 5\nsecure = true\n'
+        '[params]\nplan = "plan.py"\ntarget = "label"\nrounds = 3\nlr = 0.1\n'
+        'batch_size = 16\nmetric = "accuracy"\nstrategy = "fedadam"\nfraction = 0.7\n'
+        + "".join(clients)
+    )
+    whole = run_study_file(study, tmp_path / "whole")
+    assert whole.status == "completed" and whole.manifest["secure"] is True
+    out = tmp_path / "cut"
+    with monkeypatch.context() as patch:
+        _stop_after(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            run_study_file(study, out)
+    run = _resume(out)
+    assert run.status == "completed"
+    for name in ("model-last.safetensors", "model-best.safetensors"):
+        assert (out / name).read_bytes() == (whole.dir / name).read_bytes(), name
+    result = json.loads((out / "result.json").read_text())["result"]
+    assert result == json.loads((whole.dir / "result.json").read_text())["result"]
+    assert all(isinstance(h["sites"], str) for h in result["history"][1:])
