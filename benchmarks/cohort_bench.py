@@ -10,12 +10,14 @@
     python benchmarks/cohort_bench.py parquet [--rows 20000000]
         one local site holding ROWS rows of Parquet (six float columns), linear-regression:
         wall time and the site's peak RSS.
-    python benchmarks/cohort_bench.py huge [--rows 100000000] [--repeat 3]
+    python benchmarks/cohort_bench.py huge [--rows 100000000] [--repeat 3] [--baseline SRC]
         the same with ROWS rows generated on the fly into a Parquet file in a temporary folder,
         against DuckDB computing the same sums (every sum(a*b) of the six columns, their sums and
         count: what the regression needs) over the same file in one process, run alternately;
         rows per second, ratios of medians, and the CPU time of each (others may load the
-        machine: CPU seconds are steadier than wall time then).
+        machine: CPU seconds are steadier than wall time then). With --baseline SRC, the
+        fedflow of another tree (PYTHONPATH=SRC, e.g. `git archive` of an earlier commit) runs
+        too, in the same rounds.
 
     python benchmarks/cohort_bench.py site [--rows 10000000] [--repeat 3] [--no-defer]
         one Parquet site's local work in this process, stage by stage (open, Prepare,
@@ -101,17 +103,19 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _fedflow(folder: Path, study: Path, tag: str) -> tuple[float, dict]:
+def _fedflow(folder: Path, study: Path, tag: str, src: str | None = None) -> tuple[float, dict]:
     """Run the study; return its wall time and metrics, with ``cpu_seconds`` added: the CPU of
-    the whole run (coordinator, fork server and sites)."""
+    the whole run (coordinator, fork server and sites). ``src``: run the fedflow of that tree."""
     out = folder / f"run-{tag}"
     cpu = _children_cpu()
     started = time.perf_counter()
+    env = None if src is None else {**os.environ, "PYTHONPATH": src}
     subprocess.run(
         [sys.executable, "-m", "fedflow.cli", "run", str(study), "--out", str(out), "-q"],
         check=True,
         cwd=folder,
         stdout=subprocess.DEVNULL,
+        env=env,
     )
     wall = time.perf_counter() - started
     metrics = json.loads((out / "metrics.json").read_text())
@@ -235,9 +239,11 @@ def _parquet_file(path: Path, rows: int) -> None:
             )
 
 
-def _solo(folder: Path, path: Path, rows: int, tag: str = "0") -> tuple[float, dict]:
+def _solo(
+    folder: Path, path: Path, rows: int, tag: str = "0", src: str | None = None
+) -> tuple[float, dict]:
     """Run linear-regression at one site holding ``path``; return the wall time and metrics."""
-    return _fedflow(folder, _study(folder, {"solo": path}), tag)
+    return _fedflow(folder, _study(folder, {"solo": path}), tag, src)
 
 
 def _phases(metrics: dict) -> str:
@@ -311,9 +317,8 @@ def site(rows: int, repeat: int, defer: bool = True) -> None:
         for stage, values in timings.items():
             wall = statistics.median(v[0] for v in values)
             cpu = statistics.median(v[1] for v in values)
-            print(
-                f"| {stage}: median wall {wall:.2f} s, CPU {cpu:.2f} s, {rows / wall / 1e6:.1f} M rows/s |"
-            )
+            speed = f"{rows / wall / 1e6:.1f} M rows/s" if wall >= 0.01 else "no pass over the rows"
+            print(f"| {stage}: median wall {wall:.2f} s, CPU {cpu:.2f} s, {speed} |")
         print(f"<!-- R[-1, -1] = {reply.r[-1, -1]!r}, y's M2 = {reply.y_m2!r} -->")
 
 
@@ -329,9 +334,10 @@ print(time.perf_counter() - started)
 """
 
 
-def huge(rows: int, repeat: int) -> None:
+def huge(rows: int, repeat: int, baseline: str | None = None) -> None:
     """fedflow (one site, linear-regression) and DuckDB's sums over the same Parquet file, run
-    alternately ``repeat`` times; ratios of medians."""
+    alternately ``repeat`` times; ratios of medians. ``baseline``: also run the fedflow of
+    that tree's ``src`` folder in each round, and give its figures."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         path = folder / "site.parquet"
@@ -340,7 +346,12 @@ def huge(rows: int, repeat: int) -> None:
         print(f"| generated in {time.perf_counter() - started:.0f} s |")
         walls, rounds, cpus, rss, queries, outers, duck_cpus = [], [], [], [], [], [], []
         metrics: dict = {}
+        before: list[float] = []
         for i in range(repeat):
+            if baseline is not None:
+                wall, old = _solo(folder, path, rows, f"baseline-{i}", baseline)
+                before.append(wall)
+                print(f"<!-- baseline run {i}: wall {wall:.1f} s, {_phases(old)} -->")
             wall, metrics = _solo(folder, path, rows, str(i))
             walls.append(wall)
             rounds.append(sum(r["seconds"] for r in metrics["rounds"]))
@@ -371,6 +382,12 @@ def huge(rows: int, repeat: int) -> None:
             f"median {query:.1f} s ({_list(queries)}), {rows / query / 1e6:.2f} M rows/s; "
             f"process median {statistics.median(outers):.1f} s, CPU {statistics.median(duck_cpus):.1f} s |"
         )
+        if before:
+            old_wall = statistics.median(before)
+            print(
+                f"| baseline fedflow ({baseline}), run alternately: wall median {old_wall:.1f} s "
+                f"({_list(before)}), {old_wall / query:.2f}× the DuckDB query |"
+            )
         print(
             f"| fedflow / DuckDB query, ratio of medians: end to end {wall / query:.2f}×; "
             f"the factor round (one streaming pass and the site's QR) {round_ / query:.2f}× |"
@@ -382,6 +399,9 @@ def main() -> None:
     parser.add_argument("what", choices=["regression", "loader", "parquet", "huge", "site"])
     parser.add_argument("--rows", type=int)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--baseline", metavar="SRC", help="huge: also run the fedflow of this src folder"
+    )
     parser.add_argument(
         "--no-defer", action="store_true", help="site: check the values in a pass at Prepare"
     )
@@ -397,7 +417,7 @@ def main() -> None:
     elif args.what == "site":
         site(args.rows or 10_000_000, args.repeat, defer=not args.no_defer)
     else:
-        huge(args.rows or 100_000_000, args.repeat)
+        huge(args.rows or 100_000_000, args.repeat, args.baseline)
     print(f"<!-- load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())} -->")
 
 
