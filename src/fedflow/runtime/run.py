@@ -76,9 +76,12 @@ def check_study(
         return None
     assert study.app is not None
     app = get_app(study.app)
-    app.parse_params(study.params)
+    params = app.parse_params(study.params)
     if study.secure and type(app).secure is not True:
         raise AppError(f"app '{app.name}' cannot run with secure = true: {type(app).secure}")
+    refusal = getattr(app, "secure_refusal", None)  # parameters that cannot run securely
+    if study.secure and refusal is not None and (reason := refusal(params)):
+        raise AppError(reason)
     if compare:
         remote = [c.name for c in study.clients if not c.is_local and study.skip_data_transfer]
         if remote:

@@ -147,10 +147,15 @@ class Train(App[TrainParams]):
             needed[f] = "numeric"
         return needed
 
+    def secure_refusal(self, params: TrainParams) -> str | None:
+        """Why these parameters cannot run with ``secure = true`` (``fedflow validate`` and the
+        run's start refuse with it), or None."""
+        return SCAFFOLD_NOT_SECURE if params.strategy == "scaffold" else None
+
     # -- the coordinator -----------------------------------------------------------------------
     def start(self, params: TrainParams, ctx: CoordinatorContext) -> Continue | Done:
-        if ctx.secure and params.strategy == "scaffold":
-            raise AppError(SCAFFOLD_NOT_SECURE)
+        if ctx.secure and (reason := self.secure_refusal(params)):
+            raise AppError(reason)
         saved = ctx.state.get(CHECKPOINT)
         weights, layout = self._initial(params, ctx.seed)
         if saved is not None:
