@@ -3,6 +3,7 @@ training with the same epochs, for IID sites and a Dirichlet label skew.
 
     python benchmarks/train_bench.py                       # 3 and 10 sites x 20 rounds, IID and α = 0.5
     python benchmarks/train_bench.py --sites 3 --split iid --json out.json
+    python benchmarks/train_bench.py --sites 3 10 --split iid --secure   # plaintext, then secure = true
 
 `measure(sites, rounds, split, alpha, seed)` returns one run's figures (a dict), so that other
 scripts (benchmarks/training_vs_flower.py runs Flower's side) can combine them. The model, data
@@ -73,9 +74,11 @@ def write_dirichlet(out: Path, sites: int, alpha: float, seed: int) -> None:
         digits_data._write(out / f"site{site + 1:02d}.csv", x[rows], y[rows])
 
 
-def study_text(sites: int, rounds: int, seed: int) -> str:
+def study_text(sites: int, rounds: int, seed: int, secure: bool = False) -> str:
     text = (
-        f'name = "digits-bench"\napp = "train"\nseed = {seed}\n[params]\n'
+        f'name = "digits-bench"\napp = "train"\nseed = {seed}\n'
+        + ("secure = true\n" if secure else "")
+        + "[params]\n"
         f'plan = "digits_plan.py"\ntarget = "{digits_data.TARGET}"\nrounds = {rounds}\n'
         'metric = "accuracy"\n'
     )
@@ -99,16 +102,22 @@ def test_accuracy(run: Path, test: Path) -> float:
 
 
 def measure(
-    sites: int, rounds: int = 20, split: str = "iid", alpha: float = 0.5, seed: int = 42
+    sites: int,
+    rounds: int = 20,
+    split: str = "iid",
+    alpha: float = 0.5,
+    seed: int = 42,
+    secure: bool = False,
 ) -> dict[str, Any]:
-    """Run the digits MLP on ``sites`` local sites for ``rounds`` rounds; return its figures."""
+    """Run the digits MLP on ``sites`` local sites for ``rounds`` rounds (``secure``: with
+    ``secure = true``, the weights summed under masks); return its figures."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         digits_data.write_split(folder, sites, seed)
         if split == "dirichlet":
             write_dirichlet(folder, sites, alpha, seed)
         (folder / "digits_plan.py").write_bytes((PEERS / "digits_plan.py").read_bytes())
-        (folder / "study.toml").write_text(study_text(sites, rounds, seed))
+        (folder / "study.toml").write_text(study_text(sites, rounds, seed, secure))
         started = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "fedflow.cli", "run", "study.toml", "--out", "run", "-q"]
@@ -137,6 +146,7 @@ def measure(
         "sites": sites,
         "rounds": rounds,
         "split": split if split == "iid" else f"dirichlet {alpha}",
+        "secure": secure,
         "wall_seconds": wall,
         "rounds_seconds": sum(e["seconds"] for e in entries),
         "training_seconds": sum(compute),
@@ -161,16 +171,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--secure", action="store_true", help="run each case plaintext, then with secure = true"
+    )
     args = parser.parse_args()
     splits = ["iid", "dirichlet"] if args.split == "both" else [args.split]
     print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     results = []
     for n in args.sites:
-        for split in splits:
-            r = measure(n, args.rounds, split, args.alpha, args.seed)
+        for split, secure in [(sp, m) for sp in splits for m in [False, True][: 1 + args.secure]]:
+            r = measure(n, args.rounds, split, args.alpha, args.seed, secure)
             results.append(r)
             print(
-                f"{n:>2} sites {r['split']:<14} wall {r['wall_seconds']:6.1f} s | rounds "
+                f"{n:>2} sites {r['split']:<14}{' secure' if secure else ''} wall {r['wall_seconds']:6.1f} s | rounds "
                 f"{r['rounds_seconds']:5.2f} s (after round 1 {r['rounds_seconds_after_round_1']:5.2f}"
                 f" s, sites' training in them {r['training_seconds_after_round_1']:5.2f} s) | "
                 f"overhead {r['median_overhead_seconds'] * 1e3:5.1f} ms/round | "
@@ -180,6 +193,16 @@ def main() -> None:
                 f"test {r['test_accuracy']:.4f}",
                 flush=True,
             )
+            if secure:
+                plain = results[-2]
+                print(
+                    "   secure / plaintext: rounds after round 1 "
+                    f"{r['rounds_seconds_after_round_1'] / plain['rounds_seconds_after_round_1']:.2f}x"
+                    f", overhead {r['median_overhead_seconds'] * 1e3:.1f} vs "
+                    f"{plain['median_overhead_seconds'] * 1e3:.1f} ms/round, bytes "
+                    f"{r['bytes_per_site_round'] / plain['bytes_per_site_round']:.2f}x",
+                    flush=True,
+                )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
