@@ -139,6 +139,27 @@ def test_the_last_rows_nan_is_named_with_its_count() -> None:
     )
 
 
+def test_a_kind_the_schema_statistics_hid_fails_as_prepare_does(tmp_path: Path) -> None:
+    # row-group statistics that omit a null: Setup takes the column for integers; Prepare's pass
+    # widens it to floats and refuses the missing value, and so does the deferred first pass
+    path = _parquet(tmp_path / "site.parquet", _bad("null-integers"))
+    errors = []
+    for defer in (False, True):
+        source = open_files([path], site="berlin")
+        source.kinds["n"] = "int"
+        try:
+            table = prepare_streamed(
+                source, NEEDED, dropna=False, min_count=5, memory_limit=PLENTY, defer=defer
+            )
+            assert defer and not table.checked
+            for _ in table.batches(rows=100):
+                pass
+        except DataError as exc:
+            errors.append((exc.message, exc.file, exc.column, exc.site))
+    assert len(errors) == 2 and errors[0] == errors[1], errors
+    assert errors[0][0].startswith("site.parquet: column 'n' has 1 missing value(s)")
+
+
 def test_a_clean_file_streams_the_same_rows_and_is_checked_after_one_pass(tmp_path: Path) -> None:
     columns = _columns()
     path = _parquet(tmp_path / "site.parquet", columns)

@@ -341,7 +341,11 @@ class NodeAgent:
         table = self._prepare_table(app, msg.app, needed, min_count)
         log.info(
             "%s %d column(s) in %.1f ms",
-            "checked (streamed)" if isinstance(table, StreamedTable) else "loaded",
+            "loaded"
+            if not isinstance(table, StreamedTable)
+            else "checked (streamed)"
+            if table.checked
+            else "opened (values checked by the first pass)",
             len(table.columns),
             1000 * (time.perf_counter() - started),
         )
