@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +25,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.apt import apt_install
 
 __all__ = ["Chromium", "PageLoad", "ensure_chromium"]
 
@@ -46,36 +47,8 @@ def ensure_chromium() -> tuple[str | None, str | None]:
         import websockets.sync.client  # noqa: F401
     except ImportError:
         return None, "the websockets package is missing (pip install -e '.[test]')"
-    found = _which()
-    if found is not None:
-        return found, None
-    if os.geteuid() != 0:
-        return None, "Chromium not installed and not root (cannot apt-get install chromium)"
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    done = None
-    for attempt in ("install", "update"):
-        if attempt == "update":
-            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, check=False)
-        done = subprocess.run(
-            [
-                "apt-get",
-                "install",
-                "-y",
-                "-qq",
-                "-o",
-                "DPkg::Lock::Timeout=300",  # another apt-get of the suite may hold the lock
-                "chromium",  # with its recommended fonts, as on a desktop
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-        )
-        found = _which()
-        if done.returncode == 0 and found is not None:
-            return found, None
-    last = done.stderr.strip().splitlines()[-1:] if done else []
-    return None, f"apt-get install chromium failed: {last}"
+    why = apt_install("chromium", lambda: _which() is not None)  # with its recommended fonts
+    return (None, why) if why is not None else (_which(), None)
 
 
 @dataclass

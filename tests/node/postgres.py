@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tests.apt import apt_install
+
 
 def _bin_dir() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
@@ -29,28 +31,8 @@ def _bin_dir() -> Path | None:
 
 def ensure_postgres() -> tuple[Path | None, str | None]:
     """Return (the folder of initdb and pg_ctl, None), or (None, why they are not available)."""
-    found = _bin_dir()
-    if found is not None:
-        return found, None
-    if os.geteuid() != 0:
-        return None, "PostgreSQL not installed and not root (cannot apt-get install postgresql)"
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    done = None
-    for attempt in ("install", "update"):
-        if attempt == "update":
-            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, check=False)
-        done = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "postgresql"],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-        )
-        found = _bin_dir()
-        if done.returncode == 0 and found is not None:
-            return found, None
-    last = done.stderr.strip().splitlines()[-1:] if done else []
-    return None, f"apt-get install postgresql failed: {last}"
+    why = apt_install("postgresql", lambda: _bin_dir() is not None)
+    return (None, why) if why is not None else (_bin_dir(), None)
 
 
 def _free_port() -> int:

@@ -26,6 +26,7 @@ from typing import Any
 
 import asyncssh
 
+from tests.apt import apt_install
 from tests.helpers import QUICKSTART, SITES
 
 SSHD = "/usr/sbin/sshd"
@@ -38,24 +39,7 @@ def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def ensure_sshd() -> str | None:
     """Return None when sshd is available (installing it as root if needed), else why not."""
-    if Path(SSHD).exists():
-        return None
-    if os.geteuid() != 0:
-        return "OpenSSH server not installed and not root (cannot apt-get install openssh-server)"
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for attempt in ("install", "update"):
-        if attempt == "update":
-            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, check=False)
-        done = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "openssh-server"],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-        )
-        if done.returncode == 0 and Path(SSHD).exists():
-            return None
-    return f"apt-get install openssh-server failed: {done.stderr.strip().splitlines()[-1:]}"
+    return apt_install("openssh-server", lambda: Path(SSHD).exists())
 
 
 def _free_port() -> int:
