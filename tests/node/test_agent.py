@@ -121,6 +121,28 @@ def test_app_outputs_are_written_only_to_the_site_folder(tmp_path: Path, leave: 
     assert not (tmp_path / "escape.csv").exists()
 
 
+def test_output_names_that_are_no_plain_file_name_are_refused(tmp_path: Path) -> None:
+    # a twin's output names come from the study's config.yml: the coordinator's words
+    agent = NodeAgent("s", SiteConfig(outputs_leave_site=True))
+    agent.handle(Hello(protocol=PROTOCOL_VERSION, version=__version__, site="s"))
+    out = tmp_path / "site" / "out"
+    out.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_bytes(b"kept")
+    (out / "link.csv").symlink_to(elsewhere)
+    agent.handle(Setup(data=[data_file(tmp_path)], outputs=str(out)))
+    agent.handle(Prepare(app="linear-regression", params=_OLS, columns=_COLUMNS))
+    agent.handle(Task(round=1, phase="factor", payload={}))
+    assert agent._ctx is not None
+    for name in ("..", ".", "", "a/..", "link.csv"):
+        agent._ctx.outputs[name] = b"x"
+    agent._ctx.outputs["fine.csv"] = b"y"
+    bye = agent.handle(Finish())
+    assert isinstance(bye, Bye) and bye.outputs == ["fine.csv"]
+    assert elsewhere.read_bytes() == b"kept"
+    assert sorted(p.name for p in out.iterdir()) == ["fine.csv", "link.csv"]
+
+
 def test_serve_answers_frames_and_stops_at_finish(tmp_path: Path) -> None:
     codec = MessageCodec()
     requests = [

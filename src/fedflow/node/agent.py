@@ -463,7 +463,12 @@ class NodeAgent:
             else:
                 target.mkdir(parents=True, exist_ok=True, mode=0o700)
                 for name, content in self._ctx.outputs.items():
-                    safe = Path(name).name  # an app may not write outside its folder
+                    # output names may come from the study (a twin's config): a plain file name
+                    # in this folder only: never a path, a dot name or a symlink to elsewhere
+                    safe = Path(name).name
+                    if safe in ("", ".", "..") or (target / safe).is_symlink():
+                        log.warning("refused to write output file %r: not a plain file name", name)
+                        continue
                     (target / safe).write_bytes(content)
                     written.append(safe)
                 log.info("wrote %s to %s", ", ".join(written), target)
