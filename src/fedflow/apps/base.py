@@ -58,6 +58,7 @@ __all__ = [
     "Phase",
     "SiteContext",
     "SiteInfo",
+    "StateStore",
     "SUM",
     "Step",
     "Table",
@@ -209,6 +210,9 @@ class CoordinatorContext:
     state: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     """Warnings for the user (e.g. "did not converge"); written to the result and shown."""
+    summed_over: list[str] | None = None
+    """Under ``secure = true``: the sites whose replies are in the sum the last
+    ``aggregate_<phase>`` received (who took part is not secret; what each sent is)."""
 
 
 @dataclass
@@ -224,6 +228,39 @@ class SiteContext:
     state: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, bytes] = field(default_factory=dict)
     """Files to write into the site's own output folder: name -> content. They stay at the site."""
+    store: StateStore = field(default_factory=lambda: StateStore())
+    """The app's own state files at this site, kept between rounds and across restarts of the
+    site's agent and ``fedflow resume`` (the node agent's is a folder under the site's run
+    folder; this default keeps them in memory). They never leave the site."""
+
+
+class StateStore:
+    """A site's state files for the app (name → bytes): the node agent writes each atomically
+    into the site's state folder; this base keeps them in memory (in-process runs). Names are
+    plain file names."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, bytes] = {}
+
+    def where(self, name: str) -> str:
+        """Where ``name`` is kept (for messages)."""
+        return f"<memory>/{name}"
+
+    def read(self, name: str) -> bytes:
+        """Return the content of ``name``; DataError naming it when it is missing."""
+        if name not in self._files:
+            raise DataError(f"state file {self.where(name)} is missing", file=self.where(name))
+        return self._files[name]
+
+    def write(self, name: str, content: bytes) -> None:
+        """Keep ``content`` as ``name`` (whole or not at all)."""
+        self._files[name] = bytes(content)
+
+    def prune(self, prefix: str, keep: Iterable[str]) -> None:
+        """Remove the files whose names start with ``prefix``, except ``keep``."""
+        kept = set(keep)
+        for name in [n for n in self._files if n.startswith(prefix) and n not in kept]:
+            del self._files[name]
 
 
 class Payload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -48,6 +48,7 @@ from fedflow.node.siteconfig import (
     load_config,
     source_hash,
 )
+from fedflow.node.state import FolderStore
 from fedflow.wire import (
     HEADER_SIZE,
     PROTOCOL_VERSION,
@@ -353,6 +354,9 @@ class NodeAgent:
         self._ctx = SiteContext(
             site=self.site, seed=self._setup.seed, min_count=min_count, secure=msg.secure
         )
+        folder = self._output_folder()
+        if folder is not None:  # the app's state between rounds: <output folder>/state
+            self._ctx.store = FolderStore(folder / "state")
         if msg.secure:
             if app.secure is not True:
                 raise AppError(f"app '{msg.app}' cannot run with secure = true: {app.secure}")

@@ -266,6 +266,12 @@ class Driver:
                 summed = self.secure_round.result
                 assert summed is not None
                 self._note_dropped(self.secure_round)
+                aggregation = getattr(self.secure_round, "aggregation", None)
+                self.ctx.summed_over = [  # who is in the sum (not what each sent)
+                    n
+                    for n in self.secure_round.sites
+                    if aggregation is None or n in aggregation.masked
+                ]
                 self.secure_round = None
                 self.step = self.app.aggregate(phase, {SUM: summed}, self.params, self.ctx)
             return
