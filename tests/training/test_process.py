@@ -62,11 +62,13 @@ def test_without_torch_a_training_study_says_what_to_install(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["fedavg", "scaffold"])
 def test_a_killed_coordinator_resumes_with_fedflow_resume_to_the_same_bytes(
-    tmp_path: Path,
+    tmp_path: Path, strategy: str
 ) -> None:
     """SIGKILL the coordinator once a checkpoint exists (no handler runs), then ``fedflow
-    resume``: the model is the one the run would have made uninterrupted."""
+    resume``: the model is the one the run would have made uninterrupted. With SCAFFOLD the
+    site processes (killed with it) left their controls in ``sites/<site>/state``."""
     import os
     import signal
     import subprocess
@@ -78,7 +80,8 @@ def test_a_killed_coordinator_resumes_with_fedflow_resume_to_the_same_bytes(
     from fedflow.training.checkpoint import load_checkpoint
 
     study_file = _study(tmp_path)
-    study_file.write_text(study_file.read_text().replace("rounds = 2", "rounds = 300"))
+    text = study_file.read_text().replace("rounds = 2", "rounds = 300")
+    study_file.write_text(text.replace("[params]\n", f'[params]\nstrategy = "{strategy}"\n'))
     out = tmp_path / "run"
     command = [sys.executable, "-m", "fedflow.cli", "run", str(study_file), "--out", str(out)]
     proc = subprocess.Popen(command + ["-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -92,8 +95,11 @@ def test_a_killed_coordinator_resumes_with_fedflow_resume_to_the_same_bytes(
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(30)
-    done_before = load_checkpoint(out)[0]
+    done_before, saved = load_checkpoint(out)
     assert 1 <= done_before < 301
+    if strategy == "scaffold":
+        assert set(saved["checkpoint"]["arrays"]) <= {"weights", "best", "control"}
+        assert len(list(out.glob("sites/*/state/*.safetensors"))) >= 3
     resumed = subprocess.run(
         [sys.executable, "-m", "fedflow.cli", "resume", str(out), "-q"],
         capture_output=True,
@@ -115,7 +121,7 @@ def test_validate_finds_the_plan_beside_the_study(monkeypatch: pytest.MonkeyPatc
 
     root = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(root / "src")  # anywhere but the study's folder
-    report = validate_study(root / "examples" / "train" / "study.toml")
+    report = validate_study(root / "examples" / "training" / "study.toml")
     assert [line.split(":")[0] for line in report.lines] == [
         "hospital_a",
         "hospital_b",

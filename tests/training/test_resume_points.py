@@ -1,8 +1,9 @@
 """More interruption points for ``fedflow resume`` (test_resume.py has: right after the checkpoint
 of round 1, of round 3 and after the last validation, and a site lost mid-round): Ctrl-C in the
-middle of a round while sites are training, a run interrupted twice and resumed twice, and
-SCAFFOLD, whose per-site controls live only in the coordinator's checkpoint. Each ends with the
-bytes of the run left alone. In-process node agents reading the study's CSV files."""
+middle of a round while sites are training, and a run interrupted twice and resumed twice (SCAFFOLD,
+whose sites keep their own controls, is in test_site_state.py). Each ends with the bytes of the
+run left alone. In-process node agents reading the study's CSV files, each with its folder under
+the run directory (``sites/<site>``) as a local site has."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ class CtrlC:
         self.at = at
         self.seen: list[tuple[str, int]] = []
 
-    def connectors(self, names: list[str]) -> dict[str, Any]:
+    def connectors(self, names: list[str], root: Path | None = None) -> dict[str, Any]:
         def handler(name: str) -> Any:
             agent = NodeAgent(name)
 
@@ -70,13 +71,20 @@ class CtrlC:
 
             return handle
 
-        return {n: MemoryConnector(n, handler=handler(n)) for n in names}
+        return {
+            n: MemoryConnector(
+                n,
+                handler=handler(n),
+                output_dir=str(root / "sites" / n) if root is not None else None,
+            )
+            for n in names
+        }
 
 
 def _run(study_file: Path, out: Path, ctrl_c: CtrlC | None = None, **kwargs: Any) -> Any:
     study = load_study(study_file)
     names = [c.name for c in study.clients]
-    conns = (ctrl_c or CtrlC()).connectors(names)
+    conns = (ctrl_c or CtrlC()).connectors(names, out)  # local sites' folders: out/sites/<site>
     return asyncio.run(arun_study(study, out=out, connectors=conns, command=[], **kwargs))
 
 
@@ -140,19 +148,3 @@ def test_a_run_interrupted_twice_and_resumed_twice_ends_with_the_same_bytes(
     for attempt in kept:
         manifest = json.loads((out / "attempts" / attempt / "manifest.json").read_text())
         assert manifest["status"] == "interrupted"
-
-
-def test_scaffold_resumes_with_every_sites_control_from_the_checkpoint(tmp_path: Path) -> None:
-    study = _study(tmp_path / "study", "scaffold")
-    whole = _run(study, tmp_path / "whole").dir
-    out = tmp_path / "cut"
-    with pytest.raises(RunInterrupted):
-        _run(study, out, CtrlC(at=("site0", 3)))
-    done, state = checkpoint.load_checkpoint(out)
-    assert done == 2
-    arrays = state["checkpoint"]["arrays"]
-    sampled = {s for k in ("1", "2") for s in state["checkpoint"]["meta"]["sampling"][k]}
-    assert {f"control/{s}" for s in sampled} <= set(arrays)
-    assert "control" in arrays
-    assert _resume(out).status == "completed"
-    _same_models(out, whole)

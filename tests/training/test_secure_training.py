@@ -23,7 +23,6 @@ from fedflow.results.trace import TraceWriter  # noqa: E402
 from fedflow.runtime.coordinator import Coordinator  # noqa: E402
 from fedflow.runtime.simulate import in_memory, simulate  # noqa: E402
 from fedflow.secure import FixedPoint  # noqa: E402
-from fedflow.training.app import SCAFFOLD_NOT_SECURE  # noqa: E402
 from fedflow.training.resilience import resilient_exchange  # noqa: E402
 from fedflow.training.weights import from_safetensors  # noqa: E402
 from fedflow.wire import RelayShares, SecureTask, Task  # noqa: E402
@@ -118,39 +117,6 @@ def test_a_secure_sklearn_plan_gives_the_plaintext_model(tmp_path: Path) -> None
     assert max(float(np.max(np.abs(w))) for w in want.values()) > 0.01
     for key in want:  # float64 coefficients: n_i·w_i rounded once at the site
         np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-12)
-
-
-def test_scaffold_with_secure_is_refused_in_one_line(plan: Path) -> None:
-    with pytest.raises(AppError, match=r"strategy 'scaffold' cannot run with secure = true") as e:
-        simulate("train", mlp_params(plan, strategy="scaffold"), blobs(SIZES), secure=True)
-    assert "\n" not in str(e.value)
-
-
-def test_fedflow_validate_and_run_refuse_scaffold_with_secure_before_any_site_starts(
-    tmp_path: Path,
-) -> None:
-    from tests.helpers import fedflow
-
-    write_plan(tmp_path, MLP_PLAN)
-    clients = []
-    for name, table in blobs(SIZES).items():
-        table.to_pandas().to_csv(tmp_path / f"{name}.csv", index=False)
-        clients.append(f'[[clients]]\nname = "{name}"\ndata = ["{name}.csv"]\n')
-    body = '[params]\nplan = "plan.py"\ntarget = "label"\nstrategy = "scaffold"\n'
-    (tmp_path / "plain.toml").write_text('app = "train"\n' + body + "".join(clients))
-    (tmp_path / "secure.toml").write_text(
-        'app = "train"\nsecure = true\n' + body + "".join(clients)
-    )
-    assert fedflow("validate", "plain.toml", cwd=tmp_path).returncode == 0  # fine in plaintext
-    for command in (
-        ["validate", "secure.toml"],
-        ["run", "secure.toml", "--out", "run"],
-        ["run", "plain.toml", "--secure", "--out", "run"],
-    ):
-        done = fedflow(*command, cwd=tmp_path)
-        assert done.returncode == 2, done.stderr
-        assert done.stderr.strip() == "fedflow: error: " + SCAFFOLD_NOT_SECURE
-    assert not (tmp_path / "run").exists()
 
 
 # -- a site lost during a secure round ------------------------------------------------------------

@@ -129,9 +129,12 @@ class RoundTask(Payload, frozen=True):
     validate: bool = True
     control: np.ndarray | None = None
     """SCAFFOLD: the server's control variate c (float64, flat)."""
-    correction: np.ndarray | None = None
-    """SCAFFOLD: c − c_i, added to every local gradient (c_i: this site's control, kept by the
-    coordinator so that sites stay stateless and a resumed run restores it)."""
+    state_round: int = 0
+    """SCAFFOLD: the round whose state this site starts from — the last round its control update
+    went into the server's c (0: none yet, c_i = 0). The site keeps its own control c_i in its
+    state folder, per round; the coordinator never holds it."""
+    run: str = ""
+    """SCAFFOLD: the run's key (fixed at its start, kept by resume), naming its state files."""
 
 
 class RoundReply(Payload, frozen=True):
@@ -146,7 +149,8 @@ class RoundReply(Payload, frozen=True):
     train_loss: float | None = None
     local_metrics: dict[str, float] = {}
     control_delta: np.ndarray | None = None
-    """SCAFFOLD: c_i⁺ − c_i = −c + (W_{k-1} − y_i)/(steps·lr) (Karimi et al. 2020, option II)."""
+    """SCAFFOLD: Δc_i = c_i⁺ − c_i = −c + (W_{k-1} − y_i)/(steps·lr) (Karimireddy et al. 2020,
+    option II); the site keeps c_i⁺ itself."""
 
 
 class SecureRoundReply(Payload, frozen=True):
@@ -172,6 +176,8 @@ class SecureRoundReply(Payload, frozen=True):
     """m_i when it trained and validated its updated weights, else 0."""
     local_metrics: np.ndarray
     """m_i · each metric of its updated weights on its held-out rows (float64)."""
+    control: np.ndarray
+    """SCAFFOLD: n_i · Δc_i (float64; zeros when it did not train; empty for other strategies)."""
 
 
 def secure_metric_names(params: TrainParams) -> list[str]:

@@ -166,6 +166,10 @@ async def arun_study(
     app = check_study(study, compare=compare)
     started = time.perf_counter()
     rd = RunDirectory.create(study.resolve(study.outdir), study.name, out=out, force=force)
+    if resumed is not None:  # the local sites' own state (set aside with the attempt)
+        from fedflow.training.checkpoint import restore_site_state
+
+        restore_site_state(rd.path)
     if study.source_text is not None:
         (rd.path / "study.original.toml").write_text(study.source_text, encoding="utf-8")
     (rd.path / "study.toml").write_text(resolved_study(study), encoding="utf-8")

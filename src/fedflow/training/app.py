@@ -4,15 +4,21 @@ The coordinator builds the plan's model with the study's seed and sends its weig
 exchange k validates W_{k-1} at every site (validate-global), trains it at the sampled sites and
 validates their own updated weights (validate-local); the server aggregates (FedAvg weighted by
 rows, or an adaptive server optimiser) into W_k. Exchange ``rounds + 1`` validates the last
-model. The coordinator's whole state is ``ctx.state["checkpoint"]`` (arrays and JSON), which the
-run saves after every exchange and ``fedflow resume`` restores; sites keep nothing between
-exchanges (their random streams are derived from the seed, the site and the round), so a resumed
-run ends with the same bits as one left alone.
+model. The coordinator's whole state is ``ctx.state["checkpoint"]`` (arrays and JSON: global
+weights, server optimiser, SCAFFOLD's global control, round, sampling history), which the run
+saves after every exchange and ``fedflow resume`` restores. A site's random streams are derived
+from the seed, the site and the round, so there is no random state to carry; what a site must
+keep — SCAFFOLD's own control c_i — it keeps in its state folder (``SiteContext.store``), one
+file per round, and each task names the round to start from. A resumed run ends with the same
+bits as one left alone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,11 +65,8 @@ __all__ = ["Train", "TrainedModel"]
 
 CHECKPOINT = "checkpoint"
 """The key of the coordinator's resumable state in ``ctx.state``."""
-SCAFFOLD_NOT_SECURE = (
-    "app 'train': strategy 'scaffold' cannot run with secure = true: the coordinator keeps each "
-    "site's own control variate, which secure aggregation would hide (use fedavg, fedprox, "
-    "fedadam, fedyogi or fedadagrad)"
-)
+STATE_KEY = "fedflow-site-state"
+"""The metadata key of a site's state file (JSON: site, run, round, seed of the round, sha256)."""
 PER_SITE_HIDDEN = "not available with secure = true: the coordinator learns only sums over sites"
 
 
@@ -72,6 +75,16 @@ def _means(names: list[str], sums: np.ndarray, rows: int) -> dict[str, float]:
     if rows <= 0:
         return {}
     return {n: float(sums[j] / rows) for j, n in enumerate(names)}
+
+
+def exact_sum(vectors: list[np.ndarray]) -> np.ndarray:
+    """Σ vectors element by element, summed exactly and rounded once (as a secure sum gives)."""
+    if not vectors:
+        return np.zeros(0)
+    if len(vectors) == 1:
+        return np.asarray(vectors[0], dtype=np.float64).copy()
+    stacked = np.stack([np.asarray(v, dtype=np.float64) for v in vectors], axis=1)
+    return np.array([math.fsum(row) for row in stacked.tolist()], dtype=np.float64)
 
 
 class Train(App[TrainParams]):
@@ -86,7 +99,7 @@ class Train(App[TrainParams]):
     }
     secure = True
     """With ``secure = true`` each round is phase ``secure_round``: the coordinator learns only
-    Σ n_i·w_i, Σ n_i and the row-weighted sums of the metrics (strategy "scaffold" refused)."""
+    Σ n_i·w_i, Σ n_i, the row-weighted sums of the metrics and, for SCAFFOLD, Σ n_i·Δc_i."""
     partial_rounds = True
     """A round aggregates the sites that answered (round_timeout, retries, min_sites)."""
     tolerance = 0.05
@@ -149,8 +162,9 @@ class Train(App[TrainParams]):
 
     def secure_refusal(self, params: TrainParams) -> str | None:
         """Why these parameters cannot run with ``secure = true`` (``fedflow validate`` and the
-        run's start refuse with it), or None."""
-        return SCAFFOLD_NOT_SECURE if params.strategy == "scaffold" else None
+        run's start refuse with it), or None: every strategy runs securely (SCAFFOLD's controls
+        c_i stay at the sites, which send only n_i·Δc_i into the sum)."""
+        return None
 
     # -- the coordinator -----------------------------------------------------------------------
     def start(self, params: TrainParams, ctx: CoordinatorContext) -> Continue | Done:
@@ -177,6 +191,10 @@ class Train(App[TrainParams]):
                 "history": [{"round": 0, "sampled": [], "global": {}, "sites": {}}],
             },
         }
+        if params.strategy == "scaffold":
+            meta = ctx.state[CHECKPOINT]["meta"]
+            meta["run_key"] = secrets.token_hex(8)  # names the sites' state files of this run
+            meta["state_rounds"] = {}  # site -> the last round its control update went into c
         return self._next(params, ctx)
 
     def _initial(self, params: TrainParams, seed: int | None) -> tuple[np.ndarray, Any]:
@@ -208,6 +226,12 @@ class Train(App[TrainParams]):
             raise AppError("the checkpoint was written with another seed or other sites")
         if meta["round"] != ctx.round or saved["arrays"]["weights"].size != size:
             raise AppError("the checkpoint does not fit this run")
+        older = params.strategy == "scaffold" and "run_key" not in meta
+        if older or any(key.startswith("control/") for key in saved["arrays"]):
+            raise AppError(
+                "the checkpoint holds the sites' SCAFFOLD controls (written by an older fedflow, "
+                "before the sites kept their own); it cannot be resumed"
+            )
 
     def _next(self, params: TrainParams, ctx: CoordinatorContext) -> Continue:
         saved = ctx.state[CHECKPOINT]
@@ -223,20 +247,20 @@ class Train(App[TrainParams]):
         if params.strategy != "scaffold":
             trains = RoundTask(weights=weights, train=True, validate=validate)
             return Continue(phase, everyone, per_site={s: trains for s in sampled})
-        arrays = saved["arrays"]
-        zero = np.zeros(weights.size, dtype=np.float64)
-        c = arrays.get("control", zero)
+        meta = saved["meta"]
+        c = saved["arrays"].get("control", np.zeros(weights.size, dtype=np.float64))
         per_site: dict[str, Payload] = {
             s: RoundTask(
                 weights=weights,
                 train=True,
                 validate=validate,
                 control=c,
-                correction=c - arrays.get(f"control/{s}", zero),
+                state_round=int(meta["state_rounds"].get(s, 0)),
+                run=meta["run_key"],
             )
             for s in sampled
         }
-        return Continue("round", everyone, per_site=per_site)
+        return Continue(phase, everyone, per_site=per_site)
 
     def aggregate_round(
         self, replies: Mapping[str, RoundReply], params: TrainParams, ctx: CoordinatorContext
@@ -279,12 +303,15 @@ class Train(App[TrainParams]):
             elif reply.weights is not None:
                 raise AppError(f"app 'train': site '{name}' trained though not sampled")
         if params.strategy == "scaffold":
-            # every site's training rows (its held-out rows excluded), as FedAvg weighs them
-            rows = {
-                n: info.rows - int(round(params.validation * info.rows))
-                for n, info in ctx.sites.items()
-            }
-            self._update_controls(arrays, {n: replies[n] for n in answered}, rows)
+            rows = self._training_rows(params, ctx)  # every site's, as FedAvg weighs them
+            deltas = {}
+            for name in answered:
+                delta = replies[name].control_delta
+                if delta is None or delta.shape != arrays["weights"].shape:
+                    raise AppError(f"app 'train': site '{name}' sent no SCAFFOLD control update")
+                deltas[name] = rows[name] * np.asarray(delta, dtype=np.float64)
+            self._update_control(arrays, exact_sum(list(deltas.values())), rows)
+            meta["state_rounds"].update({name: k for name in answered})
         server = ServerOptimizer(params, arrays)
         new = server.step(arrays["weights"], weighted_average(updates))
         arrays["weights"] = new.astype(arrays["weights"].dtype)
@@ -358,6 +385,20 @@ class Train(App[TrainParams]):
                 f"app 'train': the summed weights have shape {total.weights.shape}, "
                 f"the model {arrays['weights'].shape}"
             )
+        if params.strategy == "scaffold":
+            if total.control.shape != arrays["weights"].shape:
+                raise AppError(
+                    f"app 'train': the summed SCAFFOLD control updates have shape "
+                    f"{total.control.shape}, the model {arrays['weights'].shape}"
+                )
+            self._update_control(arrays, total.control, self._training_rows(params, ctx))
+            summed = [s for s in sampled if s in (ctx.summed_over or [])]
+            if len(summed) != total.trained:
+                raise AppError(
+                    f"app 'train': round {k}: {total.trained} sites trained, but the sum is over "
+                    f"{len(summed)} sampled site(s)"
+                )
+            meta["state_rounds"].update({name: k for name in summed})
         server = ServerOptimizer(params, arrays)
         new = server.step(arrays["weights"], total.weights / total.rows)
         arrays["weights"] = new.astype(arrays["weights"].dtype)
@@ -379,22 +420,24 @@ class Train(App[TrainParams]):
         return self._next(params, ctx)
 
     @staticmethod
-    def _update_controls(
-        arrays: dict[str, np.ndarray], replies: Mapping[str, RoundReply], rows: Mapping[str, int]
+    def _update_control(
+        arrays: dict[str, np.ndarray], total: np.ndarray, rows: Mapping[str, int]
     ) -> None:
-        """SCAFFOLD: c_i += Δc_i for every sampled site, c += Σ n_i·Δc_i / Σ n (n: every site's
-        training rows), so that c stays the row-weighted mean of the sites' controls — the
-        weighting FedAvg uses (Karimi et al. weigh sites equally)."""
+        """SCAFFOLD: c += Σ_{i∈S} n_i·Δc_i / Σ_i n_i over the sites S whose update arrived and
+        every site's training rows n_i (Karimireddy et al.'s c += (1/N)·Σ_{i∈S} Δc_i, weighted
+        by rows as FedAvg weighs weights). Each site added Δc_i to its own c_i, so c stays the
+        row-weighted mean of the sites' controls; a site whose update did not arrive (lost, cut
+        off, or left out of a secure sum) keeps its c_i, and its term is simply missing."""
         size = arrays["weights"].size
-        total = np.zeros(size, dtype=np.float64)
-        for name, reply in replies.items():
-            delta = reply.control_delta
-            if delta is None or delta.shape != (size,):
-                raise AppError(f"app 'train': site '{name}' sent no SCAFFOLD control update")
-            key = f"control/{name}"
-            arrays[key] = arrays.get(key, np.zeros(size)) + delta
-            total += rows[name] * delta
         arrays["control"] = arrays.get("control", np.zeros(size)) + total / sum(rows.values())
+
+    @staticmethod
+    def _training_rows(params: TrainParams, ctx: CoordinatorContext) -> dict[str, int]:
+        """Every site's training rows (its held-out rows excluded), as the sites compute them."""
+        return {
+            n: info.rows - int(round(params.validation * info.rows))
+            for n, info in ctx.sites.items()
+        }
 
     def _done(
         self, params: TrainParams, meta: dict[str, Any], arrays: dict[str, np.ndarray]
@@ -457,14 +500,25 @@ class Train(App[TrainParams]):
         if not request.train:
             return RoundReply(val_rows=len(held), global_metrics=global_metrics)
         seed = derive_seed(ctx.seed, "train", ctx.site, ctx.round)
+        own = None
+        if request.control is not None:  # SCAFFOLD: this site's own control c_i
+            own = self._own_control(ctx, request, np.asarray(request.weights).size)
         weights, loss, steps = local_train(
-            plan, model, layout, x[train_rows], y[train_rows], params, seed, request.correction
+            plan,
+            model,
+            layout,
+            x[train_rows],
+            y[train_rows],
+            params,
+            seed,
+            None if own is None or request.control is None else request.control - own,
         )
         local_metrics = evaluate(plan, model, xv, yv) if request.validate else {}
         delta = None
-        if request.control is not None:  # SCAFFOLD option II
+        if own is not None and request.control is not None:  # SCAFFOLD option II
             moved = np.asarray(request.weights, np.float64) - np.asarray(weights, np.float64)
             delta = moved / (steps * params.lr) - request.control
+            self._keep_control(ctx, request, own + delta, seed)
         return RoundReply(
             val_rows=len(held),
             global_metrics=global_metrics,
@@ -480,9 +534,9 @@ class Train(App[TrainParams]):
     ) -> SecureRoundReply:
         """``secure = true``: the round as ``local_round``, its reply turned into terms of sums
         (n_i·w_i, n_i, row-weighted metrics; zeros for what the site did not do)."""
-        if request.control is not None:
-            raise AppError(SCAFFOLD_NOT_SECURE)
         reply = self.local_round(data, params, request, ctx)
+        size = np.asarray(request.weights).size
+        scaffold = params.strategy == "scaffold"
         names = secure_metric_names(params)
 
         def terms(metrics: Mapping[str, float], rows: int) -> np.ndarray:
@@ -506,6 +560,7 @@ class Train(App[TrainParams]):
                 global_metrics=terms(reply.global_metrics, reply.val_rows),
                 local_val_rows=0,
                 local_metrics=np.zeros(len(names)),
+                control=np.zeros(size if scaffold else 0),
             )
         rows = reply.rows
         return SecureRoundReply(
@@ -517,7 +572,88 @@ class Train(App[TrainParams]):
             global_metrics=terms(reply.global_metrics, reply.val_rows),
             local_val_rows=reply.val_rows if reply.local_metrics else 0,
             local_metrics=terms(reply.local_metrics, reply.val_rows),
+            control=(
+                rows * np.asarray(reply.control_delta, dtype=np.float64)
+                if reply.control_delta is not None
+                else np.zeros(size if scaffold else 0)
+            ),
         )
+
+    # -- the site's own state (SCAFFOLD's control c_i) ------------------------------------------
+    @staticmethod
+    def _state_name(run: str, round_: int) -> str:
+        return f"train-{run}-round-{round_}.safetensors"
+
+    def _own_control(self, ctx: SiteContext, request: RoundTask, size: int) -> np.ndarray:
+        """This site's control c_i after round ``request.state_round`` (zeros before any): from
+        memory when this agent wrote it, else from its state file; DataError naming the site and
+        the file when that is missing, corrupt or another run's."""
+        base = request.state_round
+        if base == 0:
+            return np.zeros(size, dtype=np.float64)
+        held: dict[int, np.ndarray] = ctx.state.setdefault("controls", {})
+        if base in held and ctx.state.get("run") == request.run:
+            return held[base]
+        from fedflow.training.weights import from_safetensors
+
+        name = self._state_name(request.run, base)
+        where = ctx.store.where(name)
+        lead = (
+            f"site '{ctx.site}' cannot start round {ctx.round} from its own state of round {base}"
+        )
+        try:
+            content = ctx.store.read(name)
+        except DataError as exc:
+            raise DataError(f"{lead}: {exc.message}", file=where) from None
+        try:
+            arrays, meta = from_safetensors(content, where)
+            info = json.loads(meta[STATE_KEY])
+            control = np.asarray(arrays["control"], dtype=np.float64)
+            digest = hashlib.sha256(control.tobytes()).hexdigest()
+        except (DataError, KeyError, ValueError, TypeError):
+            raise DataError(
+                f"{lead}: state file {where} is corrupt (unreadable)", file=where
+            ) from None
+        if digest != info.get("sha256"):
+            raise DataError(f"{lead}: state file {where} is corrupt (hash mismatch)", file=where)
+        found = (info.get("site"), info.get("run"), info.get("round"))
+        if found != (ctx.site, request.run, base) or control.shape != (size,):
+            raise DataError(
+                f"{lead}: state file {where} holds site '{found[0]}', run {found[1]}, round "
+                f"{found[2]} ({control.size} values; the model has {size})",
+                file=where,
+            )
+        return control
+
+    def _keep_control(
+        self, ctx: SiteContext, request: RoundTask, control: np.ndarray, seed: int
+    ) -> None:
+        """Write c_i after this round into the site's state folder before the reply leaves, and
+        keep only what a resumed or restarted run may ask for: the round it started from (its
+        update may not reach c) and this one."""
+        from fedflow.training.weights import to_safetensors
+
+        control = np.ascontiguousarray(control, dtype=np.float64)
+        info = {
+            "site": ctx.site,
+            "run": request.run,
+            "round": ctx.round,
+            "train_seed": seed,
+            "sha256": hashlib.sha256(control.tobytes()).hexdigest(),
+        }
+        name = self._state_name(request.run, ctx.round)
+        ctx.store.write(name, to_safetensors({"control": control}, {STATE_KEY: json.dumps(info)}))
+        keep = {request.state_round, ctx.round}
+        ctx.store.prune(
+            f"train-{request.run}-round-", [self._state_name(request.run, r) for r in keep]
+        )
+        held: dict[int, np.ndarray] = ctx.state.setdefault("controls", {})
+        if ctx.state.get("run") != request.run:
+            held.clear()
+            ctx.state["run"] = request.run
+        held[ctx.round] = control
+        for r in [r for r in held if r not in keep]:
+            del held[r]
 
     def _sklearn_round(
         self,

@@ -1,12 +1,15 @@
 """Checkpoints: after every round the coordinator's whole training state, atomically, in the run
 directory (``checkpoint.safetensors``), and what ``fedflow resume RUN_DIR`` reads back.
 
-The file holds the app's arrays (global weights, best weights, the server optimiser's moments)
-as safetensors and, in its metadata, the rounds done and the app's JSON state (parameters with
-the plan's hash, seed, sites, history of metrics, the sampling of every round, the best round).
-Sites keep nothing between rounds — every random stream (validation split, shuffling, dropout,
-sampling) is derived from the study's seed, the site and the round — so the coordinator's file
-is all a resumed run needs to end with the same bits as the run left alone.
+The file holds only global state: the app's arrays (global weights, best weights, the server
+optimiser's moments, SCAFFOLD's global control c) as safetensors and, in its metadata, the rounds
+done and the app's JSON state (parameters with the plan's hash, seed, sites, history of metrics,
+the sampling of every round, the best round, and for SCAFFOLD the run's key and the round each
+site's state starts from). Every random stream (validation split, shuffling, dropout, sampling)
+is derived from the study's seed, the site and the round. What only a site may know — SCAFFOLD's
+control c_i — each site keeps in its state folder (``sites/<site>/state/`` for local sites), one
+file per round; a resumed run names the round each site starts from, and the site refuses, in
+one line naming the file, when that file is missing or corrupt.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from fedflow.results.rundir import RunDirectory
 from fedflow.training.app import CHECKPOINT
 from fedflow.training.weights import atomic_write, from_safetensors, to_safetensors
 
-__all__ = ["CHECKPOINT_FILE", "Checkpointer", "load_checkpoint", "set_aside_attempt"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "Checkpointer",
+    "load_checkpoint",
+    "restore_site_state",
+    "set_aside_attempt",
+]
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 _KEY = "fedflow-checkpoint"
@@ -88,8 +97,9 @@ def load_checkpoint(run_dir: Path) -> tuple[int, dict[str, Any]]:
 
 
 def set_aside_attempt(run_dir: Path) -> Path:
-    """Move what the interrupted attempt wrote (manifest, metrics, logs, trace) into
-    ``attempts/<n>/`` so that resuming loses nothing; return that folder."""
+    """Move what the interrupted attempt wrote (manifest, metrics, logs, trace, the local sites'
+    folders with their state) into ``attempts/<n>/`` so that resuming loses nothing; return that
+    folder (``restore_site_state`` brings the sites' state back once the run folder is ready)."""
     attempts = Path(run_dir) / "attempts"
     n = 1
     while (attempts / str(n)).exists():
@@ -97,9 +107,28 @@ def set_aside_attempt(run_dir: Path) -> Path:
     target = attempts / str(n)
     target.mkdir(parents=True)
     names = ("manifest.json", "metrics.json", "trace.jsonl", "study.toml", "study.original.toml")
-    for name in (*names, "logs"):
+    for name in (*names, "logs", "sites"):
         source = Path(run_dir) / name
         if source.exists():
             shutil.move(str(source), str(target / name))
     shutil.copy2(Path(run_dir) / CHECKPOINT_FILE, target / CHECKPOINT_FILE)
     return target
+
+
+def restore_site_state(run_dir: Path) -> list[Path]:
+    """Copy the local sites' state folders (``sites/<site>/state``) of the latest attempt set
+    aside back into the run folder, for the resumed run's sites; return the folders copied."""
+    attempts = Path(run_dir) / "attempts"
+    numbered = (
+        [int(p.name) for p in attempts.iterdir() if p.name.isdigit()] if attempts.is_dir() else []
+    )
+    if not numbered:
+        return []
+    sites = attempts / str(max(numbered)) / "sites"
+    copied = []
+    for state in sorted(sites.glob("*/state")) if sites.is_dir() else []:
+        if state.is_dir() and not state.is_symlink():
+            target = Path(run_dir) / "sites" / state.parent.name / "state"
+            shutil.copytree(state, target, symlinks=True, dirs_exist_ok=True)
+            copied.append(target)
+    return copied
