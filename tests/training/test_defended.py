@@ -1,5 +1,6 @@
 """A defended site runs a training plan only from its own approved copy whose sha256 equals
-that of the plan the coordinator sent; anything else is refused before the plan runs."""
+that of the plan the coordinator sent; anything else is refused before the plan runs. Its
+SCAFFOLD state stays in its own outputs folder."""
 
 from __future__ import annotations
 
@@ -121,3 +122,69 @@ def test_a_plan_path_without_code_is_never_run(site: tuple[Path, Path, Path]) ->
     assert isinstance(reply, Failure) and reply.kind == "policy", reply
     assert "none was sent" in reply.message
     assert not marker.exists()
+
+
+def test_a_defended_sites_scaffold_state_stays_in_its_own_outputs_folder(
+    site: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """A ``fedflow node`` site keeps its SCAFFOLD control under its configured outputs folder
+    (``<outputs>/<study>/state``); an agent started again reads it from there and answers as
+    the agent that kept it in memory."""
+    policy, plan, _ = site
+    outputs = tmp_path / "site-outputs"
+    policy.write_text(policy.read_text().replace("[datasets", f'outputs = "{outputs}"\n[datasets'))
+    approve(plan, policy)
+    code = plan.read_text()
+    sha = plan_hash(code.encode())
+    size = 8 * 4 + 8 + 3 * 8 + 3
+
+    def started() -> NodeAgent:
+        agent = NodeAgent("h", load_config(policy), owned=False)
+        agent.handle(Hello(protocol=PROTOCOL_VERSION, version=__version__, site="h"))
+        setup = Setup(dataset="cohort", min_count=5, seed=1, study="st")
+        assert isinstance(agent.handle(setup), Ready)
+        params = {
+            "plan": "/nowhere/plan.py",
+            "target": "label",
+            "features": FEATURES,
+            "metric": "accuracy",
+            "plan_sha256": sha,
+            "strategy": "scaffold",
+        }
+        columns = {name: "numeric" for name in ["label", *FEATURES]}
+        prepare = Prepare(app="train", params=params, columns=columns, code=code)
+        assert isinstance(agent.handle(prepare), Prepared)
+        return agent
+
+    def ask(agent: NodeAgent, round_: int, state_round: int) -> Reply | Failure:
+        task = RoundTask(
+            weights=np.full(size, 0.01 * round_, dtype=np.float32),
+            train=True,
+            control=np.full(size, 0.001 * round_),
+            state_round=state_round,
+            run="k1",
+        )
+        reply = agent.handle(Task(round=round_, phase="round", payload=encode_payload(task)))
+        assert isinstance(reply, (Reply, Failure))
+        return reply
+
+    def weights(reply: Reply | Failure) -> np.ndarray:
+        assert isinstance(reply, Reply), reply
+        decoded = decode_payload(reply.payload, RoundReply)
+        assert decoded.weights is not None
+        return decoded.weights
+
+    kept = started()
+    weights(ask(kept, 1, 0))
+    state = outputs / "st" / "state" / "train-k1-round-1.safetensors"
+    assert state.is_file()
+    in_memory = weights(ask(kept, 2, 1))
+    from_file = weights(ask(started(), 2, 1))  # a new agent: its c_i of round 1 from the file
+    assert np.array_equal(from_file, in_memory)
+    fresh = weights(ask(started(), 2, 0))  # c_i = 0 instead: other weights
+    assert not np.array_equal(fresh, in_memory)
+    # told to start from round 0, the site keeps only that and round 2: round 1's file is gone
+    assert not state.exists()
+    refused = ask(started(), 2, 1)
+    assert isinstance(refused, Failure) and refused.kind == "data"
+    assert str(state) in refused.message and "is missing" in refused.message
