@@ -4,6 +4,7 @@ training with the same epochs, for IID sites and a Dirichlet label skew.
     python benchmarks/train_bench.py                       # 3 and 10 sites x 20 rounds, IID and α = 0.5
     python benchmarks/train_bench.py --sites 3 --split iid --json out.json
     python benchmarks/train_bench.py --sites 3 10 --split iid --secure   # plaintext, then secure = true
+    python benchmarks/train_bench.py --sites 3 --split iid --secure --strategy scaffold
 
 `measure(sites, rounds, split, alpha, seed)` returns one run's figures (a dict), so that other
 scripts (benchmarks/training_vs_flower.py runs Flower's side) can combine them. The model, data
@@ -74,13 +75,15 @@ def write_dirichlet(out: Path, sites: int, alpha: float, seed: int) -> None:
         digits_data._write(out / f"site{site + 1:02d}.csv", x[rows], y[rows])
 
 
-def study_text(sites: int, rounds: int, seed: int, secure: bool = False) -> str:
+def study_text(
+    sites: int, rounds: int, seed: int, secure: bool = False, strategy: str = "fedavg"
+) -> str:
     text = (
         f'name = "digits-bench"\napp = "train"\nseed = {seed}\n'
         + ("secure = true\n" if secure else "")
         + "[params]\n"
         f'plan = "digits_plan.py"\ntarget = "{digits_data.TARGET}"\nrounds = {rounds}\n'
-        'metric = "accuracy"\n'
+        f'metric = "accuracy"\nstrategy = "{strategy}"\n'
     )
     text += "".join(f"{k} = {v}\n" for k, v in SETTINGS.items())
     for i in range(1, sites + 1):
@@ -108,6 +111,7 @@ def measure(
     alpha: float = 0.5,
     seed: int = 42,
     secure: bool = False,
+    strategy: str = "fedavg",
 ) -> dict[str, Any]:
     """Run the digits MLP on ``sites`` local sites for ``rounds`` rounds (``secure``: with
     ``secure = true``, the weights summed under masks); return its figures."""
@@ -117,7 +121,7 @@ def measure(
         if split == "dirichlet":
             write_dirichlet(folder, sites, alpha, seed)
         (folder / "digits_plan.py").write_bytes((PEERS / "digits_plan.py").read_bytes())
-        (folder / "study.toml").write_text(study_text(sites, rounds, seed, secure))
+        (folder / "study.toml").write_text(study_text(sites, rounds, seed, secure, strategy))
         started = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "fedflow.cli", "run", "study.toml", "--out", "run", "-q"]
@@ -147,6 +151,7 @@ def measure(
         "rounds": rounds,
         "split": split if split == "iid" else f"dirichlet {alpha}",
         "secure": secure,
+        "strategy": strategy,
         "wall_seconds": wall,
         "rounds_seconds": sum(e["seconds"] for e in entries),
         "training_seconds": sum(compute),
@@ -174,13 +179,14 @@ def main() -> None:
     parser.add_argument(
         "--secure", action="store_true", help="run each case plaintext, then with secure = true"
     )
+    parser.add_argument("--strategy", default="fedavg", help="the study's strategy (scaffold…)")
     args = parser.parse_args()
     splits = ["iid", "dirichlet"] if args.split == "both" else [args.split]
     print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     results = []
     for n in args.sites:
         for split, secure in [(sp, m) for sp in splits for m in [False, True][: 1 + args.secure]]:
-            r = measure(n, args.rounds, split, args.alpha, args.seed, secure)
+            r = measure(n, args.rounds, split, args.alpha, args.seed, secure, args.strategy)
             results.append(r)
             print(
                 f"{n:>2} sites {r['split']:<14}{' secure' if secure else ''} wall {r['wall_seconds']:6.1f} s | rounds "
