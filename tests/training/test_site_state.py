@@ -228,14 +228,28 @@ def test_a_restarted_site_without_its_state_file_is_refused(tmp_path: Path) -> N
 # -- the arithmetic ---------------------------------------------------------------------------------
 
 
-def test_exact_sum_is_the_exact_sum_rounded_once() -> None:
-    rng = np.random.default_rng(3)
-    vectors = [rng.normal(size=50) * 10.0 ** rng.integers(-8, 8, 50) for _ in range(5)]
-    vectors.append(-vectors[0])  # cancellation: a naive float sum loses the small terms
-    got = exact_sum(vectors)
-    for j in range(50):
-        want = float(sum((Fraction(float(v[j])) for v in vectors), Fraction(0)))
-        assert got[j] == want
+@pytest.mark.parametrize("sites", [2, 3, 7, 10])
+def test_exact_sum_is_the_exact_sum_rounded_once(sites: int) -> None:
+    """The coordinator's Σ n_i·Δc_i: against exact Fractions rounded once (half to even), on
+    ordinary values, exponents 10^±300 apart, cancellation, half-way cases and signed zeros."""
+    rng = np.random.default_rng(sites)
+    size = 200
+    kinds = [
+        [rng.normal(size=size) for _ in range(sites)],
+        [rng.normal(size=size) * 10.0 ** rng.integers(-300, 300, size) for _ in range(sites)],
+    ]
+    base = rng.normal(size=size)
+    kinds.append([base, -base] + [rng.normal(size=size) * 1e-17 for _ in range(sites - 2)])
+    ties = [np.ones(size), np.full(size, 2.0**-53)]  # 1 + 2^-53: half-way, then nudged
+    nudges = [0.0, 2.0**-106, -(2.0**-106), 2.0**-160, -(2.0**-53), 2.0**-1074]
+    ties += [rng.choice(nudges, size) for _ in range(sites - 2)]
+    kinds.append(ties[:sites])
+    kinds.append([rng.choice([0.0, -0.0], size) for _ in range(sites)])
+    for vectors in kinds:
+        got = exact_sum(vectors)
+        for j in range(size):
+            want = float(sum((Fraction(float(v[j])) for v in vectors), Fraction(0)))
+            assert got[j] == want and np.signbit(got[j]) == np.signbit(want + 0.0), j
 
 
 def test_in_memory_scaffold_runs_are_reproducible(tmp_path: Path) -> None:

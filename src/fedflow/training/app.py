@@ -78,13 +78,54 @@ def _means(names: list[str], sums: np.ndarray, rows: int) -> dict[str, float]:
 
 
 def exact_sum(vectors: list[np.ndarray]) -> np.ndarray:
-    """Σ vectors element by element, summed exactly and rounded once (as a secure sum gives)."""
+    """Σ vectors element by element, summed exactly and rounded once (as a secure sum gives):
+    ``math.fsum`` of every element's terms, computed for all elements at once — Shewchuk's
+    error-free partials, then fsum's rounding from the top partial down (with its half-even
+    correction). Elements with a non-finite term or sum go through math.fsum itself."""
     if not vectors:
         return np.zeros(0)
-    if len(vectors) == 1:
-        return np.asarray(vectors[0], dtype=np.float64).copy()
-    stacked = np.stack([np.asarray(v, dtype=np.float64) for v in vectors], axis=1)
-    return np.array([math.fsum(row) for row in stacked.tolist()], dtype=np.float64)
+    terms = np.stack([np.asarray(v, dtype=np.float64) for v in vectors])  # sites × values
+    partials: list[np.ndarray] = []
+    with np.errstate(over="ignore", invalid="ignore"):
+        for x in terms:
+            for k, y in enumerate(partials):  # x + y = hi + lo exactly (|a| ≥ |b|)
+                swap = np.abs(x) < np.abs(y)
+                a, b = np.where(swap, y, x), np.where(swap, x, y)
+                hi = a + b
+                partials[k] = b - (hi - a)
+                x = hi
+            partials.append(x)
+        # the non-zero partials do not overlap: by magnitude, zeros (dropped by fsum) below
+        stacked = np.stack(partials)
+        order = np.argsort(np.abs(stacked), axis=0, kind="stable")
+        part = np.take_along_axis(stacked, order, axis=0)
+        total = part[-1].copy()
+        lo = np.zeros_like(total)
+        below = np.zeros_like(total)  # the partial below the one where the sum became inexact
+        looping = np.ones(total.shape, dtype=bool)
+        for k in range(len(part) - 2, -1, -1):
+            x, y = total, part[k]
+            hi = x + y
+            low = y - (hi - x)
+            total = np.where(looping, hi, total)
+            lo = np.where(looping, low, lo)
+            stop = looping & (low != 0)
+            if k > 0:
+                below = np.where(stop, part[k - 1], below)
+            looping &= ~stop
+        # half-even rounding across partials: lo and the next partial push the same way
+        push = ((lo < 0) & (below < 0)) | ((lo > 0) & (below > 0))
+        twice = lo * 2
+        moved = total + twice
+        total = np.where(push & (moved - total == twice), moved, total)
+    total = np.where(total == 0, 0.0, total)  # fsum's zero is +0.0
+    for j in np.flatnonzero(~(np.isfinite(total) & np.isfinite(terms).all(axis=0))):
+        try:
+            total[j] = math.fsum(terms[:, j].tolist())
+        except OverflowError:  # the exact sum is finite but beyond float64: ±inf
+            with np.errstate(over="ignore"):
+                total[j] = math.inf if np.sum(terms[:, j] / 2) > 0 else -math.inf
+    return total
 
 
 class Train(App[TrainParams]):
