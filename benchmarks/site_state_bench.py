@@ -1,7 +1,8 @@
 """What a SCAFFOLD site's own state costs per round: writing its control c_i (the digits MLP's
 4,810 float64 values) as a safetensors state file — temporary file, fsync, rename, folder fsync —
 and pruning the older rounds, then reading it back with its sha256 check (a restarted or resumed
-site's read).
+site's read); and the coordinator's exact sum of the sites' n_i·Δc_i (training/app.py
+``exact_sum``) beside math.fsum per value, for 3 and 10 sites.
 
     python benchmarks/site_state_bench.py [--rounds 200] [--values 4810] [--folder /tmp]
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fedflow.node.state import FolderStore
-from fedflow.training.app import STATE_KEY
+from fedflow.training.app import STATE_KEY, exact_sum
 from fedflow.training.weights import from_safetensors, to_safetensors
 
 
@@ -56,7 +57,22 @@ def main() -> None:
         f"{statistics.median(writes) * 1e3:.2f} ms (p90 {p90 * 1e3:.2f} ms), read + hash check "
         f"median {statistics.median(reads) * 1e3:.2f} ms"
     )
+    for sites in (3, 10):
+        terms = [rng.normal(size=args.values) for _ in range(sites)]
+        for label, add in (("exact_sum", exact_sum), ("math.fsum per value", _fsum_each)):
+            times = []
+            for _ in range(30):
+                started = time.perf_counter()
+                add(terms)
+                times.append(time.perf_counter() - started)
+            print(f"{sites:>2} sites: {label} median {statistics.median(times) * 1e3:.2f} ms")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+def _fsum_each(terms: list[np.ndarray]) -> np.ndarray:
+    import math
+
+    return np.array([math.fsum(row) for row in np.stack(terms, axis=1).tolist()])
 
 
 if __name__ == "__main__":
