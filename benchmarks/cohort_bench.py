@@ -32,6 +32,7 @@ Markdown table rows; benchmarks/README.md holds the latest ones.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -239,6 +240,15 @@ def _parquet_file(path: Path, rows: int) -> None:
             )
 
 
+def _sha256(path: Path) -> str:
+    """The file's sha256, to check the one each run's manifest records."""
+    digest = hashlib.sha256()
+    with path.open("rb", buffering=0) as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _solo(
     folder: Path, path: Path, rows: int, tag: str = "0", src: str | None = None
 ) -> tuple[float, dict]:
@@ -272,8 +282,10 @@ def parquet(rows: int) -> None:
 
 
 def site(rows: int, repeat: int, defer: bool = True) -> None:
-    """A Parquet site's local work in this process, stage by stage: Setup (open: sha256, schema),
-    Prepare and linear-regression's factor (one pass and the QR); wall and CPU seconds, medians
+    """A Parquet site's local work in this process, stage by stage: Setup (open: the schema;
+    trees before 2026-12-01 06:40 also hash the file there), Prepare and linear-regression's
+    factor (one pass and the QR; since then the sha256 runs on a thread from Setup on, and this
+    stage includes waiting for it); wall and CPU seconds, medians
     of ``repeat``. With ``defer`` (what the site agent does), Prepare reads only the schema and
     the factor's pass checks the values; without (``--no-defer``), Prepare makes a pass of its
     own typing and checking the six columns."""
@@ -293,6 +305,8 @@ def site(rows: int, repeat: int, defer: bool = True) -> None:
                 wall, cpu = time.perf_counter(), time.process_time()
                 if stage == "open":
                     source = open_files([path])
+                    if hasattr(source, "start_fingerprints"):  # sha256 while the site reads
+                        source.start_fingerprints()
                 elif stage == "prepare":
                     table = prepare_streamed(
                         source,
@@ -306,6 +320,8 @@ def site(rows: int, repeat: int, defer: bool = True) -> None:
                     reply = app.local_factor(table, params, Empty(), SiteContext("s"))
                     table.ensure_checked()  # as the site does before replying: a no-op here
                     assert table.checked
+                    if hasattr(source, "fingerprints"):  # and waits for the file's sha256
+                        assert source.fingerprints()[0].sha256
                 stages[stage] = (time.perf_counter() - wall, time.process_time() - cpu)
             for stage, value in stages.items():
                 timings.setdefault(stage, []).append(value)
@@ -344,15 +360,24 @@ def huge(rows: int, repeat: int, baseline: str | None = None) -> None:
         started = time.perf_counter()
         _parquet_file(path, rows)
         print(f"| generated in {time.perf_counter() - started:.0f} s |")
+        started = time.perf_counter()
+        digest = _sha256(path)
+        print(
+            f"<!-- sha256 of the file alone, in this process: {time.perf_counter() - started:.1f} s -->"
+        )
         walls, rounds, cpus, rss, queries, outers, duck_cpus = [], [], [], [], [], [], []
         metrics: dict = {}
         before: list[float] = []
+        before_cpus: list[float] = []
         for i in range(repeat):
             if baseline is not None:
                 wall, old = _solo(folder, path, rows, f"baseline-{i}", baseline)
                 before.append(wall)
+                before_cpus.append(old["cpu_seconds"])
                 print(f"<!-- baseline run {i}: wall {wall:.1f} s, {_phases(old)} -->")
             wall, metrics = _solo(folder, path, rows, str(i))
+            manifest = json.loads((folder / f"run-{i}" / "manifest.json").read_text())
+            assert manifest["sites"]["solo"]["files"][0]["sha256"] == digest, "wrong fingerprint"
             walls.append(wall)
             rounds.append(sum(r["seconds"] for r in metrics["rounds"]))
             cpus.append(metrics["cpu_seconds"])
@@ -386,7 +411,8 @@ def huge(rows: int, repeat: int, baseline: str | None = None) -> None:
             old_wall = statistics.median(before)
             print(
                 f"| baseline fedflow ({baseline}), run alternately: wall median {old_wall:.1f} s "
-                f"({_list(before)}), {old_wall / query:.2f}× the DuckDB query |"
+                f"({_list(before)}), {old_wall / query:.2f}× the DuckDB query; CPU median "
+                f"{statistics.median(before_cpus):.1f} s |"
             )
         print(
             f"| fedflow / DuckDB query, ratio of medians: end to end {wall / query:.2f}×; "

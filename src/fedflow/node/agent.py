@@ -31,6 +31,7 @@ from fedflow.apps.base import App, SiteContext, Table, decode_payload, encode_pa
 from fedflow.errors import AppError, DataError, PolicyError, ProtocolError, RemoteProtocolError
 from fedflow.node.audit import AuditLog
 from fedflow.node.data import (
+    FileFingerprint,
     LoadedData,
     MemorySource,
     Source,
@@ -127,6 +128,8 @@ class NodeAgent:
         self._compute_seconds = 0.0
         self._secure: SecureSite | None = None
         """With ``secure = true``: this site's side of secure aggregation (None otherwise)."""
+        self._fingerprints: list[FileFingerprint] | None = None
+        """The data's fingerprints once every hash is complete (before the first result)."""
 
     # -- dispatch ------------------------------------------------------------------------------
     def handle(self, message: Message) -> Message:
@@ -242,6 +245,7 @@ class NodeAgent:
         started = time.perf_counter()
         self._setup = msg
         source = self._open_data(msg)
+        source.start_fingerprints()  # sha256 in the background, while the site reads the files
         self._source = source
         log.info(
             "opened %d rows × %d columns from %d source(s) in %.1f ms",
@@ -257,7 +261,7 @@ class NodeAgent:
                 Column(name, kind, source.missing.get(name, 0))
                 for name, kind in source.kinds.items()
             ],
-            files=[FileInfo(f.name, f.sha256, f.bytes, f.rows) for f in source.files],
+            files=_file_infos(source.files),  # a file's sha256 follows with Bye
         )
 
     def _load_app(self, msg: Prepare) -> App[Any]:
@@ -435,6 +439,10 @@ class NodeAgent:
             finally:  # no reply before every value is checked (see prepare_streamed's defer)
                 if isinstance(self._table, StreamedTable):
                     self._table.ensure_checked()
+            if self._fingerprints is None and self._source is not None:
+                # no result leaves before the data's hashes are complete (a file that changed
+                # since Setup fails here); they reach the coordinator with Bye
+                self._fingerprints = self._source.fingerprints()
         except DataError as exc:
             exc.site = None
             raise
@@ -482,10 +490,14 @@ class NodeAgent:
         leave = self.config.outputs_leave_site
         if written and not leave:
             log.info("per-site outputs stay at the site (outputs_leave_site = false)")
+        files = self._fingerprints
+        if files is None and self._source is not None:  # ended before a result: what is known
+            files = self._source.fingerprints(wait=False)
         return Bye(
             peak_rss=int(usage.ru_maxrss) * 1024,
             cpu_seconds=usage.ru_utime + usage.ru_stime,
             outputs=written if leave else [],
+            files=_file_infos(files or []),
         )
 
     # -- audit ---------------------------------------------------------------------------------
@@ -532,6 +544,10 @@ class NodeAgent:
         except OSError as exc:  # never answer without logging: stop serving
             log.error("cannot write the audit log %s: %s", self.audit.path, exc)
             raise SystemExit(1) from None
+
+
+def _file_infos(files: Sequence[FileFingerprint]) -> list[FileInfo]:
+    return [FileInfo(f.name, f.sha256, f.bytes, f.rows) for f in files]
 
 
 def _shape(payload: Any) -> Any:

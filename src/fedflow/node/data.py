@@ -2,9 +2,22 @@
 
 Two steps, so that a site holds only what an app needs:
 
-- **open** (at ``Setup``): ``open_files`` streams every file once to compute its fingerprint
-  (sha256 of its bytes) and row count, and reads its column names and kinds (Parquet: from the
-  file's schema; CSV: typed from the first 4 MiB, without a full parse). Nothing is kept.
+- **open** (at ``Setup``): ``open_files`` reads each file's row count (Parquet: from its
+  footer; CSV: counting lines, one read of the file) and its column names and kinds (Parquet:
+  from the file's schema; CSV: typed from the first 4 MiB, without a full parse). Nothing is
+  kept.
+- **fingerprint** (from ``Setup`` on, while the site reads): ``FileSource.start_fingerprints``
+  hashes every file's bytes (sha256 of the whole file) in a background thread, so the hash
+  overlaps with Prepare and the app's first pass instead of being a pass of its own before
+  Setup's reply (``hashlib`` and file reads release the GIL; the bytes the app read a moment
+  ago come from the OS page cache). ``fingerprints()`` waits for it: the site agent calls it
+  before its first reply that carries a result, so no result leaves a site whose files' hashes
+  are unknown, and sends them with its last reply (``Bye``). The thread compares each file's
+  size, modification time and inode with Setup's before and after hashing it, and every pass
+  over a file compares them before and after reading it: a file that changed between Setup and
+  the end of a pass is refused (DataError naming it), never hashed as other bytes than the ones
+  the app read. ``fingerprints(wait=False)`` returns what is known (None for a hash not
+  complete) and stops the thread: what a site that ends early reports.
 - **load** (at ``Prepare``), for apps with ``streaming = False``: ``Source.load(names)`` reads
   only the columns named, straight into numpy (numbers as int64/float64, text as object arrays
   built from dictionary-encoded categories, so each distinct label is one Python string);
@@ -58,16 +71,18 @@ error is one line naming the site, the file, the column and, where it has one, t
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import glob
 import hashlib
-import io
+import os
 import re
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -190,7 +205,8 @@ _EMPTY = _strings([""])[0]
 """The empty text cell (``fill_null("")`` would build it through pandas at every call)."""
 _DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 _PARQUET = {".parquet", ".pq"}
-_CHUNK = 1 << 20
+_HASH_CHUNK = 1 << 22
+"""Bytes read and hashed at a time by a source's fingerprint thread."""
 _BLOCK = 1 << 17
 """Bytes of a CSV block: pyarrow's streaming reader holds many blocks ahead, so 1 MiB blocks
 added 60 MB to a site's peak (128 KiB: 20 MB), for the same CPU time."""
@@ -208,7 +224,9 @@ _INTEGER = r"^[+-]?[0-9]+$"
 @dataclass(frozen=True)
 class FileFingerprint:
     name: str
-    sha256: str
+    sha256: str | None
+    """The hex sha256 of the file's bytes (of a query's canonical result); None while the
+    site's fingerprint thread has not finished it (see ``Source.fingerprints``)."""
     bytes: int
     rows: int
 
@@ -300,6 +318,17 @@ class Source(ABC):
         """Whether each pass parses text (CSV, TSV): streaming caches the columns then."""
         return False
 
+    def start_fingerprints(self) -> None:
+        """Start hashing the source's bytes in the background (files; a query's result and
+        data in memory are hashed when opened)."""
+        return None
+
+    def fingerprints(self, *, wait: bool = True) -> list[FileFingerprint]:
+        """Return ``files`` with their sha256. ``wait``: until every hash is complete (raises
+        DataError for a file that changed since Setup); else what is known now (None for the
+        rest) and stop hashing."""
+        return self.files
+
 
 class MemorySource(Source):
     """Data already in memory (in-memory runs and tests)."""
@@ -374,12 +403,15 @@ class _File(ABC):
         except OSError:
             now = None
         if now != self.signature:
-            name = self.path.name
-            raise DataError(
-                f"{name} changed since the site opened it (size, modification time or inode "
-                "differ from Setup's; run the study again)",
-                file=name,
-            )
+            raise self.changed()
+
+    def changed(self) -> DataError:
+        name = self.path.name
+        return DataError(
+            f"{name} changed since the site opened it (size, modification time or inode "
+            "differ from Setup's; run the study again)",
+            file=name,
+        )
 
 
 def _release_arrow_memory() -> None:
@@ -408,6 +440,27 @@ class FileSource(Source):
         self.kinds = kinds
         self.missing = {}
         self.hints = hints
+        self._hasher: _Hasher | None = None
+
+    def start_fingerprints(self) -> None:
+        if self._hasher is None:
+            self._hasher = _Hasher(self._files)
+
+    def fingerprints(self, *, wait: bool = True) -> list[FileFingerprint]:
+        if self._hasher is None:
+            if not wait:
+                return self.files
+            self.start_fingerprints()
+        assert self._hasher is not None
+        try:
+            digests = self._hasher.wait() if wait else self._hasher.stop()
+        except DataError as exc:
+            exc.site = self.site
+            raise
+        out = [dataclasses.replace(f, sha256=d) for f, d in zip(self.files, digests, strict=True)]
+        if all(d is not None for d in digests):
+            self.files = out
+        return out
 
     def stream(self, names: list[str], text: set[str]) -> Iterator[Batch]:
         for index, file in enumerate(self._files):
@@ -420,13 +473,18 @@ class FileSource(Source):
                 at += size
             if at != file.fingerprint.rows:
                 raise changed(file)
+            file.check_unchanged()  # the bytes read are those Setup opened (and are hashed)
 
     @property
     def reparses(self) -> bool:
         return any(isinstance(f, _DelimitedFile) for f in self._files)
 
     def _load(self, names: list[str]) -> LoadedData:
-        parts = [f.read(names) for f in self._files]
+        parts = []
+        for f in self._files:
+            f.check_unchanged()
+            parts.append(f.read(names))
+            f.check_unchanged()  # the bytes read are those Setup opened (and are hashed)
         merged: dict[str, np.ndarray] = {}
         missing: dict[str, np.ndarray] = {}
         for name in names:
@@ -536,44 +594,85 @@ def read_table(
     columns: Sequence[str] | None = None,
 ) -> LoadedData:
     """Read and concatenate every column of a site's data files (``open_files`` then
-    ``load``); ``row_file`` holds each row's file. Raises DataError as ``open_files`` does."""
+    ``load``, the files hashed meanwhile); ``row_file`` holds each row's file. Raises DataError
+    as ``open_files`` does."""
     source = open_files(paths, site=site, sep=sep, header=header, columns=columns)
+    source.start_fingerprints()
     loaded = source.load(source.columns)
+    loaded.files = source.fingerprints()
     loaded.row_file = np.repeat(np.arange(len(source.files)), [f.rows for f in source.files])
     return loaded
 
 
-# -- hashing while streaming -------------------------------------------------------------------
-class _Hashing(io.RawIOBase):
-    """A read-only stream over a file that hashes every byte read."""
+# -- fingerprints ----------------------------------------------------------------------------
+class _Hasher:
+    """Hashes a source's files, one after the other, in a background thread (see module)."""
 
-    def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
-        self.digest = hashlib.sha256()
-        self.size = 0
+    def __init__(self, files: Sequence[_File]) -> None:
+        self._files = list(files)
+        self._digests: list[str | None] = [None] * len(self._files)
+        self._error: DataError | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fedflow-sha256", daemon=True)
+        self._thread.start()
 
-    def readable(self) -> bool:
-        return True
+    def _run(self) -> None:
+        for index, file in enumerate(self._files):
+            try:
+                digest = _hash_file(file, self._stop)
+            except DataError as exc:
+                self._error = exc
+                return
+            except OSError as exc:
+                name = file.path.name
+                self._error = DataError(
+                    f"cannot read data file {name} to hash it: {exc.strerror or exc}", file=name
+                )
+                return
+            if digest is None:  # stopped
+                return
+            self._digests[index] = digest
 
-    def readinto(self, buffer: Any) -> int:
-        n = self._stream.readinto(buffer)  # type: ignore[attr-defined]
-        if n:
-            self.digest.update(memoryview(buffer)[:n])
-            self.size += n
-        return n or 0
+    def wait(self) -> list[str | None]:
+        """Return every file's sha256 once all are hashed. Raises DataError for a file that
+        changed since Setup or could not be read."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return list(self._digests)
 
-    def drain(self) -> None:
-        """Hash what the reader left unread."""
-        while chunk := self._stream.read(_CHUNK):
-            self.digest.update(chunk)
-            self.size += len(chunk)
+    def stop(self) -> list[str | None]:
+        """Stop hashing; return the hashes complete by now (None for the others)."""
+        self._stop.set()
+        self._thread.join()
+        return list(self._digests)
 
 
-def _file_fingerprint(path: Path, rows: int) -> FileFingerprint:
-    with path.open("rb") as f:
-        hashing = _Hashing(f)
-        hashing.drain()
-    return FileFingerprint(path.name, hashing.digest.hexdigest(), hashing.size, rows)
+def _hash_file(file: _File, stop: threading.Event) -> str | None:
+    """Return the sha256 of ``file``'s bytes, or None when ``stop`` was set meanwhile. Raises
+    DataError when the file's size, modification time or inode differ from Setup's before or
+    after it is read, or it holds another number of bytes."""
+    digest = hashlib.sha256()
+    size = 0
+    buffer = bytearray(_HASH_CHUNK)
+    view = memoryview(buffer)
+    with open(file.path, "rb", buffering=0) as f:
+        if _fstat_signature(f.fileno()) != file.signature:
+            raise file.changed()
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+            size += n
+            if stop.is_set():
+                return None
+        if _fstat_signature(f.fileno()) != file.signature or size != file.signature[0]:
+            raise file.changed()
+    file.check_unchanged()  # and the path still names that file
+    return digest.hexdigest()
+
+
+def _fstat_signature(fd: int) -> tuple[int, int, int]:
+    stat = os.fstat(fd)
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
 # -- delimited files -------------------------------------------------------------------------
@@ -659,8 +758,8 @@ class _DelimitedFile(_File):
         found = [h for h in (_sep_hint(self.names, delimiter), _header_hint(self.names)) if h]
         if header:
             hints.extend(f"{path.name}: {h}" for h in found if f"{path.name}: {h}" not in hints)
-        rows, digest, size = self._count()
-        self.fingerprint = FileFingerprint(path.name, digest, size, rows)
+        rows = self._count()
+        self.fingerprint = FileFingerprint(path.name, None, self.signature[0], rows)
         self.kinds = self._sample_kinds() if rows else dict.fromkeys(self.names, "str")
 
     def _options(
@@ -727,25 +826,19 @@ class _DelimitedFile(_File):
                     )
         return DataError(f"{name}: a line has the wrong number of fields", file=name)
 
-    def _count(self) -> tuple[int, str, int]:
-        """Stream the file once: its sha256, size and rows. Without quotes (which may hold line
-        breaks) and lone carriage returns, rows are the non-empty lines, counted as the bytes
-        stream by; otherwise the CSV reader counts them, checking each line's fields."""
+    def _count(self) -> int:
+        """Stream the file once: its rows. Without quotes (which may hold line breaks) and lone
+        carriage returns, rows are the non-empty lines, counted as the bytes stream by;
+        otherwise the CSV reader counts them, checking each line's fields."""
         lines = blank = 0
         simple = True
         pending = 0  # bytes of the current line in earlier chunks
         pending_cr = False  # ... and they are one carriage return
-        size = 0
-        digest = hashlib.sha256()
         with self.path.open("rb") as f:
             while chunk := f.read(1 << 22):
-                digest.update(chunk)
-                size += len(chunk)
-                if not simple:
-                    continue
                 if b'"' in chunk or chunk.count(b"\r") != chunk.count(b"\r\n"):
-                    simple = False
-                    continue
+                    simple = False  # the CSV reader counts the rows
+                    break
                 codes = np.frombuffer(chunk, dtype=np.uint8)
                 breaks = np.flatnonzero(codes == 10)
                 if not len(breaks):
@@ -764,12 +857,12 @@ class _DelimitedFile(_File):
         if pending:
             lines += 1  # a last line without a line break
         if simple:
-            return lines - blank - (1 if self.header else 0), digest.hexdigest(), size
+            return lines - blank - (1 if self.header else 0)
         rows = 0
         first = self.names[0]
         for batch in self._stream(str(self.path), [first], {first: pa.string()}, threads=False):
             rows += batch.num_rows
-        return rows, digest.hexdigest(), size
+        return rows
 
     def _sample_kinds(self) -> dict[str, str]:
         """Return each column's kind in the first ``_SAMPLE`` bytes (every row of smaller files)."""
@@ -849,7 +942,7 @@ class _ParquetFile(_File):
                 f"{path.name}: not a readable Parquet file ({exc})", file=path.name
             ) from None
         self.types = {str(f.name): f.type for f in schema}
-        self.fingerprint = _file_fingerprint(path, rows)
+        self.fingerprint = FileFingerprint(path.name, None, self.signature[0], rows)
         kinds: dict[str, str] = {}
         sample: pa.RecordBatch | None = None
         for index, (name, kind) in enumerate(self.types.items()):

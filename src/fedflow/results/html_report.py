@@ -151,7 +151,7 @@ def _what_ran(run: SavedRun) -> str:
                     site.get("kind", "") if i == 0 else "",
                     site.get("host") or site.get("agent_host") or "" if i == 0 else "",
                     f.get("name") or f.get("table") or "",
-                    f.get("sha256") or "",
+                    f.get("sha256") or ("unknown" if "sha256_unknown" in f else ""),
                     f.get("bytes", ""),
                     f.get("rows", ""),
                     site.get("rows_used", "") if i == 0 else "",

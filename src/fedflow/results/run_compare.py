@@ -124,6 +124,19 @@ class _Absent:
 _ABSENT: Any = _Absent()
 
 
+class _Unknown:
+    """A sha256 a run's manifest does not know (the run ended before the site sent it): equal
+    to nothing, not even another unknown one, so that two such runs never look identical."""
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    __hash__ = object.__hash__
+
+    def __str__(self) -> str:
+        return "unknown"
+
+
 def _show_absent(value: Any) -> str:
     return "(absent)" if value is _ABSENT else _show(value)
 
@@ -145,6 +158,8 @@ def _fingerprint(site: Mapping[str, Any]) -> dict[str, Any]:
             for key in ("sha256", "bytes", "rows"):
                 if key in f:
                     out[f"{label} {key}"] = f[key]
+            if "sha256" in f and f["sha256"] is None:
+                out[f"{label} sha256"] = _Unknown()
     if isinstance(site.get("columns"), Mapping):
         out["columns"] = ", ".join(f"{k}:{v}" for k, v in site["columns"].items())
     for key in ("rows", "rows_used"):

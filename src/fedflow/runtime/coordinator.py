@@ -41,6 +41,7 @@ from fedflow.wire import (
     ROUND_REQUESTS,
     Bye,
     Failure,
+    FileInfo,
     Finish,
     Hello,
     Message,
@@ -84,13 +85,27 @@ class SiteRecord:
         if self.ready:
             entry["rows"] = self.ready.rows
             entry["columns"] = {c.name: c.dtype for c in self.ready.columns}
-            entry["files"] = [
-                {"name": f.name, "sha256": f.sha256, "bytes": f.bytes, "rows": f.rows}
-                for f in self.ready.files
-            ]
+            entry["files"] = [_file_entry(f) for f in _fingerprints(self.ready, self.bye)]
         if self.rows_used is not None:
             entry["rows_used"] = self.rows_used
         return entry
+
+
+def _fingerprints(ready: Ready, bye: Bye | None) -> list[FileInfo]:
+    """The data's fingerprints: a file's sha256 arrives with Bye (hashed while the site read
+    it), a query's with Ready."""
+    known = {f.name: f for f in bye.files} if bye is not None else {}
+    return [f if f.sha256 is not None else known.get(f.name, f) for f in ready.files]
+
+
+def _file_entry(f: FileInfo) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": f.name, "sha256": f.sha256, "bytes": f.bytes, "rows": f.rows}
+    if f.sha256 is None:  # never a hash the site did not compute
+        entry["sha256_unknown"] = (
+            "the run ended before the site reported this file's sha256 (it is sent with the "
+            "site's last reply, once the site has hashed the file)"
+        )
+    return entry
 
 
 class Coordinator:

@@ -6,7 +6,7 @@ Conversation (coordinator → node, node → coordinator), one answer per reques
     Setup(data | dataset, dropna, min_count, seed, outputs, …) → Ready(rows, columns, files)
     Prepare(app, params, columns, code)     → Prepared(rows)                     check columns
     Task(round, phase, payload)             → Reply(round, payload, seconds)     one per round
-    Finish(status)                          → Bye(peak_rss, cpu_seconds, outputs)
+    Finish(status)                          → Bye(peak_rss, cpu_seconds, outputs, files)
 
 With ``secure = true`` (``Prepare.secure``) the site keeps its own reply to a summed phase and
 sends it only masked (docs/secure-aggregation.md). For analytics (a dropped site ends the run)
@@ -75,7 +75,7 @@ __all__ = [
     "Welcome",
 ]
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 
 class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True):
@@ -91,10 +91,14 @@ class Column(msgspec.Struct, frozen=True):
 
 
 class FileInfo(msgspec.Struct, frozen=True):
-    """A data file's fingerprint, computed at the site: name, sha256, size and row count."""
+    """A data file's fingerprint, computed at the site: name, sha256, size and row count.
+
+    ``sha256`` is None where the site has not hashed the file yet: ``Ready`` carries files'
+    names, sizes and rows (a file's hash is computed while the site reads it, a query's at
+    Setup), ``Bye`` every hash the site completed (all of them once it sent a result)."""
 
     name: str
-    sha256: str
+    sha256: str | None
     bytes: int
     rows: int
 
@@ -178,6 +182,8 @@ class Bye(_Msg, tag="bye", frozen=True):
     peak_rss: int
     cpu_seconds: float
     outputs: list[str] = []
+    files: list[FileInfo] = []
+    """The data's fingerprints as the site ends (see ``FileInfo``)."""
 
 
 class Failure(_Msg, tag="failure", frozen=True):
