@@ -43,6 +43,10 @@ def _cut_after_two_rounds(tmp_path: Path) -> tuple[Path, Path, Path]:
     """The scaffold study, its uninterrupted run, and a run interrupted (Ctrl-C) while round 3
     trains — after the checkpoint of round 2."""
     study = _study(tmp_path / "study", "scaffold")
+    # 2 of the 3 sites train each round; with seed 2 (rounds 1–4: site0 and site2, site1 and
+    # site2, site0 and site1, site0 and site2) site0 starts round 3 from its state of round 1
+    text = study.read_text().replace("fraction = 0.7", "fraction = 0.5")
+    study.write_text(text.replace("seed = 11", "seed = 2"))
     whole = _run(study, tmp_path / "whole").dir
     out = tmp_path / "cut"
     with pytest.raises(RunInterrupted):
@@ -60,6 +64,8 @@ def test_scaffold_checkpoint_holds_no_site_control_and_resumes_from_the_sites_fi
     assert set(arrays) <= {"weights", "best", "control"}  # global state only
     assert "control" in arrays
     sampled = meta["sampling"]
+    assert sampled["1"] == ["site0", "site2"] and sampled["2"] == ["site1", "site2"]
+    assert meta["state_rounds"] == {"site0": 1, "site1": 2, "site2": 2}
     # each site starts from the last round it trained in (and was aggregated)
     for site in ("site0", "site1", "site2"):
         trained = [int(k) for k in ("1", "2") if site in sampled[k]]
