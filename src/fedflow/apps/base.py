@@ -22,7 +22,8 @@ Results are JSON-ready dicts; regression apps put ``coefficients`` and ``std_err
 from ``"intercept"`` and each feature name to a number. ``docs/writing-an-app.md`` is the guide.
 
 A site's local state (if an app needs any between rounds) lives in ``SiteContext.state``; the
-coordinator's in ``CoordinatorContext.state``. Files an app wants written at the site itself (for
+coordinator's in ``CoordinatorContext.state``. State that must outlive the site's agent (a restart,
+``fedflow resume``) goes through ``SiteContext.store``, whose files the node agent keeps. Files an app wants written at the site itself (for
 example per-site projections) go into ``SiteContext.outputs``: the node agent writes them to the
 site's own output folder, and they never travel to the coordinator.
 """
