@@ -205,7 +205,7 @@ _EMPTY = _strings([""])[0]
 """The empty text cell (``fill_null("")`` would build it through pandas at every call)."""
 _DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 _PARQUET = {".parquet", ".pq"}
-_HASH_CHUNK = 1 << 22
+_HASH_CHUNK = 1 << 20
 """Bytes read and hashed at a time by a source's fingerprint thread."""
 _BLOCK = 1 << 17
 """Bytes of a CSV block: pyarrow's streaming reader holds many blocks ahead, so 1 MiB blocks
