@@ -3,29 +3,65 @@
 ``ForkServer.start()`` launches one server process per run; ``spawn(site, args, log)`` returns
 the new site's pid and the coordinator's end of its channel (a socket the site uses as stdin and
 stdout). Requests are short and serialised; the server answers each at once.
+
+``ForkServer(preload=site_imports(study))`` has the server import, before its first fork, the
+libraries a training study's plan imports (torch, scikit-learn): once for all local sites instead
+of once per site in round 1.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import json
 import os
 import socket
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import IO, Any
 
 from fedflow.errors import SiteError
 
-__all__ = ["ForkServer"]
+__all__ = ["ForkServer", "site_imports"]
+
+
+def site_imports(study: Any) -> tuple[str, ...]:
+    """The modules the local sites of ``study`` import in their first round that the fork server
+    may load for them once: for ``app = "train"``, the torch and scikit-learn modules its plan
+    imports (read from the plan's import statements; the plan itself is not run here). Empty for
+    every other study, and for a plan that cannot be read or parsed (the run reports that)."""
+    plan = dict(study.params).get("plan") if study.app == "train" else None
+    if not isinstance(plan, str):
+        return ()
+    try:
+        tree = ast.parse(Path(study.resolve(plan)).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return ()
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append(node.module)
+    wanted = [m for m in dict.fromkeys(found) if m.split(".")[0] in ("torch", "sklearn")]
+    return tuple(sorted(wanted, key=lambda m: (m.split(".")[0] != "torch", m)))
 
 
 class ForkServer:
     """One pre-imported Python that forks local node agents on request."""
 
-    def __init__(self, python: str = sys.executable, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        python: str = sys.executable,
+        env: dict[str, str] | None = None,
+        preload: Sequence[str] = (),
+    ) -> None:
         self.python = python
         self.env = env
+        self.preload = list(preload)
+        """Modules the server imports before its first fork (``site_imports``)."""
         self._proc: asyncio.subprocess.Process | None = None
         self._control: socket.socket | None = None
         self._lock = asyncio.Lock()
@@ -45,6 +81,7 @@ class ForkServer:
                 "-m",
                 "fedflow.node.forkserver",
                 str(theirs.fileno()),
+                *(["--preload", *self.preload] if self.preload else []),
                 pass_fds=[theirs.fileno()],
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,

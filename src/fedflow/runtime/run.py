@@ -24,6 +24,7 @@ from fedflow.apps import get_app
 from fedflow.apps.base import App
 from fedflow.connectors import ForkServer, connector_for
 from fedflow.connectors.base import Connector
+from fedflow.connectors.forkserver import site_imports
 from fedflow.errors import AppError, StudyError
 from fedflow.results.run import Run
 from fedflow.results.rundir import RunDirectory, json_ready, utc_now, write_toml
@@ -213,7 +214,7 @@ async def arun_study(
         else:
             assert app is not None
             if connectors is None and any(c.is_local for c in study.clients) and _use_forkserver():
-                forkserver = ForkServer()
+                forkserver = ForkServer(preload=site_imports(study))  # torch once
             conns = (
                 dict(connectors)
                 if connectors is not None
