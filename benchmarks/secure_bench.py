@@ -181,7 +181,11 @@ def _size(b: float) -> str:
 
 
 def rounds_table(
-    full: bool, dropout: bool = False, sizes: tuple[int, ...] = (3, 10, 50), repeat: int = 1
+    full: bool,
+    dropout: bool = False,
+    sizes: tuple[int, ...] = (3, 10, 50),
+    repeat: int = 1,
+    lengths: tuple[int, ...] = (10, 10_000, 1_000_000),
 ) -> None:
     load = os.getloadavg()
     print(f"load average before: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}", flush=True)
@@ -191,7 +195,7 @@ def rounds_table(
     )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in sizes:
-        for length in (10, 10_000, 1_000_000):
+        for length in lengths:
             if n == 50 and length == 1_000_000 and not full:
                 print(f"| {n} | {length:,} | skipped (--full) | | | | |", flush=True)
                 continue
@@ -288,11 +292,18 @@ def main() -> None:
     parser.add_argument("--dropout", action="store_true", help="rounds: dropout-tolerant protocol")
     parser.add_argument("--sites", type=int, nargs="+", default=[3, 10, 50], help="rounds: sites")
     parser.add_argument(
+        "--lengths",
+        type=int,
+        nargs="+",
+        default=[10, 10_000, 1_000_000],
+        help="rounds: vector lengths",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=1, help="rounds: runs of each mode, alternately (the least)"
     )
     args = parser.parse_args()
     if args.what == "rounds":
-        rounds_table(args.full, args.dropout, tuple(args.sites), args.repeat)
+        rounds_table(args.full, args.dropout, tuple(args.sites), args.repeat, tuple(args.lengths))
         return
     print(
         "| sites | length | ring bits | keys + shares, all sites | mask, one site | unmask "

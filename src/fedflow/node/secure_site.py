@@ -5,7 +5,8 @@ the agent answers no plain ``Task``). Its public key for the run's pairwise mask
 (``public_key``) leaves in the agent's ``Prepared`` answer. Without dropout recovery
 (analytics) a round is one message::
 
-    MaskedTask   (the first of the run: agree the pair keys with every site's relayed key, once)
+    MaskedTask   (the first of the run: agree the pair keys with its neighbours in the masking
+                 graph drawn from every site's relayed key and the threshold, once)
                  compute local_<phase> (a retry of the same round reuses the kept reply); answer
                  its layout, its exponent range and, if the proposed encoding holds its values,
                  the reply encoded and masked with pairwise masks under a fresh counter
@@ -147,13 +148,17 @@ class SecureSite:
 
     # -- one exchange (no dropout recovery) ---------------------------------------------------
     def _masked(self, msg: MaskedTask) -> MaskedSum:
-        if (msg.session is None) != (msg.keys is None):
-            raise RemoteProtocolError("a masked task with a session id but no keys, or keys alone")
+        if (msg.session is None) != (msg.keys is None) or (
+            msg.threshold is not None and msg.keys is None
+        ):
+            raise RemoteProtocolError(
+                "a masked task with a session id but no keys, or keys or a threshold alone"
+            )
         if msg.session is not None and msg.keys is not None:
             self._check_session(msg.session)
             self._check_sites(list(msg.keys))
             try:
-                self.masker.agree(msg.session, msg.keys)
+                self.masker.agree(msg.session, msg.keys, msg.threshold)
             except SecureAggregationError as exc:
                 where = f" (site '{exc.site}')" if exc.site and exc.site != self.site else ""
                 raise RemoteProtocolError(exc.message + where) from None

@@ -158,7 +158,7 @@ class Driver:
             keys[name] = reply.mask_pk
         from fedflow.runtime.secure import MaskedRun
 
-        self.masked_run = MaskedRun(self.session_id, keys)
+        self.masked_run = MaskedRun(self.session_id, keys, self.threshold)
 
     def _check_secure(self, n: int) -> None:
         support = type(self.app).secure

@@ -260,12 +260,19 @@ def first_proposal(terms: int) -> FixedPoint:
 
 class MaskedRun:
     """The coordinator's state of the one-exchange protocol over a run: the session id, every
-    site's public key (from its ``Prepared``; relayed with the first request to each site), the
-    mask counter (strictly increasing), and per phase the union of the ranges seen so far."""
+    site's public key (from its ``Prepared``; relayed with the first request to each site, with
+    the collusion threshold that draws the masking graph), the mask counter (strictly
+    increasing), and per phase the union of the ranges seen so far."""
 
-    def __init__(self, session_id: bytes, keys: Mapping[str, bytes]) -> None:
+    def __init__(
+        self, session_id: bytes, keys: Mapping[str, bytes], threshold: int | None = None
+    ) -> None:
         self.session_id = session_id
         self.keys = dict(keys)
+        self.threshold = threshold if threshold is not None else majority(len(self.keys))
+        """The collusion threshold t (default a majority): from ``SPARSE_FROM`` sites on, each
+        site masks with its t neighbours in the Harary graph H(t, n), so that up to t − 1
+        colluding sites learn nothing beyond the sum over the others."""
         self.counter = 0
         self.relayed: set[str] = set()
         """Sites that received the keys."""
@@ -341,6 +348,7 @@ class MaskedRound:
                 terms=self.spec.terms,
                 session=run.session_id if first else None,
                 keys=dict(run.keys) if first else None,
+                threshold=run.threshold if first else None,
             )
             run.relayed.add(name)
         return out

@@ -38,21 +38,35 @@ FLOAT64_MSB = 1024
 _MIN_NORMAL = 2.0**-1022
 
 
-def _split(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return (mantissa, exponent) with values = mantissa·2^exponent exactly, |mantissa| < 2^53,
-    mantissa odd (or zero: exponent 0)."""
-    fraction, exponent = np.frexp(values)
-    mantissa = np.ldexp(fraction, 53).astype(np.int64)  # exact: 53 significant bits at most
-    exponent = exponent.astype(np.int64) - 53
-    nonzero = mantissa != 0
-    magnitude = np.abs(mantissa)
-    # strip trailing zero bits so that the exponent is the place of the lowest set bit
-    low = magnitude & -magnitude
-    shift = np.zeros_like(exponent)
-    shift[nonzero] = np.log2(low[nonzero].astype(np.float64)).astype(np.int64)
-    mantissa = np.where(nonzero, mantissa >> shift, 0)
-    exponent = np.where(nonzero, exponent + shift, 0)
-    return mantissa, exponent
+_FRACTION = np.uint64((1 << 52) - 1)
+_HIDDEN = np.uint64(1 << 52)
+_EXPONENT = np.uint64(0x7FF)
+
+
+def _parts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return (mantissa, exponent, negative, finite) of float64 values from their bits:
+    |value| = mantissa·2^exponent exactly, mantissa a uint64 below 2^53 (0 for ±0)."""
+    bits = np.ascontiguousarray(values, dtype=np.float64).view(np.uint64)
+    biased = (bits >> np.uint64(52)) & _EXPONENT
+    fraction = bits & _FRACTION
+    normal = biased != 0
+    mantissa = np.where(normal, fraction | _HIDDEN, fraction)
+    exponent = np.maximum(biased.astype(np.int64), 1) - 1075
+    return mantissa, exponent, (bits >> np.uint64(63)).astype(bool), biased != _EXPONENT
+
+
+def _places(mantissa: np.ndarray, exponent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return, for nonzero mantissas below 2^53, the place of the lowest set bit of
+    mantissa·2^exponent and the bit length of its magnitude (its ``lsb`` and ``msb``)."""
+    lowest = mantissa & (~mantissa + _ONE)  # a power of two below 2^53: exact as a float64
+    low = (lowest.astype(np.float64).view(np.uint64) >> np.uint64(52)).astype(np.int64) - 1023
+    top = (mantissa.astype(np.float64).view(np.uint64) >> np.uint64(52)).astype(np.int64) - 1022
+    return exponent + low, exponent + top
+
+
+_CHUNK = 1 << 14
+"""Values per chunk of the vectorised paths: their temporaries stay in cache (and out of
+the allocator's fresh pages) however long the vector."""
 
 
 def exponent_range(values: np.ndarray | Iterable[float]) -> tuple[int, int]:
@@ -61,15 +75,23 @@ def exponent_range(values: np.ndarray | Iterable[float]) -> tuple[int, int]:
     array = np.asarray(values, dtype=np.float64).ravel()
     if array.size <= 64:  # a short vector: Python floats cost less than numpy's calls
         return _exponent_range_each(array.tolist())
-    if not np.all(np.isfinite(array)):
-        raise EncodingError("cannot encode NaN or infinity for secure aggregation")
-    mantissa, exponent = _split(array)
-    nonzero = mantissa != 0
-    if not nonzero.any():
+    lsb: int | None = None
+    msb: int | None = None
+    for start in range(0, array.size, _CHUNK):
+        mantissa, exponent, _, finite = _parts(array[start : start + _CHUNK])
+        if not finite.all():
+            raise EncodingError("cannot encode NaN or infinity for secure aggregation")
+        nonzero = mantissa != 0
+        if not nonzero.all():
+            if not nonzero.any():
+                continue
+            mantissa, exponent = mantissa[nonzero], exponent[nonzero]
+        low, top = _places(mantissa, exponent)
+        lsb = int(low.min()) if lsb is None else min(lsb, int(low.min()))
+        msb = int(top.max()) if msb is None else max(msb, int(top.max()))
+    if lsb is None or msb is None:
         return 0, 0
-    lsb = int(exponent[nonzero].min())
-    _, top = np.frexp(array[nonzero])
-    return lsb, int(top.max())
+    return lsb, msb
 
 
 def _exponent_range_each(values: list[float]) -> tuple[int, int]:
@@ -158,62 +180,79 @@ class FixedPoint:
         return ring.from_ints(ints, self.limbs)
 
     def _encode_floats(self, values: np.ndarray) -> np.ndarray:
+        """``encode`` of a float64 array: ``_encode_narrow`` for rings of one or two limbs,
+        else (or to name a value that does not fit) ``_encode_bits``."""
         if self.limbs <= 2 and self.msb - self.lsb <= 126:
-            fast = self._encode_narrow(values)
-            if fast is not None:
-                return fast
-        limbs, n = self.limbs, values.shape[0]
-        bad = ~np.isfinite(values)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise self._refuse(i, float(values[i]), "is not finite: outside")
-        _, top = np.frexp(values)
-        big = (top > self.msb) & (values != 0)
-        if big.any():
-            i = int(np.argmax(big))
-            raise self._refuse(i, float(values[i]), "lies outside")
-        mantissa, exponent = _split(values)
-        fine = (exponent < self.lsb) & (mantissa != 0)
-        if fine.any():
-            i = int(np.argmax(fine))
-            raise self._refuse(i, float(values[i]), "has bits finer than the resolution")
-        shift = np.where(mantissa != 0, exponent - self.lsb, 0)
-        magnitude = np.abs(mantissa).astype(np.uint64)
-        word, offset = shift // 64, (shift % 64).astype(np.uint64)
-        out = ring.zeros(n, limbs)
-        rows = np.arange(n)
-        out[rows, word] = magnitude << offset
-        spill = (offset > 0) & (word + 1 < limbs)
-        high = magnitude[spill] >> (np.uint64(64) - offset[spill])
-        out[rows[spill], word[spill] + 1] = high
-        negative = mantissa < 0
-        if negative.any():
-            out[negative] = ring.neg(out[negative])
-        return out
+            out = np.empty((values.shape[0], self.limbs), dtype=np.uint64)
+            for start in range(0, values.shape[0], _CHUNK):
+                chunk = values[start : start + _CHUNK]
+                if not self._encode_narrow(chunk, out[start : start + _CHUNK]):
+                    return self._encode_bits(values)  # refuses, naming the value
+            return out
+        return self._encode_bits(values)
 
-    def _encode_narrow(self, values: np.ndarray) -> np.ndarray | None:
-        """``encode`` of floats into a ring of one or two limbs, with float operations only:
-        x = v·2^(−lsb) is exact, and an integer below 2^126 when v fits; its two 64-bit halves
-        are exact too (hi = ⌊|x|/2^64⌋, lo = |x| − hi·2^64 keeps a window of x's 53 bits).
-        Returns None when a value does not fit (the exact path then names it)."""
+    def _encode_narrow(self, values: np.ndarray, out: np.ndarray) -> bool:
+        """Write into ``out`` the encoding of ``values`` in a ring of one or two limbs, with
+        float operations: x = v·2^(−lsb) is exact (two multiplications by powers of two, each
+        factor within float64's range), and an integer below 2^126 when v fits; its two 64-bit
+        halves are exact too (hi = ⌊|x|/2^64⌋, lo = |x| − hi·2^64 keeps a window of x's 53
+        bits). Returns False when a value does not fit (NaN, infinite, too large, too fine)."""
+        half = -self.lsb // 2
         with np.errstate(all="ignore"):
-            scaled = np.ldexp(values, -self.lsb)
+            scaled = values * _pow2(half)
+            scaled *= _pow2(-self.lsb - half)
             magnitude = np.abs(scaled)
             if not (
-                np.all(magnitude < 2.0 ** (self.msb - self.lsb))
-                and np.all(np.floor(magnitude) == magnitude)
+                magnitude.max(initial=0.0) < 2.0 ** (self.msb - self.lsb)
+                and np.array_equal(np.floor(magnitude), magnitude)
             ):
-                return None  # not finite, too large, or bits finer than 2^lsb
+                return False  # not finite, too large, or bits finer than 2^lsb
         if self.limbs == 1:
-            return scaled.astype(np.int64).view(np.uint64).reshape(-1, 1)
-        high = np.floor(np.ldexp(magnitude, -64))
-        low = (magnitude - np.ldexp(high, 64)).astype(np.uint64)
+            out[:, 0] = scaled.astype(np.int64).view(np.uint64)
+            return True
+        high = np.floor(magnitude * 2.0**-64)
+        low = (magnitude - high * 2.0**64).astype(np.uint64)
         top = high.astype(np.uint64)
-        negative = scaled < 0
-        out = np.empty((values.shape[0], 2), dtype=np.uint64)
+        negative = np.signbit(scaled) & (magnitude != 0)
         # −(hi·2^64 + lo) in Z/2^128: (2^64 − lo) mod 2^64, and ~hi + 1 when lo is 0 (else ~hi)
         out[:, 0] = np.where(negative, np.negative(low), low)
         out[:, 1] = np.where(negative, ~top + (low == 0).astype(np.uint64), top)
+        return True
+
+    def _encode_bits(self, values: np.ndarray) -> np.ndarray:
+        """``encode`` of a float64 array, from the values' bits, chunk by chunk: the mantissa
+        (below 2^53) of each value shifted to its place above 2^lsb in the ring's limbs,
+        negated (two's complement) where the value is negative; whatever the ring's width."""
+        finite = np.isfinite(values)
+        if not finite.all():
+            i = int(np.argmin(finite))
+            raise self._refuse(i, float(values[i]), "is not finite: outside")
+        out = np.empty((values.shape[0], self.limbs), dtype=np.uint64)
+        big: int | None = None
+        fine: int | None = None
+        for start in range(0, values.shape[0], _CHUNK):
+            chunk = values[start : start + _CHUNK]
+            mantissa, exponent, negative, _ = _parts(chunk)
+            nonzero = mantissa != 0
+            low, top = _places(mantissa, exponent)
+            outside = nonzero & (top > self.msb)
+            if big is None and outside.any():
+                big = start + int(np.argmax(outside))
+            finer = nonzero & (low < self.lsb)
+            if fine is None and finer.any():
+                fine = start + int(np.argmax(finer))
+            if big is not None or fine is not None:
+                continue  # refused below: the first value of each kind is named
+            shift = exponent - self.lsb
+            # a value whose exponent lies below 2^lsb has as many zero bits at the bottom
+            under = np.minimum(np.maximum(-shift, 0), 63).astype(np.uint64)
+            part = ring.place(mantissa >> under, np.maximum(shift, 0), self.limbs)
+            ring.negate_where(part, negative & nonzero)
+            out[start : start + _CHUNK] = part
+        if big is not None:
+            raise self._refuse(big, float(values[big]), "lies outside")
+        if fine is not None:
+            raise self._refuse(fine, float(values[fine]), "has bits finer than the resolution")
         return out
 
     def decode(self, vector: np.ndarray) -> list[Fraction]:
@@ -224,7 +263,7 @@ class FixedPoint:
     def decode_float(self, vector: np.ndarray) -> np.ndarray:
         """Return the values as float64, each the correctly rounded value of the exact sum
         (±inf beyond the float64 range)."""
-        if vector.shape[1] <= 2 and vector.shape[0] > 64:
+        if vector.shape[0] > 16 and -2000 < self.lsb < 2000:
             return self._decode_float_wide(vector)
         return self._decode_float_each(vector)
 
@@ -248,58 +287,118 @@ class FixedPoint:
         return out
 
     def _decode_float_wide(self, vector: np.ndarray) -> np.ndarray:
-        """``decode_float`` of a ring of one or two limbs, vectorised: each signed value is
-        rounded to 53 significant bits (to nearest, ties to even) with integer operations on
-        its two 64-bit halves, then scaled by 2^lsb exactly; values whose result is subnormal,
-        zero after scaling or infinite take the exact path."""
-        words = np.ascontiguousarray(vector, dtype=np.uint64)
-        lo = words[:, 0].copy()
-        hi = words[:, 1].copy() if words.shape[1] == 2 else (lo >> np.uint64(63)) * _ALL
-        negative = (hi >> np.uint64(63)).astype(bool)
-        # magnitude of the two's complement (hi, lo): ~x + 1
-        lo[negative], hi[negative] = ~lo[negative] + _ONE, ~hi[negative]
-        hi[negative] += (lo[negative] == 0).astype(np.uint64)
-        length = np.where(hi > 0, 64 + _bit_length(hi), _bit_length(lo))
-        shift = np.maximum(length - 53, 0).astype(np.uint64)
-        # q = magnitude >> shift, rest = the bits shifted out, half = 2^(shift-1)
-        small = shift < 64
-        q = np.where(small, (lo >> np.minimum(shift, 63)), hi >> (np.maximum(shift, 64) - 64))
-        q = np.where(
-            small & (shift > 0),
-            q | (hi << (np.uint64(64) - np.clip(shift, 1, 63))),
-            q,
-        )
-        # rest compared with half: look at the bit below the cut and whether any below it is set
-        below = shift - _ONE  # the half bit's position (shift > 0)
-        half_bit = np.where(
-            below < 64,
-            (lo >> np.minimum(below, 63)) & _ONE,
-            (hi >> (np.maximum(below, 64) - 64)) & _ONE,
-        )
-        low_mask_lo = np.where(below >= 64, _ALL, (_ONE << np.minimum(below, 63)) - _ONE)
-        low_mask_hi = np.where(below > 64, (_ONE << (np.clip(below, 65, 127) - 64)) - _ONE, 0)
-        sticky = ((lo & low_mask_lo) | (hi & low_mask_hi.astype(np.uint64))) != 0
-        up = (shift > 0) & (half_bit == 1) & (sticky | ((q & _ONE) == 1))
-        q = q + up.astype(np.uint64)
-        with np.errstate(over="ignore"):
-            out = np.ldexp(q.astype(np.float64), shift.astype(np.int64) + self.lsb)
-        out[negative] = -out[negative]
-        edge = ~np.isfinite(out) | ((np.abs(out) < _MIN_NORMAL) & (length > 0))
+        """``decode_float`` vectorised, chunk by chunk, for any number of limbs: of each
+        value's magnitude (two's complement undone) the 64 bits from its highest set bit down,
+        with a sticky 1 in the lowest bit when any bit below them is set, go to float64
+        (numpy's uint64 → float64 conversion rounds to nearest, ties to even; the sticky bit
+        lies 10 or 11 places below the 53rd bit, so the rounding is that of the exact
+        magnitude), then are scaled by their place exactly (two multiplications by powers of
+        two built from their bits). Results that are subnormal (a second rounding) or zero
+        take the exact path."""
+        out = np.empty(vector.shape[0], dtype=np.float64)
+        for start in range(0, vector.shape[0], _CHUNK):
+            out[start : start + _CHUNK] = self._decode_chunk(vector[start : start + _CHUNK])
+        return out
+
+    def _decode_chunk(self, vector: np.ndarray) -> np.ndarray:
+        if vector.shape[1] <= 2:
+            return self._decode_narrow(vector)
+        words = np.array(vector, dtype=np.uint64, order="C", copy=True)
+        n, limbs = words.shape
+        negative = (words[:, -1] >> np.uint64(63)).astype(bool)
+        ring.negate_where(words, negative)  # the magnitude (2^(k−1) stays: read as unsigned)
+        if limbs == 1:
+            high_limb: np.ndarray | int = 0
+            high = words[:, 0]
+            below = np.zeros(n, dtype=np.uint64)
+            sticky = None
+        else:
+            # the highest nonzero limb h (the top one for a zero value), the limb below it,
+            # and whether any limb under that one is nonzero
+            nonzero = words != 0
+            high_limb = (limbs - 1 - np.argmax(nonzero[:, ::-1], axis=1)).astype(np.int64)
+            rows = np.arange(n)
+            high = words[rows, high_limb]
+            below = words[rows, np.maximum(high_limb - 1, 0)]
+            below[high_limb == 0] = 0
+            if limbs > 2:
+                seen = np.logical_or.accumulate(nonzero, axis=1)
+                sticky = (high_limb > 1) & seen[rows, np.maximum(high_limb - 2, 0)]
+            else:
+                sticky = None
+        # b ≥ the bit length of ``high`` (its float's exponent; one more when the float
+        # rounded up to a power of two), at most 64: ``top`` then holds 63 or 64 of its bits
+        b = (high.astype(np.float64).view(np.uint64) >> np.uint64(52)).astype(np.int64) - 1022
+        b = np.clip(b, 1, 64).astype(np.uint64)
+        top = (high << (np.uint64(64) - b)) | ((below >> (b - _ONE)) >> _ONE)
+        lost = below & ~((_ALL << (b - _ONE)) << _ONE)  # the bits of ``below`` under ``top``
+        if sticky is None:
+            top |= (lost != 0).astype(np.uint64)
+        else:
+            top |= ((lost != 0) | sticky).astype(np.uint64)
+        place = 64 * (high_limb - 1) + b.astype(np.int64) + self.lsb
+        place = np.clip(place, -2000, 2000)  # beyond: 0 (the exact path) or ±inf either way
+        half = place >> 1
+        out = top.astype(np.float64)
+        with np.errstate(over="ignore", under="ignore"):
+            out *= ((half + 1023).astype(np.uint64) << np.uint64(52)).view(np.float64)
+            out *= ((place - half + 1023).astype(np.uint64) << np.uint64(52)).view(np.float64)
+        np.negative(out, out=out, where=negative)
+        edge = (np.abs(out) < _MIN_NORMAL) & (top != 0)  # subnormal or underflown: exact
+        if edge.any():
+            out[edge] = self._decode_float_each(vector[edge])
+        return out
+
+    def _decode_narrow(self, vector: np.ndarray) -> np.ndarray:
+        """``_decode_chunk`` of a ring of one or two limbs: a magnitude below 2^64 converts to
+        float64 directly (rounded to nearest, ties to even); one of 64 + b bits keeps its top
+        64 bits and a sticky 1 for the b bits below them, and is scaled by 2^b exactly."""
+        if vector.shape[1] == 1:
+            signed = vector[:, 0].view(np.int64)
+            negative = signed < 0
+            low = np.where(negative, np.negative(vector[:, 0]), vector[:, 0])
+            high = np.zeros_like(low)
+        else:
+            low, high = vector[:, 0], vector[:, 1]
+            negative = (high >> np.uint64(63)).astype(bool)
+            # the magnitude: −(hi, lo) = (~hi + [lo = 0], −lo)
+            high = np.where(negative, ~high + (low == 0).astype(np.uint64), high)
+            low = np.where(negative, np.negative(low), low)
+        wide = high != 0
+        every = bool(wide.all())
+        out = np.empty(low.shape[0]) if every else low.astype(np.float64)
+        if every or wide.any():
+            hi, lo = (high, low) if every else (high[wide], low[wide])
+            # b ≥ the bit length of hi (one more when its float rounded up past a power of two)
+            b = (hi.astype(np.float64).view(np.uint64) >> np.uint64(52)) - np.uint64(1022)
+            b = np.minimum(b, np.uint64(64))
+            top = (hi << (np.uint64(64) - b)) | ((lo >> (b - _ONE)) >> _ONE)
+            top |= ((lo << (np.uint64(64) - b)) != 0).astype(np.uint64)  # the sticky bit
+            scaled = top.astype(np.float64)
+            scaled *= ((b + np.uint64(1023)) << np.uint64(52)).view(np.float64)
+            if every:
+                out = scaled
+            else:
+                out[wide] = scaled
+        half = self.lsb // 2
+        with np.errstate(over="ignore", under="ignore"):
+            out *= _pow2(half)
+            out *= _pow2(self.lsb - half)
+        np.negative(out, out=out, where=negative)
+        edge = (np.abs(out) < _MIN_NORMAL) & ((low != 0) | wide)  # subnormal: exact path
         if edge.any():
             out[edge] = self._decode_float_each(vector[edge])
         return out
 
 
+def _pow2(k: int) -> float:
+    """2.0^k for −1022 ≤ k ≤ 1023 (a normal float64), else 0 or inf."""
+    return math.ldexp(1.0, k) if k < 1024 else math.inf
+
+
+_ZERO = np.uint64(0)
 _ONE = np.uint64(1)
 _ALL = np.uint64(2**64 - 1)
-
-
-def _bit_length(x: np.ndarray) -> np.ndarray:
-    """Bits of each uint64 (0 for 0), exactly: the float estimate corrected by one shift."""
-    guess = np.frexp(x.astype(np.float64))[1].astype(np.int64)  # may be one too many
-    guess = np.minimum(guess, 64)
-    high = (x >> np.maximum(guess - 1, 0).astype(np.uint64)) == 0
-    return np.where((x > 0) & high, guess - 1, np.where(x > 0, guess, 0))
 
 
 @dataclass(frozen=True)

@@ -128,23 +128,42 @@ def _int64_range(values: np.ndarray) -> tuple[int, int] | None:
 
 
 def _encode_int64(spec: FixedPoint, values: np.ndarray) -> np.ndarray:
-    """``spec.encode`` of an int64 array, vectorised: each value v as v·2^(−lsb) in the ring."""
-    if spec.lsb > 0 or values.size == 0 or int(np.min(values)) == -(2**63):
-        return spec.encode([int(v) for v in values.tolist()])  # rare: the exact slow path
-    top = int(np.max(np.abs(values)))
-    if top and top.bit_length() > spec.msb:
-        return spec.encode([int(v) for v in values.tolist()])  # refused there, naming the value
-    shift = -spec.lsb
-    word, offset = shift // 64, shift % 64
-    magnitude = np.abs(values).astype(np.uint64)
-    out = ring.zeros(values.shape[0], spec.limbs)
-    out[:, word] = magnitude << np.uint64(offset)
-    if offset and word + 1 < spec.limbs:
-        out[:, word + 1] = magnitude >> np.uint64(64 - offset)
+    """``spec.encode`` of an int64 array, vectorised: each value v as v·2^(−lsb) in the ring
+    (its magnitude as a uint64 word placed, then negated where v < 0; −2^63 included).
+    Raises EncodingError naming the first value finer than 2^lsb or not below 2^msb."""
+    if values.size == 0:
+        return ring.zeros(0, spec.limbs)
     negative = values < 0
-    if negative.any():
-        out[negative] = ring.neg(out[negative])
+    words = values.view(np.uint64)
+    magnitude = np.where(negative, np.negative(words), words)  # 2^63 for −2^63
+    lsb = spec.lsb
+    fine = np.zeros(values.shape, dtype=bool)
+    if lsb > 0:  # every value a multiple of 2^lsb
+        low = _ALL if lsb >= 64 else np.uint64((1 << lsb) - 1)
+        fine = (magnitude & low) != 0
+    big = (magnitude != 0) & (_bit_length(magnitude) > spec.msb)
+    bad = fine | big
+    if bad.any():
+        i = int(np.argmax(bad))
+        why = "has bits finer than the resolution" if fine[i] else "lies outside"
+        raise spec._refuse(i, int(values[i]), why)
+    if lsb > 0:
+        magnitude = magnitude >> np.uint64(min(lsb, 63))
+    out = ring.place(magnitude, max(-lsb, 0), spec.limbs)
+    ring.negate_where(out, negative)
     return out
+
+
+def _bit_length(words: np.ndarray) -> np.ndarray:
+    """Bits of each uint64 (0 for 0), exactly: the float's exponent, one less when the
+    conversion rounded up past a power of two."""
+    guess = (words.astype(np.float64).view(np.uint64) >> np.uint64(52)).astype(np.int64) - 1022
+    guess = np.maximum(guess, 1)
+    over = (words >> (guess - 1).astype(np.uint64)) == 0
+    return np.where(words == 0, 0, guess - over)
+
+
+_ALL = np.uint64(2**64 - 1)
 
 
 def _union(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -253,14 +272,44 @@ def unflatten(layout: Sequence[Field], spec: FixedPoint, vector: np.ndarray) -> 
 
 
 def _decode_int64(name: str, spec: FixedPoint, part: np.ndarray) -> np.ndarray:
-    ints = ring.to_ints(part)
-    if spec.lsb >= 0:
-        values = [v << spec.lsb for v in ints]
-    else:
-        shift, low = -spec.lsb, (1 << -spec.lsb) - 1
-        if any(v & low for v in ints):
+    """The int64 values of ring vector ``part`` scaled by 2^lsb, vectorised on its limbs.
+    Raises EncodingError when a sum is not an integer or exceeds the int64 range."""
+    words = np.ascontiguousarray(part, dtype=np.uint64)
+    n, limbs = words.shape
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    sign = np.where((words[:, -1] >> np.uint64(63)).astype(bool), _ALL, np.uint64(0))
+
+    def limb(i: int) -> np.ndarray:
+        return words[:, i] if i < limbs else sign
+
+    lsb = spec.lsb
+    if lsb < 0:  # value = X / 2^r: the r lowest bits must be zero
+        whole, offset = divmod(-lsb, 64)
+        fraction = np.zeros(n, dtype=bool)
+        for i in range(min(whole, limbs)):
+            fraction |= words[:, i] != 0
+        if offset and whole < limbs:
+            fraction |= (words[:, whole] & np.uint64((1 << offset) - 1)) != 0
+        if fraction.any():
             raise EncodingError(f"field '{name}': a sum is not an integer")
-        values = [v >> shift for v in ints]
-    if values and not (min(values) >= -(2**63) and max(values) < 2**63):
+        value = limb(whole)
+        if offset:
+            value = (value >> np.uint64(offset)) | (limb(whole + 1) << np.uint64(64 - offset))
+        first = -lsb + 63  # from this bit up, X must be all sign bits
+    else:
+        value = words[:, 0] << np.uint64(lsb) if lsb < 64 else np.zeros(n, dtype=np.uint64)
+        first = 63 - lsb
+    if first < 0:
+        fits = ~words.any(axis=1)
+    else:
+        whole, offset = divmod(first, 64)
+        fits = np.ones(n, dtype=bool)
+        if whole < limbs:
+            shift = np.uint64(offset)
+            fits &= (words[:, whole] >> shift) == (sign >> shift)
+            for i in range(whole + 1, limbs):
+                fits &= words[:, i] == sign
+    if not fits.all():
         raise EncodingError(f"field '{name}': the sum exceeds the int64 range")
-    return np.array(values, dtype=np.int64)
+    return value.view(np.int64)

@@ -75,7 +75,7 @@ __all__ = [
     "Welcome",
 ]
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 
 class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True):
@@ -294,7 +294,8 @@ class MaskedTask(_Msg, tag="masked_task", frozen=True):
     reply masked with pairwise masks. ``counter`` strictly increases within the run (a retry
     of the same round reuses the reply kept at the site); ``lsb``/``msb``/``terms``: the
     encoding proposed (``lsb`` None: answer the range only); ``session`` and ``keys`` (every
-    site's public key) come with the site's first one and may only be repeated unchanged."""
+    site's public key) come with the site's first one and may only be repeated unchanged, with
+    ``threshold``: the collusion threshold the masking graph is drawn for (None: every pair)."""
 
     round: int
     phase: str
@@ -305,6 +306,7 @@ class MaskedTask(_Msg, tag="masked_task", frozen=True):
     terms: int
     session: bytes | None = None
     keys: dict[str, bytes] | None = None
+    threshold: int | None = None
 
 
 class MaskedSum(_Msg, tag="masked_sum", frozen=True):
