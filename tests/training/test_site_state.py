@@ -266,3 +266,20 @@ def test_in_memory_scaffold_runs_are_reproducible(tmp_path: Path) -> None:
     a = simulate("train", params, blobs([50, 35, 60]), seed=2)
     b = simulate("train", params, blobs([50, 35, 60]), seed=2)
     assert a.done.artifacts == b.done.artifacts
+
+
+def test_resume_restores_the_latest_site_state_set_aside(tmp_path: Path) -> None:
+    """Attempt 2 set aside its sites' state; attempt 3 ended before its sites started (no
+    sites folder): a resume restores attempt 2's, not attempt 1's."""
+    for n, value in ((1, b"old"), (2, b"new")):
+        for site in ("a", "b"):
+            folder = tmp_path / "attempts" / str(n) / "sites" / site / "state"
+            folder.mkdir(parents=True)
+            (folder / "train-k-round-1.safetensors").write_bytes(value + site.encode())
+    (tmp_path / "attempts" / "3").mkdir()
+    restored = checkpoint.restore_site_state(tmp_path)
+    assert restored == [tmp_path / "sites" / s / "state" for s in ("a", "b")]
+    for site in ("a", "b"):
+        path = tmp_path / "sites" / site / "state" / "train-k-round-1.safetensors"
+        assert path.read_bytes() == b"new" + site.encode()
+    assert checkpoint.restore_site_state(tmp_path / "nothing") == []

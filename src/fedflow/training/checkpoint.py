@@ -117,18 +117,26 @@ def set_aside_attempt(run_dir: Path) -> Path:
 
 def restore_site_state(run_dir: Path) -> list[Path]:
     """Copy the local sites' state folders (``sites/<site>/state``) of the latest attempt set
-    aside back into the run folder, for the resumed run's sites; return the folders copied."""
+    aside that has any back into the run folder, for the resumed run's sites (an attempt that
+    ended before its sites started has none); return the folders copied."""
     attempts = Path(run_dir) / "attempts"
     numbered = (
-        [int(p.name) for p in attempts.iterdir() if p.name.isdigit()] if attempts.is_dir() else []
+        sorted((int(p.name) for p in attempts.iterdir() if p.name.isdigit()), reverse=True)
+        if attempts.is_dir()
+        else []
     )
-    if not numbered:
-        return []
-    sites = attempts / str(max(numbered)) / "sites"
-    copied = []
-    for state in sorted(sites.glob("*/state")) if sites.is_dir() else []:
-        if state.is_dir() and not state.is_symlink():
+    for n in numbered:
+        states = [
+            s
+            for s in sorted((attempts / str(n) / "sites").glob("*/state"))
+            if s.is_dir() and not s.is_symlink()
+        ]
+        if not states:
+            continue
+        copied = []
+        for state in states:
             target = Path(run_dir) / "sites" / state.parent.name / "state"
             shutil.copytree(state, target, symlinks=True, dirs_exist_ok=True)
             copied.append(target)
-    return copied
+        return copied
+    return []
