@@ -360,3 +360,18 @@ def test_a_failed_runs_manifest_says_the_fingerprint_is_unknown(tmp_path: Path) 
     data_lines = text[text.index("data:") :].splitlines()
     assert not any("identical" in line for line in data_lines[:6]), data_lines
     assert any(line.split()[-2:] == ["unknown", "unknown"] for line in data_lines), data_lines
+
+
+def test_a_file_removed_before_it_was_hashed_fails_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = _gate(monkeypatch)
+    path = _csv(tmp_path / "berlin.csv", 3)
+    source = data.open_files([path], site="berlin")
+    source.start_fingerprints()
+    path.unlink()
+    gate.set()
+    with pytest.raises(DataError, match=r"cannot read data file berlin.csv to hash it") as e:
+        source.fingerprints()
+    assert e.value.file == "berlin.csv"
+    assert source.fingerprints(wait=False)[0].sha256 is None  # never a hash it did not compute

@@ -629,6 +629,10 @@ class _Hasher:
                     f"cannot read data file {name} to hash it: {exc.strerror or exc}", file=name
                 )
                 return
+            except Exception as exc:  # never a hash that is silently missing
+                name = file.path.name
+                self._error = DataError(f"cannot hash data file {name}: {exc!r}", file=name)
+                return
             if digest is None:  # stopped
                 return
             self._digests[index] = digest
