@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,11 +57,16 @@ class Checkpointer:
         saved = ctx.state.get(CHECKPOINT) if ctx is not None else None
         if saved is None:
             return
+        started = time.perf_counter()
         meta = saved["meta"]
         doc = json.dumps({"rounds": ctx.round, "state": meta}, allow_nan=True)
         atomic_write(self.path, to_safetensors(saved["arrays"], {_KEY: doc}))
         self.rundir.metrics["training"] = meta["history"]
+        # between two rounds, so no round's "seconds" counts it (benchmarks add it to overhead)
+        spent = self.rundir.metrics.setdefault("checkpoint_seconds", [])
+        spent.append(time.perf_counter() - started)
         self.rundir.write_metrics()
+        spent[-1] = time.perf_counter() - started  # metrics.json included (the next write has it)
         if self.say is not None:
             self.say(progress_line(meta, ctx.round))
 

@@ -1,0 +1,36 @@
+"""The time a training run spends between two rounds (checkpoint and metrics.json) is recorded
+per exchange in metrics.json's ``checkpoint_seconds``: no round's ``seconds`` includes it, and
+benchmarks/train_bench.py adds it to the coordinator's overhead per round."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from fedflow.results.rundir import RunDirectory
+
+
+def test_each_checkpoint_records_its_time_and_the_file_is_whole(tmp_path: Path) -> None:
+    pytest.importorskip("safetensors")
+    from fedflow.training.app import CHECKPOINT
+    from fedflow.training.checkpoint import Checkpointer, load_checkpoint
+
+    rd = RunDirectory(tmp_path / "run")
+    meta = {"params": {"rounds": 3, "metric": "loss"}, "history": [{"round": 0, "global": {}}]}
+    ctx = SimpleNamespace(
+        round=1, state={CHECKPOINT: {"arrays": {"weights": np.ones(4)}, "meta": meta}}
+    )
+    hook = Checkpointer(rd)
+    hook(SimpleNamespace(ctx=ctx), 1)
+    ctx.round = 2
+    hook(SimpleNamespace(ctx=ctx), 2)
+    spent = rd.metrics["checkpoint_seconds"]
+    assert len(spent) == 2 and all(s > 0 for s in spent)
+    on_disk = json.loads((rd.path / "metrics.json").read_text())["checkpoint_seconds"]
+    assert len(on_disk) == 2 and on_disk[0] == spent[0]
+    rounds, state = load_checkpoint(rd.path)
+    assert rounds == 2 and state[CHECKPOINT]["arrays"]["weights"].tolist() == [1.0] * 4
