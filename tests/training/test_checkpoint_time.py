@@ -1,6 +1,7 @@
 """The time a training run spends between two rounds (checkpoint and metrics.json) is recorded
 per exchange in metrics.json's ``checkpoint_seconds``: no round's ``seconds`` includes it, and
-benchmarks/train_bench.py adds it to the coordinator's overhead per round."""
+benchmarks/train_bench.py adds it to the coordinator's overhead per round; the coordinator's own
+CPU from one checkpoint to the next is ``coordinator_cpu_seconds``."""
 
 from __future__ import annotations
 
@@ -32,5 +33,8 @@ def test_each_checkpoint_records_its_time_and_the_file_is_whole(tmp_path: Path) 
     assert len(spent) == 2 and all(s > 0 for s in spent)
     on_disk = json.loads((rd.path / "metrics.json").read_text())["checkpoint_seconds"]
     assert len(on_disk) == 2 and on_disk[0] == spent[0]
+    # the coordinator's CPU between two checkpoints: one figure from the second one on
+    (cpu,) = rd.metrics["coordinator_cpu_seconds"]
+    assert 0 < cpu < 60
     rounds, state = load_checkpoint(rd.path)
     assert rounds == 2 and state[CHECKPOINT]["arrays"]["weights"].tolist() == [1.0] * 4

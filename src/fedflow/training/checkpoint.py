@@ -51,6 +51,7 @@ class Checkpointer:
         self.rundir = rundir
         self.path = rundir.path / CHECKPOINT_FILE
         self.say = say
+        self._cpu: float | None = None
 
     def __call__(self, driver: Any, round_: int) -> None:
         ctx = driver.ctx
@@ -67,6 +68,11 @@ class Checkpointer:
         spent.append(time.perf_counter() - started)
         self.rundir.write_metrics()
         spent[-1] = time.perf_counter() - started  # metrics.json included (the next write has it)
+        # the coordinator's own CPU from the end of the last checkpoint to the end of this one:
+        # a round's encoding, decoding, aggregation, checkpoint (it waits for sites without CPU)
+        cpu, self._cpu = self._cpu, time.process_time()
+        if cpu is not None:
+            self.rundir.metrics.setdefault("coordinator_cpu_seconds", []).append(self._cpu - cpu)
         if self.say is not None:
             self.say(progress_line(meta, ctx.round))
 
