@@ -249,14 +249,15 @@ class SiteAggregation:
             if pair[0].x != session.x(self.name) or pair[1].x != session.x(self.name):
                 raise ShareError("its share is for another site's point", site=sender)
             self._held[sender] = pair
-        out = ring.add(vector, ring.expand(self._seed, session.length, session.limbs))
+        acc = ring.Accumulator(session.length, session.limbs)  # one carry propagation
+        acc.add(vector)
+        acc.add_stream(self._seed)  # the self mask: + expand(b_u)
         for peer in sorted(self._held):
             if peer == self.name:
                 continue
             seed = pairwise_seed(session, self._mask, self._keys[peer].mask_pk, self.name, peer)
-            words = ring.expand(seed, session.length, session.limbs)
-            out = ring.add(out, words) if self.name < peer else ring.sub(out, words)
-        return Masked(self.name, out)
+            acc.add_stream(seed, negative=self.name > peer)  # ± expand(s_uv)
+        return Masked(self.name, acc.result())
 
     def reveal(self, unmask: Unmask) -> Reveal:
         """Step 4: our shares of each survivor's self-mask seed and each dropped site's mask key.
@@ -422,23 +423,22 @@ class CoordinatorAggregation:
         session = self.session
         request = self.unmask_request()
         self._need(self.reveals, "revealed their shares")
-        total = ring.zeros(session.length, session.limbs)
+        total = ring.Accumulator(session.length, session.limbs)  # one carry propagation
         for m in self.masked.values():
-            total = ring.add(total, m.vector)
+            total.add(m.vector)
         for u in request.survivors:
             seed = self._secret(u, "seed")
             if _commit(session, u, seed) != self.shares[u].commitment:
                 raise SecureAggregationError(
                     "the shares of its self-mask seed do not agree", site=u
                 )
-            total = ring.sub(total, ring.expand(seed, session.length, session.limbs))
+            total.add_stream(seed, negative=True)  # − expand(b_u)
         for u in request.dropped:
             key = X25519PrivateKey.from_private_bytes(self._secret(u, "mask key"))
             if _public(key) != self.keys[u].mask_pk:
                 raise SecureAggregationError("the shares of its mask key do not agree", site=u)
             for v in request.survivors:
                 seed = pairwise_seed(session, key, self.keys[v].mask_pk, u, v)
-                words = ring.expand(seed, session.length, session.limbs)
                 # v added +words if v < u, −words if v > u: take that back
-                total = ring.sub(total, words) if v < u else ring.add(total, words)
-        return total
+                total.add_stream(seed, negative=v < u)
+        return total.result()

@@ -114,10 +114,11 @@ class Accumulator:
             self._zero, self._buffer = bytes(size), bytearray(size)
         encryptor = Cipher(algorithms.ChaCha20(seed, _NONCE), mode=None).encryptor()
         encryptor.update_into(self._zero, self._buffer)
-        if negative:
-            self.sub(self._buffer)
-        else:
-            self.add(self._buffer)
+        words = self._words(self._buffer)
+        if negative:  # −m = ~m + 1: the complement, in the buffer itself, and a 1 at the end
+            np.invert(words, out=words)
+            self._ones += 1
+        self._sum.add([words[:, i] for i in range(self.limbs)])
 
     def result(self) -> np.ndarray:
         """Return the sum as a ring vector (a new array)."""
