@@ -4,6 +4,9 @@ training with the same epochs, for IID sites and a Dirichlet label skew.
     python benchmarks/train_bench.py                       # 3 and 10 sites x 20 rounds, IID and α = 0.5
     python benchmarks/train_bench.py --sites 3 --split iid --json out.json
     python benchmarks/train_bench.py --sites 3 10 --split iid --secure   # plaintext, then secure = true
+    python benchmarks/train_bench.py --sites 10 --split iid --repeat 3 --baseline /tmp/trainbase/src
+        # each run alternately with another tree's fedflow (e.g. a `git worktree` of the commit
+        # before a change), under the same load; medians and their ratio
     python benchmarks/train_bench.py --sites 3 --split iid --secure --strategy scaffold
 
 `measure(sites, rounds, split, alpha, seed)` returns one run's figures (a dict), so that other
@@ -18,7 +21,18 @@ and comparison.json:
 - wall: the whole command; rounds: the rounds summed; training: per round the slowest site's own
   compute (validate-global, training, validate-local), summed — the local training the run
   contains; run / training: wall and rounds over that;
-- overhead: per round (2..rounds) its duration less the slowest site's compute, median;
+- overhead: per round (2..rounds) its duration less the slowest site's compute, plus the time
+  the coordinator spent after it before the next round (checkpoint, metrics.json:
+  metrics.json's checkpoint_seconds; trees before c8bdaf7 do not record it and count 0), median;
+- coordinator CPU per round: the coordinator process's own CPU from one checkpoint to the next
+  (metrics.json's coordinator_cpu_seconds, since 676f6e7), median: its overhead apart from the
+  site processes queueing for the cores, which the overhead above also holds;
+- the local training the run contains: the slowest site's compute summed over exchanges 2..21,
+  plus for exchange 1 the median of exchanges 2..20 (exchange 1 does the same work; its own
+  compute also holds the plan's first load and, before 52e5c6e, each site's `import torch`);
+- run / training: every exchange's duration plus the time between exchanges, over that training;
+  wall / training: the whole command over it (start-up included: Python, torch at the
+  coordinator and in the fork server, --compare's centralized training);
 - bytes: to and from one site per round (weights both ways), median;
 - peak RSS: the largest site process;
 - accuracy: the last model's pooled validation accuracy, the centrally trained model's validation
@@ -112,9 +126,11 @@ def measure(
     seed: int = 42,
     secure: bool = False,
     strategy: str = "fedavg",
+    src: str | None = None,
 ) -> dict[str, Any]:
     """Run the digits MLP on ``sites`` local sites for ``rounds`` rounds (``secure``: with
-    ``secure = true``, the weights summed under masks); return its figures."""
+    ``secure = true``, the weights summed under masks; ``src``: the fedflow of that source
+    folder, by PYTHONPATH); return its figures."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         digits_data.write_split(folder, sites, seed)
@@ -129,6 +145,7 @@ def measure(
             cwd=folder,
             capture_output=True,
             text=True,
+            env={**os.environ, "PYTHONPATH": src} if src else None,
         )
         wall = time.perf_counter() - started
         if done.returncode not in (0, 4):  # 4: the compare verdict is a mismatch
@@ -140,10 +157,13 @@ def measure(
         accuracy = test_accuracy(run, folder / "test.csv")
     entries = metrics["rounds"]
     compute = [max(s["compute_seconds"] for s in e["sites"].values()) for e in entries]
-    training = entries[1:rounds]  # rounds 2..rounds; round 1 carries torch's import
+    between = metrics.get("checkpoint_seconds") or [0.0] * len(entries)
+    training = entries[1:rounds]  # rounds 2..rounds; round 1 carries the sites' start
     overhead = [
-        e["seconds"] - max(s["compute_seconds"] for s in e["sites"].values()) for e in training
+        e["seconds"] - max(s["compute_seconds"] for s in e["sites"].values()) + after
+        for e, after in zip(training, between[1:rounds], strict=True)
     ]
+    contained = sum(compute[1:]) + statistics.median(compute[1:rounds])
     (item,) = comparison["items"]
     history = {h["round"]: h for h in metrics["training"]}
     return {
@@ -157,6 +177,16 @@ def measure(
         "training_seconds": sum(compute),
         "training_seconds_after_round_1": sum(compute[1:]),
         "rounds_seconds_after_round_1": sum(e["seconds"] for e in entries[1:]),
+        "between_rounds_seconds": sum(between),
+        "median_coordinator_cpu_seconds": statistics.median(
+            metrics.get("coordinator_cpu_seconds") or [float("nan")]
+        ),
+        "run_over_training": (sum(e["seconds"] for e in entries) + sum(between)) / contained,
+        "wall_over_training": wall / contained,
+        "run_over_training_after_round_1": (
+            sum(e["seconds"] for e in entries[1:]) + sum(between[1:])
+        )
+        / sum(compute[1:]),
         "median_overhead_seconds": statistics.median(overhead),
         "bytes_per_site_round": statistics.median(
             s["bytes_to_site"] + s["bytes_from_site"] for e in training for s in e["sites"].values()
@@ -180,7 +210,16 @@ def main() -> None:
         "--secure", action="store_true", help="run each case plaintext, then with secure = true"
     )
     parser.add_argument("--strategy", default="fedavg", help="the study's strategy (scaffold…)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each case (medians)")
+    parser.add_argument(
+        "--baseline",
+        metavar="SRC",
+        help="also run another tree's fedflow (its src folder), alternately with this one",
+    )
     args = parser.parse_args()
+    if args.baseline:
+        compare_trees(args)
+        return
     splits = ["iid", "dirichlet"] if args.split == "both" else [args.split]
     print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     results = []
@@ -192,7 +231,8 @@ def main() -> None:
                 f"{n:>2} sites {r['split']:<14}{' secure' if secure else ''} wall {r['wall_seconds']:6.1f} s | rounds "
                 f"{r['rounds_seconds']:5.2f} s (after round 1 {r['rounds_seconds_after_round_1']:5.2f}"
                 f" s, sites' training in them {r['training_seconds_after_round_1']:5.2f} s) | "
-                f"overhead {r['median_overhead_seconds'] * 1e3:5.1f} ms/round | "
+                f"overhead {r['median_overhead_seconds'] * 1e3:5.1f} ms/round "
+                f"(coordinator CPU {r['median_coordinator_cpu_seconds'] * 1e3:4.1f} ms) | "
                 f"{r['bytes_per_site_round'] / 1e3:5.1f} kB/site/round | "
                 f"peak {r['peak_rss_mib']:4.0f} MiB | accuracy val {r['validation_accuracy']:.4f} "
                 f"vs centralized {r['centralized_validation_accuracy']:.4f}, "
@@ -212,6 +252,56 @@ def main() -> None:
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+
+
+COMPARED = [
+    ("wall, whole command", "wall_seconds", "s"),
+    ("round 1", "round_1_seconds", "s"),
+    ("rounds 2-21 + time between them", "rounds_after_1", "s"),
+    ("overhead per round (median)", "median_overhead_seconds", "ms"),
+    ("coordinator CPU per round (median)", "median_coordinator_cpu_seconds", "ms"),
+    ("rounds and between / training in them (all)", "run_over_training", "x"),
+    ("same, rounds 2-21", "run_over_training_after_round_1", "x"),
+    ("wall / training", "wall_over_training", "x"),
+    ("peak RSS of a site", "peak_rss_mib", "MiB"),
+]
+
+
+def compare_trees(args: argparse.Namespace) -> None:
+    """Run each case with this tree and with ``--baseline``'s, alternately, ``--repeat`` times;
+    print the medians and their ratio (this tree / baseline)."""
+    splits = ["iid", "dirichlet"] if args.split == "both" else [args.split]
+    here = str(Path(__file__).resolve().parents[1] / "src")
+    for n in args.sites:
+        for split in splits:
+            runs: dict[str, list[dict[str, Any]]] = {"this": [], "baseline": []}
+            loads = [os.getloadavg()[0]]
+            for _ in range(args.repeat):
+                for side, src in (("this", here), ("baseline", args.baseline)):
+                    r = measure(n, args.rounds, split, args.alpha, args.seed, src=src)
+                    r["round_1_seconds"] = r["rounds_seconds"] - r["rounds_seconds_after_round_1"]
+                    r["rounds_after_1"] = (
+                        r["rounds_seconds_after_round_1"] + (r["between_rounds_seconds"])
+                    )
+                    runs[side].append(r)
+                    loads.append(os.getloadavg()[0])
+            print(
+                f"\n{n} sites, {split}, {args.repeat} run(s) each, alternately; load average "
+                f"{min(loads):.1f}-{max(loads):.1f}\n"
+            )
+            print(f"| what | this tree | baseline ({args.baseline}) | this / baseline |")
+            print("| --- | ---: | ---: | ---: |")
+            for label, key, unit in COMPARED:
+                a = statistics.median(r[key] for r in runs["this"])
+                b = statistics.median(r[key] for r in runs["baseline"])
+                scale, fmt = (1e3, ".1f") if unit == "ms" else (1, ".2f")
+                print(
+                    f"| {label} | {a * scale:{fmt}} {unit} | {b * scale:{fmt}} {unit} | {a / b:.2f} |"
+                )
+            same = {r["test_accuracy"] for side in runs.values() for r in side}
+            print(f"\ntest accuracy in every run: {', '.join(f'{a:.4f}' for a in sorted(same))}")
+            if args.json:
+                args.json.write_text(json.dumps(runs, indent=2))
 
 
 if __name__ == "__main__":

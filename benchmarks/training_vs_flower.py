@@ -27,9 +27,11 @@ the other (fedflow first), `--repeat` times, alternately.
   weights; validated on the union of the sites' held-out rows (the rows the federated validation
   pools) and scored on the same test set.
 
-"round" is the median over rounds 2..20 (round 1 carries start-up: fedflow's sites import torch in
-it); "overhead" is a round less the slowest site's own compute (fedflow: its compute_seconds;
-Flower: slowest training plus slowest evaluation as the clients timed them); "rounds 2–20 / their
+"round" is the median over rounds 2..20 (round 1 carries the sites' start); "overhead" is a round
+less the slowest site's own compute (fedflow: its compute_seconds, plus the checkpoint and
+metrics.json written before the next round, metrics.json's checkpoint_seconds; Flower: slowest
+training plus slowest evaluation as the clients timed them); fedflow's "coordinator CPU" is its
+coordinator process's own CPU per round (coordinator_cpu_seconds); "rounds 2–20 / their
 compute" is those rounds summed over the slowest site's compute summed. Bytes are per site and
 round, both directions. Peak memory: fedflow's per site process; Flower's per Ray actor (an actor
 runs many clients in turn). Set FEDFLOW_FLOWER_VENV when the venv is not at
@@ -176,18 +178,23 @@ def run_fedflow(data: Path, sites: int, rounds: int, seed: int) -> dict[str, Any
         np.save(data / "fedflow-weights.npy", weights, allow_pickle=False)
     entries = metrics["rounds"]
     training = entries[1:rounds]  # rounds 2..rounds; exchange rounds + 1 only validates
-    seconds = [e["seconds"] for e in entries]
+    between = metrics.get("checkpoint_seconds") or [0.0] * len(entries)  # before 676f6e7: none
+    seconds = [e["seconds"] + after for e, after in zip(entries, between, strict=True)]
     overhead = [
-        e["seconds"] - max(s["compute_seconds"] for s in e["sites"].values()) for e in training
+        e["seconds"] - max(s["compute_seconds"] for s in e["sites"].values()) + after
+        for e, after in zip(training, between[1:rounds], strict=True)
     ]
     history = {h["round"]: h for h in metrics["training"]}
     compute = [max(s["compute_seconds"] for s in e["sites"].values()) for e in training]
     return {
         "wall_seconds": wall,
         "rounds_seconds": sum(seconds),
-        "median_round_seconds": statistics.median(e["seconds"] for e in training),
+        "median_round_seconds": statistics.median(seconds[1:rounds]),
         "median_overhead_seconds": statistics.median(overhead),
-        "rounds_over_compute": sum(e["seconds"] for e in training) / sum(compute),
+        "median_coordinator_cpu_seconds": statistics.median(
+            metrics.get("coordinator_cpu_seconds") or [float("nan")]
+        ),
+        "rounds_over_compute": sum(seconds[1:rounds]) / sum(compute),
         "bytes_per_round": statistics.median(
             s["bytes_to_site"] + s["bytes_from_site"] for e in training for s in e["sites"].values()
         ),
@@ -239,6 +246,7 @@ ROWS = [
     ("rounds, summed", "rounds_seconds", "s"),
     ("round, median", "median_round_seconds", "ms"),
     ("overhead per round, median", "median_overhead_seconds", "ms"),
+    ("coordinator CPU per round, median (fedflow)", "median_coordinator_cpu_seconds", "ms"),
     ("rounds after round 1 / the slowest site's compute in them", "rounds_over_compute", "x"),
     ("bytes per site and round", "bytes_per_round", "kB"),
     ("peak RSS (fedflow: a site; Flower: a Ray actor)", "peak_rss_mib", "MiB"),
@@ -350,7 +358,11 @@ def _load() -> str:
 def _median(found: list[Mapping[str, Any]]) -> dict[str, Any]:
     if not found:
         return {}
-    return {key: statistics.median(r[key] for r in found) for _, key, _ in ROWS}
+    return {
+        key: statistics.median(r[key] for r in found)
+        for _, key, _ in ROWS
+        if all(key in r for r in found)  # Flower has no coordinator CPU figure
+    }
 
 
 if __name__ == "__main__":
