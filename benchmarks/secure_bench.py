@@ -16,6 +16,8 @@ Analytics (the default) runs one exchange a round: pairwise masks under keys agr
 ends the run. ``--dropout`` runs ``VectorSumDropout``, an app that completes rounds with the
 sites that answered (as training does): four exchanges a round with Shamir-shared self masks.
     python benchmarks/secure_bench.py core [--full]   # the core alone, one process (below)
+    python benchmarks/secure_bench.py parts --sites 10 --lengths 10000 --repeat 40
+                                                      # one secure round's CPU per part
 
 ``core``: micro-benchmark of the secure-aggregation core (fedflow.secure), in one process.
 
@@ -284,9 +286,71 @@ def pairwise(n: int, length: int, limbs: int) -> dict[str, float]:
     return {"agree": t1 - t0, "mask": float(np.median(seconds)), "sum": t3 - t2}
 
 
+def parts(n: int, length: int, repeat: int) -> str:
+    """One secure round's CPU per part, in one process (``time.process_time``, the least of
+    ``repeat`` runs): a site's flatten, encode, masks and wire encoding of its ``MaskedSum``;
+    the coordinator's decoding of n such messages, their sum and the decoding of the sum. Runs
+    against older trees too (put one on PYTHONPATH): it uses only the public API."""
+    import inspect
+
+    from fedflow.runtime.secure import decode_sum, majority, propose
+    from fedflow.secure import FixedPoint, sum_vectors
+    from fedflow.secure.layout import flatten
+    from fedflow.wire import LayoutField, MaskedSum, MessageCodec
+
+    names = [f"s{i:02d}" for i in range(n)]
+    sites = {name: PairwiseMasker(name) for name in names}
+    keys = {name: site.public_key for name, site in sites.items()}
+    session = secrets.token_bytes(16)
+    sparse = "threshold" in inspect.signature(PairwiseMasker.agree).parameters
+    for site in sites.values():
+        site.agree(session, keys, majority(n)) if sparse else site.agree(session, keys)  # type: ignore[call-arg]
+    reply = Vector(values=np.random.default_rng(0).standard_normal(length))
+
+    def least(f: Any) -> tuple[float, Any]:
+        best, out = float("inf"), None
+        for _ in range(repeat):
+            started = time.process_time()
+            out = f()
+            best = min(best, time.process_time() - started)
+        return best * 1e3, out
+
+    t_flat, flat = least(lambda: flatten(reply))
+    assert flat.range is not None
+    spec = propose(FixedPoint.agree([flat.range], n))
+    t_enc, encoded = least(lambda: flat.encode(spec))
+    counter = iter(range(1, 10**9))
+
+    def mask() -> np.ndarray:
+        label = MaskLabel(next(counter), 1, "add", length, spec.limbs, spec.lsb, spec.msb, n)
+        return sites["s00"].mask(label, encoded)
+
+    t_mask, masked = least(mask)
+    codec = MessageCodec()
+    message = MaskedSum(
+        round=1,
+        counter=1,
+        layout=[LayoutField("values", "float64", [length])],
+        lsb=flat.range[0],
+        msb=flat.range[1],
+        vector=masked,
+    )
+    t_wire, raw = least(lambda: codec.encode(message))
+    t_read, _ = least(lambda: [codec.decode(raw) for _ in range(n)])
+    t_sum, total = least(lambda: sum_vectors([masked] * n))
+    t_dec, _ = least(lambda: decode_sum("add", Vector, flat.layout, spec, total, "s00"))
+    peers = len(getattr(sites["s00"], "neighbours", ())) or n - 1
+    site = t_flat + t_enc + t_mask + t_wire
+    return (
+        f"| {n} | {length:,} | {spec.limbs} | {peers} | {t_flat:.3f} | {t_enc:.3f} "
+        f"| {t_mask:.3f} | {t_wire:.3f} | {site:.3f} | {t_read:.3f} | {t_sum:.3f} "
+        f"| {t_dec:.3f} | {t_read + t_sum + t_dec:.3f} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", choices=["rounds", "core"], default="rounds")
+    parser.add_argument("what", nargs="?", choices=["rounds", "core", "parts"], default="rounds")
     parser.add_argument("--full", action="store_true", help="also run 50 sites × 10^6")
     parser.add_argument("--limbs", type=int, nargs="+", default=[1, 2], help="core: ring widths")
     parser.add_argument("--dropout", action="store_true", help="rounds: dropout-tolerant protocol")
@@ -302,6 +366,18 @@ def main() -> None:
         "--repeat", type=int, default=1, help="rounds: runs of each mode, alternately (the least)"
     )
     args = parser.parse_args()
+    if args.what == "parts":
+        print(
+            "| sites | length | limbs | masks | flatten | encode | masks | wire | site "
+            "| coordinator: read n | sum | decode | coordinator |"
+        )
+        print(
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        )
+        for n in args.sites:
+            for length in args.lengths:
+                print(parts(n, length, args.repeat if args.repeat > 1 else 20), flush=True)
+        return
     if args.what == "rounds":
         rounds_table(args.full, args.dropout, tuple(args.sites), args.repeat, tuple(args.lengths))
         return
