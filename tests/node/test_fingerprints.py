@@ -375,3 +375,22 @@ def test_a_file_removed_before_it_was_hashed_fails_naming_it(
         source.fingerprints()
     assert e.value.file == "berlin.csv"
     assert source.fingerprints(wait=False)[0].sha256 is None  # never a hash it did not compute
+
+
+def test_a_file_touched_while_its_columns_load_fails_the_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Apps that load whole columns (streaming = False): the same check around the load."""
+    path = _csv(tmp_path / "berlin.csv", 3)
+    source = data.open_files([path], site="berlin")
+    real = data._DelimitedFile.read
+
+    def read_then_touch(self: Any, names: list[str]) -> Any:
+        out = real(self, names)
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        return out
+
+    monkeypatch.setattr(data._DelimitedFile, "read", read_then_touch)
+    with pytest.raises(DataError, match=r"^site .berlin.: berlin.csv changed since the site"):
+        source.load(["x1", "y"])

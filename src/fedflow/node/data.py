@@ -484,7 +484,6 @@ class FileSource(Source):
         for f in self._files:
             f.check_unchanged()
             parts.append(f.read(names))
-            f.check_unchanged()  # the bytes read are those Setup opened (and are hashed)
         merged: dict[str, np.ndarray] = {}
         missing: dict[str, np.ndarray] = {}
         for name in names:
@@ -495,6 +494,8 @@ class FileSource(Source):
             del pieces
             if mask.any():
                 missing[name] = mask
+        for f in self._files:  # the bytes read (text cells re-read by _merge too) are Setup's
+            f.check_unchanged()
         return LoadedData(Table(merged), self.files, None, missing, self.hints)
 
 
