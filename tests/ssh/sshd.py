@@ -141,7 +141,10 @@ class SSHLab:
     _users: list[str] = field(default_factory=list)
     _netns: list[str] = field(default_factory=list)
 
-    def start(self, count: int) -> SSHLab:
+    def start(self, count: int, mode: str | None = None) -> SSHLab:
+        """Start ``count`` sites: ``mode`` "netns" (root: a user and a network namespace each)
+        or "loopback" (sshd on loopback ports, logging in as the current user, root included);
+        default netns when root."""
         self.root.mkdir(parents=True, exist_ok=True)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True) if os.geteuid() == 0 else None
         key = asyncssh.generate_private_key("ssh-ed25519")
@@ -149,7 +152,7 @@ class SSHLab:
         key.write_private_key(self.client_key)
         self.client_key.chmod(0o600)
         key.write_public_key(self.root / "client_key.pub")
-        self.mode = "netns" if os.geteuid() == 0 and shutil.which("ip") else "loopback"
+        self.mode = mode or ("netns" if os.geteuid() == 0 and shutil.which("ip") else "loopback")
         try:
             for index in range(1, count + 1):
                 self.sites.append(self._start_site(index, key))
@@ -204,7 +207,7 @@ class SSHLab:
         config.write_text(
             f"ListenAddress {host}\nPort {port}\nHostKey {host_key_path}\nAuthorizedKeysFile {authorized}\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nPidFile none\n"
-            "PermitRootLogin no\nClientAliveInterval 2\nClientAliveCountMax 2\nMaxStartups 100:30:200\n"
+            f"PermitRootLogin {'prohibit-password' if user == 'root' else 'no'}\nClientAliveInterval 2\nClientAliveCountMax 2\nMaxStartups 100:30:200\n"
             "MaxSessions 100\nLogLevel VERBOSE\nSubsystem sftp internal-sftp\n"
             "PermitUserEnvironment PATH\n" + extra
         )

@@ -5,8 +5,14 @@ build (``wheel.build_id``). With ``install = "wheels"`` (the default) the wheelh
 (``wheel.wheelhouse``: fedflow and every dependency) is uploaded and installed with
 ``pip --no-index`` (the site needs no internet); with ``install = "index"`` only the fedflow
 wheel is uploaded and the site's pip fetches the pinned dependencies from its package index. A
-marker file (``venv/fedflow-ready.json``) records the build; a site whose marker matches is
-reused after one probe command.
+marker file (``venv/fedflow-ready.json``) records the build, the extras and packages installed
+(``torch`` for a training study, ``scikit-learn`` for a scikit-learn plan); a site whose marker
+holds this build and at least what the study needs is reused after one probe command.
+
+With ``system_packages`` the venv sees the site Python's own packages
+(``--system-site-packages``): those it already has at exactly the coordinator's versions are
+neither sent nor installed (a site whose Python has torch 2.13.0+cpu gets no 200 MB wheel);
+the others are installed into the venv, pinned to the coordinator's versions.
 
 The shell scripts sent to a site, the parsing of its answers and the decisions taken on them are
 pure functions here, tested without a site; ``probe``, ``install_venv`` and ``prepare_site`` only
@@ -16,6 +22,7 @@ run them through a ``Remote``.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import shlex
 from collections.abc import Sequence
@@ -27,22 +34,34 @@ import asyncssh
 
 from fedflow._version import __version__
 from fedflow.connectors.remote import Progress, Remote
-from fedflow.connectors.wheel import DIST_NAME, SitePlatform, build_id, wheelhouse
+from fedflow.connectors.wheel import (
+    DIST_NAME,
+    SitePlatform,
+    build_id,
+    dependency_closure,
+    pinned,
+    wheelhouse,
+)
 from fedflow.errors import SiteError, StudyError
 
 __all__ = [
     "MARKER",
+    "PRESENT_SCRIPT",
     "MIN_PYTHON",
     "SiteMachine",
     "check_python",
     "deps_key",
+    "extras_script",
     "install_script",
     "is_current",
     "marker_text",
+    "parse_present",
     "parse_probe",
     "prepare_site",
     "probe",
     "probe_script",
+    "site_packages",
+    "torch_pin",
     "workdir_expr",
 ]
 
@@ -178,9 +197,45 @@ def check_python(machine: SiteMachine, python: str, site: str) -> None:
         )
 
 
-def is_current(machine: SiteMachine, install: str) -> bool:
-    """Return True when the site's venv already holds this build, installed the same way."""
-    return machine.marker.get("build") == build_id() and machine.marker.get("install") == install
+def is_current(
+    machine: SiteMachine,
+    install: str,
+    extras: Sequence[str] = (),
+    packages: Sequence[str] = (),
+    system: bool = False,
+) -> bool:
+    """Return True when the site's venv already holds this build, installed the same way, with
+    at least ``extras`` and ``packages``."""
+    marker = machine.marker
+    return (
+        marker.get("build") == build_id()
+        and marker.get("install") == install
+        and bool(marker.get("system", False)) == system
+        and set(extras) <= set(marker.get("extras", ()))
+        and set(packages) <= set(marker.get("packages", ()))
+    )
+
+
+PRESENT_SCRIPT = (
+    "import importlib.metadata as m, json, re; "
+    "print(json.dumps(sorted({re.sub(r'[-_.]+', '-', d.metadata['Name']).lower() + '==' + d.version "
+    "for d in m.distributions() if d.metadata['Name']})))"
+)
+"""Python printing the distributions an interpreter sees, as a JSON list of ``name==version``
+(names canonical, as ``wheel.pinned`` writes them)."""
+
+
+def parse_present(stdout: str) -> frozenset[str]:
+    """Return the ``name==version`` set that ``PRESENT_SCRIPT`` printed (empty when unreadable)."""
+    try:
+        found = json.loads(stdout.strip() or "[]")
+    except json.JSONDecodeError:
+        return frozenset()
+    return (
+        frozenset(x for x in found if isinstance(x, str))
+        if isinstance(found, list)
+        else frozenset()
+    )
 
 
 def deps_key(house: str, extras: Sequence[str]) -> str:
@@ -194,6 +249,22 @@ _CLEAN_PIP_ENV = (
 )
 
 
+def _pip(machine: SiteMachine, constraints: str, full: bool, system: bool) -> tuple[str, str, str]:
+    """Return the environment, the venv's ``pip install`` and the wheel sources of a site."""
+    w = shlex.quote(machine.workdir)
+    pin = f"-c {w}/wheels/{shlex.quote(constraints)}"
+    source = (
+        f"--no-index --find-links {w}/wheels" + (f" {pin}" if system else "")
+        if full
+        else f"--find-links {w}/wheels {pin}"
+    )
+    env = _CLEAN_PIP_ENV if full else "PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1"
+    # --no-compile: Python compiles what the agent imports, once; compiling every module of
+    # torch and sympy at install time doubled the CPU time of a fresh site's install here
+    pip = f"{w}/venv/bin/python -m pip install --quiet --no-cache-dir --no-compile"
+    return env, pip, source
+
+
 def install_script(
     machine: SiteMachine,
     *,
@@ -202,44 +273,86 @@ def install_script(
     extras: Sequence[str],
     full: bool,
     deps: str,
+    packages: Sequence[str] = (),
+    system: bool = False,
+    site_pip: bool = False,
+    deps_present: bool = False,
 ) -> tuple[str, bool]:
     """Return the shell command installing fedflow into ``<workdir>/venv`` and whether it only
     updates fedflow in a venv whose dependencies already match (``deps``, the Python version).
 
     ``wheel`` and ``constraints`` are file names in ``<workdir>/wheels``. ``full``: offline
     (``--no-index``, pip's configuration ignored); else the site's index, pinned by the
-    constraints file.
+    constraints file. ``packages`` are installed beside fedflow (pinned the same way).
+    ``system``: the venv sees the site Python's packages (``--system-site-packages``), and the
+    constraints pin every dependency to the coordinator's version, offline too; fedflow's own
+    wheel is always installed into the venv (an installed fedflow of the same version outside
+    the venv does not count). ``site_pip``: the site Python has pip, which the venv then uses
+    (``--without-pip``: nothing of its own hides the site's packages). ``deps_present``: the
+    site Python has every dependency at the coordinator's version; only fedflow is installed.
     """
     w = shlex.quote(machine.workdir)
-    requirement = shlex.quote(
-        f"{machine.workdir}/wheels/{wheel}" + (f"[{','.join(extras)}]" if extras else "")
+    own = f"{machine.workdir}/wheels/{wheel}"
+    requirement = " ".join(
+        shlex.quote(r)
+        for r in [own + (f"[{','.join(extras)}]" if extras else ""), *sorted(packages)]
     )
-    pip = f"{w}/venv/bin/python -m pip install --quiet --no-cache-dir"
-    source = (
-        f"--no-index --find-links {w}/wheels"
-        if full
-        else f"--find-links {w}/wheels -c {w}/wheels/{shlex.quote(constraints)}"
-    )
-    env = _CLEAN_PIP_ENV if full else "PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1"
+    env, pip, source = _pip(machine, constraints, full, system)
     same_deps = machine.marker.get("deps") == deps and machine.marker.get("python") == list(
         machine.python_version
     )
     if same_deps:
-        return f"{env} {pip} {source} --no-deps --force-reinstall {requirement}", True
-    return (
-        f"rm -rf {w}/venv && {shlex.quote(str(machine.python))} -m venv {w}/venv && "
-        f"{env} {pip} {source} {requirement}"
-    ), False
+        return f"{env} {pip} {source} --no-deps --force-reinstall {shlex.quote(own)}", True
+    make = f"rm -rf {w}/venv && {shlex.quote(str(machine.python))} -m venv"
+    if not system:
+        return f"{make} {w}/venv && {env} {pip} {source} {requirement}", False
+    make += " --system-site-packages" + (" --without-pip" if site_pip else "")
+    steps = [f"{env} {pip} {source} --no-deps --force-reinstall {shlex.quote(own)}"]
+    if not deps_present:
+        steps.append(f"{env} {pip} {source} {requirement}")
+    return f"{make} {w}/venv && " + " && ".join(steps), False
 
 
-def marker_text(machine: SiteMachine, *, build: str, deps: str, install: str) -> str:
+def extras_script(
+    machine: SiteMachine,
+    *,
+    wheel: str,
+    constraints: str,
+    extras: Sequence[str],
+    full: bool,
+    system: bool = False,
+) -> str:
+    """Return the pip command adding ``extras`` (torch) to a venv where ``install_script`` has
+    just installed fedflow: the same sources and pins, only the extras' requirements are new."""
+    env, pip, source = _pip(machine, constraints, full, system)
+    own = f"{machine.workdir}/wheels/{wheel}"
+    requirement = shlex.quote(own + (f"[{','.join(extras)}]" if extras else ""))
+    return f"{env} {pip} {source} {requirement}"
+
+
+def marker_text(
+    machine: SiteMachine,
+    *,
+    build: str,
+    deps: str,
+    install: str,
+    extras: Sequence[str] = (),
+    packages: Sequence[str] = (),
+    system: bool = False,
+) -> str:
     """Return the venv marker's content (one JSON line) recording what was installed."""
-    data = {
+    data: dict[str, Any] = {
         "build": build,
         "deps": deps,
         "python": list(machine.python_version),
         "install": install,
     }
+    if extras:
+        data["extras"] = sorted(extras)
+    if packages:
+        data["packages"] = sorted(packages)
+    if system:
+        data["system"] = True
     return json.dumps(data) + "\n"
 
 
@@ -285,30 +398,84 @@ async def run_provision_script(remote: Remote, script: Path, workdir: str) -> No
         )
 
 
+_SEEDED = ("pip", "setuptools", "wheel")
+"""Distributions a new venv may hold of its own, whatever the site Python has."""
+
+
+async def site_packages(remote: Remote, python: str) -> frozenset[str]:
+    """Return the ``name==version`` of every distribution the site's ``python`` sees."""
+    done = await remote.run(
+        f"{shlex.quote(python)} -c {shlex.quote(PRESENT_SCRIPT)}",
+        check=False,
+        what="probe",  # a long list: not copied into the site's log
+    )
+    return parse_present(str(done.stdout or "")) if done.exit_status == 0 else frozenset()
+
+
+_CHECK = (
+    "import json, fedflow, fedflow.node.agent, importlib.util as u, importlib.metadata as m; "
+    "t = u.find_spec('torch') is not None; "
+    "print(json.dumps({'version': fedflow.__version__, 'file': fedflow.__file__, "
+    "'torch': m.version('torch') if t else None}))"
+)
+"""Python run in the site's venv after installing: which fedflow it imports, from where, and
+which torch it would import (its version from the metadata: importing torch takes seconds)."""
+
+
+def torch_pin() -> str:
+    """Return the torch the sites get: this installation's (``torch==2.13.0+cpu``), else the
+    ``[torch]`` extra's requirement."""
+    try:
+        return f"torch=={importlib.metadata.version('torch')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "torch (the [torch] extra)"
+
+
 async def install_venv(
     remote: Remote,
     machine: SiteMachine,
     *,
     install: str,
     extras: Sequence[str],
+    packages: Sequence[str] = (),
+    system: bool = False,
+    host: str = "",
     progress: Progress | None = None,
 ) -> None:
     """Create or update ``<workdir>/venv`` with this fedflow build; write the marker on success."""
     ident = build_id()
     full = install != "index"
+    where = f" at {host}" if host else ""
+    present = await site_packages(remote, str(machine.python)) if system else frozenset()
+    site_pip = any(p.startswith("pip==") for p in present)
+    if system and not site_pip:
+        # the venv gets pip and setuptools of its own (Python 3.11 seeds both), which hide the
+        # site Python's: those are sent when fedflow needs them (torch needs setuptools >= 77)
+        present = frozenset(p for p in present if p.partition("==")[0] not in _SEEDED)
     loop = asyncio.get_running_loop()
     try:
         house = await loop.run_in_executor(
-            None, lambda: wheelhouse(machine.platform, extras, full=full, log=remote.log)
+            None,
+            lambda: wheelhouse(
+                machine.platform,
+                extras,
+                packages=packages,
+                present=present,
+                full=full,
+                log=remote.log,
+            ),
         )
     except SiteError as exc:
         raise SiteError(exc.message, site=remote.site) from exc
     deps = deps_key(house.name, extras)
+    deps_present = system and all(
+        pinned(d) in present for d in dependency_closure(extras, packages)
+    )
     w = shlex.quote(machine.workdir)
     await remote.run(f"mkdir -p {w}/wheels && chmod 700 {w}", what="creating the working folder")
     sftp = await remote.sftp()
     try:
-        present = {
+        present_files = {
             name: (await sftp.stat(f"{machine.workdir}/wheels/{name}")).size
             for name in await sftp.listdir(f"{machine.workdir}/wheels")
         }
@@ -317,34 +484,96 @@ async def install_venv(
     wheels = sorted(p for p in house.iterdir() if p.suffix in (".whl", ".txt"))
     fedflow_wheel = next(p for p in wheels if p.name.startswith(DIST_NAME.replace("-", "_")))
     for path in wheels:
-        if path == fedflow_wheel or present.get(path.name) != path.stat().st_size:
+        if path == fedflow_wheel or present_files.get(path.name) != path.stat().st_size:
             await remote.upload(path, f"{machine.workdir}/wheels/{path.name}", progress=progress)
+    # torch goes in a second pip command, so that its failure is told as such
+    later = "torch" in extras and not deps_present
+    first = [e for e in extras if e != "torch"] if later else list(extras)
+    constraints = next(p for p in wheels if p.suffix == ".txt").name
     script, update = install_script(
         machine,
         wheel=fedflow_wheel.name,
-        constraints=next(p for p in wheels if p.suffix == ".txt").name,
-        extras=extras,
+        constraints=constraints,
+        extras=first,
         full=full,
         deps=deps,
+        packages=packages,
+        system=system,
+        site_pip=site_pip,
+        deps_present=deps_present,
     )
     if update:
         remote.note(f"updating fedflow in the prepared venv to {ident}")
     else:
         how = "offline wheels" if full else "package index"
-        remote.note(f"creating the venv in {machine.workdir}/venv ({how})")
-    await remote.run(script, what="installing fedflow into the site's venv")
-    check = await remote.run(
-        f"{w}/venv/bin/python -c 'import fedflow, fedflow.node.agent; print(fedflow.__version__)'",
-        what="checking the site's fedflow",
+        also = f"; with {', '.join([*extras, *packages])}" if extras or packages else ""
+        mine = (
+            f"; the site Python's own packages where they match ({len(present)})" if system else ""
+        )
+        remote.note(f"creating the venv in {machine.workdir}/venv ({how}{also}{mine})")
+    try:
+        await remote.run(script, what="installing fedflow into the site's venv")
+    except SiteError as exc:
+        raise SiteError(f"{exc.message} ({machine.workdir}/venv{where})", site=remote.site) from exc
+    if later and not update:
+        step = extras_script(
+            machine,
+            wheel=fedflow_wheel.name,
+            constraints=constraints,
+            extras=extras,
+            full=full,
+            system=system,
+        )
+        try:
+            await remote.run(step, what="installing torch into the site's venv")
+        except SiteError as exc:
+            source = "the uploaded wheels" if full else "the site's package index"
+            why = exc.message.partition("failed on the site: ")[2] or exc.message
+            raise SiteError(
+                f"cannot install {torch_pin()} into the venv{where} ({machine.workdir}/venv) "
+                f"from {source}: {why}",
+                site=remote.site,
+            ) from exc
+    done = await remote.run(
+        f"{w}/venv/bin/python -c {shlex.quote(_CHECK)}", what="checking the site's fedflow"
     )
-    if str(check.stdout).strip() != __version__:
+    try:
+        found = json.loads(str(done.stdout).strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        found = {}
+    if found.get("version") != __version__ or not str(found.get("file", "")).startswith(
+        f"{machine.workdir}/venv/"
+    ):
         raise SiteError(
-            f"the site's venv runs fedflow {str(check.stdout).strip()!r}, expected {__version__}",
+            f"the site's venv{where} runs fedflow {found.get('version')!r} from "
+            f"{found.get('file')!r}, expected {__version__} from {machine.workdir}/venv",
             site=remote.site,
         )
+    if "torch" in extras:
+        want = torch_pin().partition("==")[2]
+        if found.get("torch") is None:
+            raise SiteError(
+                f"torch cannot be imported in the venv{where} ({machine.workdir}/venv)",
+                site=remote.site,
+            )
+        if want and found["torch"] != want:
+            raise SiteError(
+                f"the venv{where} has torch {found['torch']}, the coordinator {want}: the sites "
+                "must train with the same build",
+                site=remote.site,
+            )
+        remote.note(f"torch {found['torch']} in the site's venv")
     await remote.run(
         f"cat > {w}/venv/{MARKER}",
-        stdin=marker_text(machine, build=ident, deps=deps, install=install),
+        stdin=marker_text(
+            machine,
+            build=ident,
+            deps=deps,
+            install=install,
+            extras=extras,
+            packages=packages,
+            system=system,
+        ),
         what="writing the venv marker",
     )
 
@@ -358,22 +587,39 @@ async def prepare_site(
     provision_script: Path | None = None,
     install: str = "wheels",
     extras: Sequence[str] = (),
+    packages: Sequence[str] = (),
+    system: bool = False,
+    host: str = "",
     progress: Progress | None = None,
 ) -> SiteMachine:
     """Make the site ready to run this fedflow build; return what was found (absolute paths).
 
     Order: probe; run the provision script (it may install Python); check Python and venv;
-    create, update or reuse the venv. Raises SiteError naming the site and the cause.
+    create, update or reuse the venv (``extras`` and ``packages`` added to those the venv
+    already has, so that studies needing different ones do not rebuild it in turn). Raises
+    SiteError naming the site and the cause (and ``host`` when installing fails).
     """
     expr = workdir_expr(workdir, study_name)
     machine = await probe(remote, expr, python)
     if provision_script is not None:
         await run_provision_script(remote, provision_script, machine.workdir)
         machine = await probe(remote, expr, python)
-    if is_current(machine, install):
+    if is_current(machine, install, extras, packages, system):
         return machine
+    if machine.marker.get("build") == build_id():
+        extras = sorted({*extras, *machine.marker.get("extras", ())})
+        packages = sorted({*packages, *machine.marker.get("packages", ())})
     if machine.marker:  # a venv of another build: ask Python about itself now
         machine = await probe(remote, expr, python, ask_python=True)
     check_python(machine, python, remote.site)
-    await install_venv(remote, machine, install=install, extras=extras, progress=progress)
+    await install_venv(
+        remote,
+        machine,
+        install=install,
+        extras=extras,
+        packages=packages,
+        system=system,
+        host=host,
+        progress=progress,
+    )
     return await probe(remote, expr, python)

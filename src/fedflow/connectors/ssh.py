@@ -16,6 +16,7 @@ only under the study's working folder: ``venv/`` and ``wheels/`` (the prepared e
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import shlex
@@ -36,12 +37,46 @@ from fedflow.errors import DataError, SiteError, StudyError
 if TYPE_CHECKING:
     from fedflow.study.schema import Client, Study
 
-__all__ = ["SSHConnector"]
+__all__ = ["SSHConnector", "plan_imports", "training_needs"]
 
 KEEPALIVE_INTERVAL = 2.0
 """Seconds between keepalive probes; a link is declared dead after ``KEEPALIVE_COUNT`` misses."""
 KEEPALIVE_COUNT = 3
 CONNECT_TIMEOUT = 20.0
+
+
+def plan_imports(source: str) -> set[str]:
+    """Return the top-level modules a plan's source imports (empty when it does not parse)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return set()
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.partition(".")[0])
+    return found
+
+
+def training_needs(study: Study) -> tuple[list[str], list[str]]:
+    """Return the (extras, packages) a training study's plan needs at a site: the ``torch``
+    extra unless the plan imports scikit-learn and not torch; ``scikit-learn`` when it imports
+    sklearn. Nothing for other apps. A plan that cannot be read gets torch (the study fails at
+    the coordinator, which reads it too)."""
+    if study.app != "train":
+        return [], []
+    plan = study.params.get("plan")
+    try:
+        source = study.resolve(str(plan)).read_text(encoding="utf-8") if plan else ""
+    except (OSError, UnicodeDecodeError):
+        source = ""
+    modules = plan_imports(source)
+    sklearn = "sklearn" in modules
+    return (["torch"] if "torch" in modules or not sklearn else []), (
+        ["scikit-learn"] if sklearn else []
+    )
 
 
 class SSHConnector(StreamConnector):
@@ -146,10 +181,17 @@ class SSHConnector(StreamConnector):
             raise SiteError(f"cannot connect to {where}: {why}", site=self.site) from exc
 
     def _extras(self) -> list[str]:
+        """The fedflow extras the site's venv needs: ``parquet`` for Parquet data, ``torch``
+        (torch 2.13.0 CPU and safetensors) for a training study whose plan uses torch."""
         data = self.client.data
-        return (
+        extras = (
             ["parquet"] if any(str(p).lower().endswith((".parquet", ".pq")) for p in data) else []
         )
+        return extras + training_needs(self.study)[0]
+
+    def _packages(self) -> list[str]:
+        """More distributions the site's venv needs: ``scikit-learn`` for a scikit-learn plan."""
+        return training_needs(self.study)[1]
 
     async def start(self) -> None:
         """Connect, prepare the site and start the agent; raise SiteError (nothing left open)."""
@@ -182,6 +224,9 @@ class SSHConnector(StreamConnector):
             provision_script=script,
             install=getattr(self.client, "install", "wheels"),
             extras=self._extras(),
+            packages=self._packages(),
+            system=getattr(self.client, "system_packages", False),
+            host=host_label(self.host, self.port),
             progress=self.progress,
         )
         self.timings["prepare"] = time.perf_counter() - begin

@@ -45,6 +45,7 @@ __all__ = [
     "dependency_closure",
     "local_platform",
     "package_files",
+    "pinned",
     "pip_platform_args",
     "repack_wheel",
     "wheel_entries",
@@ -172,14 +173,18 @@ def _requirement_tools() -> tuple[Any, Any]:
     return requirements.Requirement, utils.canonicalize_name
 
 
-def dependency_closure(extras: Sequence[str] = ()) -> list[importlib.metadata.Distribution]:
-    """Return the installed distributions fedflow (with ``extras``) needs here, fedflow excluded.
+def dependency_closure(
+    extras: Sequence[str] = (), packages: Sequence[str] = ()
+) -> list[importlib.metadata.Distribution]:
+    """Return the installed distributions fedflow (with ``extras``) and ``packages`` (more
+    distribution names, e.g. ``scikit-learn``) need here, fedflow excluded.
 
     Raises SiteError naming a requirement that is not installed on the coordinator.
     """
     requirement_cls, canonical = _requirement_tools()
     found: dict[str, tuple[importlib.metadata.Distribution, set[str]]] = {}
     todo: list[tuple[str, set[str]]] = [(DIST_NAME, set(extras))]
+    todo += [(name, set()) for name in packages]
     while todo:
         name, wanted = todo.pop()
         key = canonical(name)
@@ -266,6 +271,27 @@ def repack_wheel(dist: importlib.metadata.Distribution, dest: Path) -> Path | No
     return target
 
 
+def _reuse_wheel(
+    dist: importlib.metadata.Distribution, root: Path, tag: str, dest: Path
+) -> Path | None:
+    """Link into ``dest`` the wheel of ``dist`` repacked earlier for another set of extras (the
+    same installation gives the same bytes: names, dates and order are fixed); None if none."""
+    wheel_text = dist.read_text("WHEEL")
+    name = wheel_text and repacked_wheel_name(dist.metadata["Name"], dist.version, wheel_text)
+    if not name:
+        return None
+    for folder in root.glob(f"deps-{tag}-*"):
+        if folder != dest and (folder / "complete").exists() and (folder / name).is_file():
+            target = dest / name
+            if not target.exists():
+                try:
+                    os.link(folder / name, target)
+                except OSError:
+                    shutil.copyfile(folder / name, target)
+            return target
+    return None
+
+
 def constraints_text(installed: Iterable[tuple[str, str, bool]]) -> str:
     """Return a pip constraints file pinning each ``(name, version, from_index)`` distribution.
 
@@ -310,28 +336,53 @@ def pip_platform_args(site: SitePlatform, here: SitePlatform | None = None) -> l
 # -- the wheelhouse ----------------------------------------------------------------------------
 
 
+def pinned(dist: importlib.metadata.Distribution) -> str:
+    """Return ``name==version`` of a distribution, the name canonical (``scikit-learn==1.9.1``)."""
+    return f"{_requirement_tools()[1](dist.metadata['Name'])}=={dist.version}"
+
+
 def wheelhouse(
-    site: SitePlatform, extras: Sequence[str] = (), *, full: bool = True, log: IO[str] | None = None
+    site: SitePlatform,
+    extras: Sequence[str] = (),
+    *,
+    packages: Sequence[str] = (),
+    present: Iterable[str] = (),
+    full: bool = True,
+    log: IO[str] | None = None,
 ) -> Path:
     """Return a folder with the fedflow wheel (and, if ``full``, all dependency wheels) for ``site``.
 
-    Dependency wheels are gathered once per site platform and fedflow requirements into the
-    coordinator's cache. Raises SiteError when pip cannot get a wheel.
+    ``packages`` are more distributions the site needs (at this installation's versions);
+    ``present`` (``name==version``, names canonical) are those the site's Python already has at
+    exactly this installation's version: no wheel is made or sent for them. Dependency wheels
+    are gathered once per site platform and fedflow requirements into the coordinator's cache.
+    Raises SiteError when pip cannot get a wheel.
     """
     root = cache_dir() / "wheels"
     root.mkdir(parents=True, exist_ok=True)
     with (root / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _wheelhouse(root, site, extras, full=full, log=log)
+        return _wheelhouse(root, site, extras, packages, frozenset(present), full=full, log=log)
 
 
 def _wheelhouse(
-    root: Path, site: SitePlatform, extras: Sequence[str], *, full: bool, log: IO[str] | None
+    root: Path,
+    site: SitePlatform,
+    extras: Sequence[str],
+    packages: Sequence[str],
+    present: frozenset[str],
+    *,
+    full: bool,
+    log: IO[str] | None,
 ) -> Path:
-    requires = "\n".join(f"{d.metadata['Name']}=={d.version}" for d in dependency_closure(extras))
-    key = hashlib.sha256(
-        f"{site.tag}\n{','.join(sorted(extras))}\n{requires}".encode()
-    ).hexdigest()[:16]
+    closure = dependency_closure(extras, packages)
+    requires = "\n".join(f"{d.metadata['Name']}=={d.version}" for d in closure)
+    wanted = sorted({*extras, *(f"+{p}" for p in packages)})
+    key = hashlib.sha256(f"{site.tag}\n{','.join(wanted)}\n{requires}".encode()).hexdigest()[:16]
+    needed = [d for d in closure if pinned(d) not in present]
+    skipped = sorted(pinned(d) for d in closure if pinned(d) in present)
+    if skipped:  # the house (and the venv marker's deps key) differ with what the site has
+        key = hashlib.sha256(f"{key}\n{','.join(skipped)}".encode()).hexdigest()[:16]
     deps = root / f"deps-{site.tag}-{key}"
     ident = build_id()
     own = root / f"fedflow-{ident}"
@@ -348,8 +399,11 @@ def _wheelhouse(
     local = site.tag == local_platform().tag
     if full and not (deps / "complete").exists() and local:
         deps.mkdir(parents=True, exist_ok=True)
-        for dist in dependency_closure(extras):
-            if repack_wheel(dist, deps) is None:
+        for dist in needed:
+            if (
+                _reuse_wheel(dist, root, site.tag, deps) is None
+                and repack_wheel(dist, deps) is None
+            ):
                 break
         else:
             (deps / "complete").write_text("\n".join(sorted(p.name for p in deps.glob("*.whl"))))
@@ -364,6 +418,7 @@ def _wheelhouse(
         command = [
             sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
             "--dest", str(deps), "-c", str(constraints), *pip_platform_args(site), requirement,
+            *packages,
         ]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if log is not None:
@@ -383,6 +438,9 @@ def _wheelhouse(
         for src in [*own.glob("*.whl"), *(deps.glob("*.whl") if full else []), constraints]:
             link = house / src.name
             if not link.exists():
-                shutil.copyfile(src, link)
+                try:
+                    os.link(src, link)  # torch's wheel alone is 200 MB
+                except OSError:
+                    shutil.copyfile(src, link)
         (house / "complete").write_text(ident)
     return house

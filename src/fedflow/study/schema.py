@@ -59,6 +59,9 @@ class Client(_Strict):
     install: Literal["wheels", "index"] = "wheels"
     """Remote sites: ``wheels`` uploads fedflow and every dependency as wheels (no internet needed
     at the site); ``index`` uploads fedflow's wheel and lets the site's pip fetch the rest."""
+    system_packages: bool = False
+    """Remote sites: the venv also sees the site Python's own packages; those at exactly the
+    coordinator's versions (torch 2.13.0+cpu, say) are neither sent nor installed."""
     controller: str | None = None
     """FeatureCloud platform: this site's local controller URL (default http://localhost:8000)."""
     sep: str | None = None
