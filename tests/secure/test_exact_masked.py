@@ -238,3 +238,22 @@ def test_int64_encoding_matches_the_exact_one(values: list[int], lsb: int, span:
         assert str(caught.value) == str(exc)  # the same value named, for the same reason
         return
     assert ring.to_ints(_encode_int64(spec, array)) == want
+
+
+def test_a_float_field_whose_sum_overflows_is_infinite_like_a_float64_array() -> None:
+    big = 1.7976931348623157e308
+    replies = [
+        Reply(
+            n=1, total=s * big, exact=(), values=np.full(20, s * big), counts=np.zeros(1, np.int64)
+        )
+        for s in (1.0, 1.0)
+    ]
+    got = _masked_sum(replies)
+    assert got["total"] == math.inf
+    assert (got["values"] == math.inf).all()
+    replies = [Reply(**{**_fields(r), "total": -big}) for r in replies]
+    assert _masked_sum(replies)["total"] == -math.inf
+
+
+def _fields(reply: Reply) -> dict:
+    return {name: getattr(reply, name) for name in reply.__struct_fields__}

@@ -259,8 +259,11 @@ def unflatten(layout: Sequence[Field], spec: FixedPoint, vector: np.ndarray) -> 
         values = spec.decode(part)
         if f.kind == "exact":
             out[f.name] = tuple(values)
-        elif f.kind == "float":
-            out[f.name] = float(values[0])
+        elif f.kind == "float":  # correctly rounded; ±inf beyond float64, as a float64 array
+            try:
+                out[f.name] = float(values[0])
+            except OverflowError:
+                out[f.name] = math.inf if values[0] > 0 else -math.inf
         else:
             ints = []
             for v in values:
