@@ -173,6 +173,7 @@ def test_a_fresh_venv_gets_torch_from_the_uploaded_wheels(
     assert site_torch.stdout.strip() == "2.13.0+cpu"
 
 
+@pytest.mark.slow
 def test_a_site_whose_index_lacks_torch_fails_in_one_line_naming_the_host(
     lab: SSHLab, trusted: Path, tmp_path: Path
 ) -> None:
