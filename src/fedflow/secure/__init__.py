@@ -3,14 +3,16 @@
 A sans-I/O core (no sockets, files or processes; it imports only ``fedflow.errors``):
 
 - ``pairwise``: pairwise masks under X25519 keys agreed once per run, one exchange per sum
-  (analytics: a dropped site ends the run, so nothing is ever unmasked);
+  (analytics: a dropped site ends the run, so nothing is ever unmasked); from 17 sites on each
+  site masks only with its t neighbours in a Harary graph (sparse masking, t the threshold);
 - ``protocol``: Bonawitz et al. (2017) for an honest-but-curious coordinator — X25519 key
   agreement, ChaCha20 masks, Shamir-shared self-mask seeds and mask keys so that the survivors
   can unmask a site that dropped after sending its keys, sealed (ChaCha20-Poly1305) shares bound
   to session, round, sender and recipient;
 - ``fixedpoint``: exact fixed-point encodings of float64 values (and their products) in a ring
   wide enough that the sum over sites loses no digit, and a clipped 64-bit ring for training;
-- ``shamir``: secret sharing over GF(2^521 − 1); ``ring``: vectors in Z/2^(64·limbs);
+- ``shamir``: secret sharing over GF(2^521 − 1); ``ring``: vectors in Z/2^(64·limbs), and
+  their exact sums lane by lane with carries settled once;
 - ``layout``: a summed phase's reply flattened into one vector of exact values, and back.
 
 Runs use it with ``secure = true`` in the study: ``fedflow.runtime.secure`` (coordinator) and
