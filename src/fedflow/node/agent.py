@@ -297,16 +297,20 @@ class NodeAgent:
 
     def _approve_study_code(self, app: App[Any], msg: Prepare) -> None:
         """Let a built-in app run the study code sent with ``msg`` (train's plan): at a defended
-        site only the site's own approved copy with the same sha256, at an owned site the file
-        the study names (the app checks its hash)."""
+        site only the site's own approved copy with the same sha256, never the text sent; at an
+        owned site the text sent, once its sha256 is the study's, written to
+        ``<site run folder>/plan/<hex>.py`` (the study's path on the coordinator's machine need
+        not exist here). An owned site without a run folder (in-process runs) reads the file the
+        study names. The app checks the hash again when it loads the file."""
         use = getattr(app, "use_code", None)
         if not callable(use):
             raise PolicyError(f"app '{msg.app}' runs no study code, yet code was sent")
         if msg.code is None:  # else a path the coordinator names would run here
             raise PolicyError(f"app '{msg.app}' runs the study's code, and none was sent")
-        self._code_hash = source_hash(msg.code.encode("utf-8"))
+        source = msg.code.encode("utf-8")
+        self._code_hash = source_hash(source)
         if self.owned:
-            use(self._code_hash, None)
+            use(self._code_hash, self._write_study_code(app, msg, source))
             return
         if self._code_hash not in self.config.approved_code:
             raise PolicyError(
@@ -316,6 +320,23 @@ class NodeAgent:
         assert self.config.path is not None
         copy = approved_store(self.config.path) / f"{self._code_hash.partition(':')[2]}.py"
         use(self._code_hash, copy)
+
+    def _write_study_code(self, app: App[Any], msg: Prepare, source: bytes) -> Path | None:
+        """At an owned site: check the study code sent against the hash the study gives
+        (``plan_sha256`` in its parameters) and write it to the run folder; return its path."""
+        assert self._code_hash is not None
+        expected = getattr(app.parse_params(msg.params), "plan_sha256", "") or None
+        if expected is not None and expected != self._code_hash:
+            raise PolicyError(
+                f"site '{self.site}' refused the study code sent for app '{msg.app}': its hash is "
+                f"{self._code_hash}, the study's {expected}"
+            )
+        folder = self._output_folder()
+        if folder is None:
+            return None
+        name = f"{self._code_hash.partition(':')[2]}.py"
+        FolderStore(folder / "plan").write(name, source)
+        return folder / "plan" / name
 
     def _prepare(self, msg: Prepare) -> Prepared:
         self._expect("loaded")

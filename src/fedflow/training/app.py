@@ -154,8 +154,9 @@ class Train(App[TrainParams]):
 
     # -- the plan ------------------------------------------------------------------------------
     def use_code(self, code_hash: str, approved_copy: Path | None) -> None:
-        """At a site: the hash of the plan the coordinator sent, and the site's own approved copy
-        to run (None at a site the study's user owns: the plan file the study names runs)."""
+        """At a site: the hash of the plan the coordinator sent, and the copy to run (a defended
+        site's own approved copy; an owned site's copy of the text sent, in its run folder; None
+        at an owned site without a run folder: the plan file the study names runs)."""
         self._approved = (code_hash, approved_copy)
 
     def study_code(self, params: TrainParams) -> str:
