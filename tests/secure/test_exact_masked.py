@@ -17,7 +17,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -193,10 +193,14 @@ def test_a_mask_is_the_keystream_laid_out_block_by_block_lane_by_lane() -> None:
     words = mask_words(a._pair["site01"], label)
     assert np.array_equal(a.mask(label, zero), words)  # a adds the mask of pair (a, b)
     assert ring.to_ints(b.mask(label, zero)) == ring.to_ints(ring.neg(words))  # b subtracts it
-    # the keystream, built here: ChaCha20 under the pair key, nonce SHA-256(label)[:12]
-    nonce = bytes(4) + hashlib.sha256(label.to_bytes()).digest()[:12]
-    cipher = Cipher(algorithms.ChaCha20(a._pair["site01"], nonce), mode=None).encryptor()
-    stream = np.frombuffer(cipher.update(bytes(length * limbs * 8)), dtype="<u8")
+    # the keystream, built here from AES-256 block by block (ECB over the counter blocks
+    # SHA-256(label)[:16] + i, big-endian, mod 2^128): CTR mode without using CTR mode
+    start = int.from_bytes(hashlib.sha256(label.to_bytes()).digest()[:16], "big")
+    nblocks = -(-length * limbs * 8 // 16)
+    counters = b"".join(((start + i) % 2**128).to_bytes(16, "big") for i in range(nblocks))
+    cipher = Cipher(algorithms.AES(a._pair["site01"]), modes.ECB()).encryptor()
+    keystream = cipher.update(counters)[: length * limbs * 8]
+    stream = np.frombuffer(keystream, dtype="<u8")
     assert np.array_equal(words[:BLOCK, 0], stream[:BLOCK])  # block 0: limb 0, then limb 1
     assert np.array_equal(words[:BLOCK, 1], stream[BLOCK : 2 * BLOCK])
     assert np.array_equal(words[BLOCK:, 0], stream[2 * BLOCK : 2 * BLOCK + 5])  # block 1

@@ -11,8 +11,9 @@ Bonawitz et al. (2017) with the key agreement hoisted out of the rounds::
     every sum      site → coord  y_u = x_u + Σ_{v > u} PRG(k_uv, c) − Σ_{v < u} PRG(k_uv, c)
 
 k_uv = HKDF(X25519(s_u, P_v)) bound to the session and the two names, derived once; the mask of
-one sum is the ChaCha20 keystream under the key k_uv and the 96-bit nonce SHA-256(label)[:12], the
-label being the counter c and what the sum is (round, phase, ring shape, encoding). Σ_u y_u =
+one sum is the AES-256-CTR keystream under the key k_uv from the 128-bit initial counter block
+SHA-256(label)[:16] (AES-NI makes it about twice ChaCha20's speed here), the label being the
+counter c and what the sum is (round, phase, ring shape, encoding). Σ_u y_u =
 Σ_u x_u: the masks cancel. The counter strictly increases at each site (a mask is never used
 twice: two vectors under one mask would give away their difference), and the keys are fixed for
 the run (a changed peer set is refused).
@@ -44,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedflow.secure import ring
@@ -258,11 +259,7 @@ def _masked(
     block by block: each block's masks are added lane by lane into one exact running sum (a
     mask to subtract as its complement ~m, the 1s of −m = ~m + 1 added once at the end)."""
     length, limbs = label.length, label.limbs
-    nonce = bytes(4) + hashlib.sha256(label.to_bytes()).digest()[:12]  # 4-byte block counter 0
-    streams = [
-        (Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor(), name > peer)
-        for peer, key in pair.items()
-    ]
+    streams = [(_keystream(key, label), name > peer) for peer, key in pair.items()]
     negatives = sum(negative for _, negative in streams)
     out = np.empty((length, limbs), dtype=np.uint64)
     zero, buffer = _buffers(min(BLOCK, length) * limbs * 8)
@@ -284,6 +281,14 @@ def _masked(
     return out
 
 
+def _keystream(key: bytes, label: MaskLabel) -> CipherContext:
+    """The mask generator of pair key ``key`` for the sum ``label``: AES-256-CTR from the initial
+    counter block SHA-256(label)[:16] (a label is used once per run, so no two masks share a
+    counter block range in practice: 2^64 blocks apart at worst for random starts)."""
+    start = hashlib.sha256(label.to_bytes()).digest()[:16]
+    return Cipher(algorithms.AES(key), modes.CTR(start)).encryptor()
+
+
 _BUFFERS: dict[int, tuple[bytes, bytearray]] = {}
 
 
@@ -301,13 +306,8 @@ def mask_words(key: bytes, label: MaskLabel) -> np.ndarray:
     """The mask that pair key ``key`` gives for the sum ``label``, as a (length, limbs) ring
     vector (the keystream's words in ``BLOCK``-value blocks, lane by lane within a block):
     what ``PairwiseMasker.mask`` adds or subtracts for one neighbour; for tests."""
-    nonce = bytes(4) + hashlib.sha256(label.to_bytes()).digest()[:12]
     length, limbs = label.length, label.limbs
-    stream = (
-        Cipher(algorithms.ChaCha20(key, nonce), mode=None)
-        .encryptor()
-        .update(bytes(length * limbs * 8))
-    )
+    stream = _keystream(key, label).update(bytes(length * limbs * 8))
     words = np.frombuffer(stream, dtype="<u8")
     out = np.empty((length, limbs), dtype=np.uint64)
     for start in range(0, length, BLOCK):
