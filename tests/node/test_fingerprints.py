@@ -1,8 +1,8 @@
 """Fingerprints computed while the site reads (``Source.start_fingerprints``): a run's manifest
 records the sha256 of every file's bytes (of a query's canonical result), computed here with
 hashlib over the file as a reference; a file that changes between Setup and the end of the
-site's reading fails clearly; a run that ends before a site reported its hashes says they are
-unknown, never a wrong one."""
+site's reading fails clearly; a failed run still records the exact hashes of every site that
+answers its Finish("failed"), and says unknown, never a wrong one, for the others."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -23,8 +24,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from fedflow._version import __version__
+from fedflow.connectors.local import LocalConnector
 from fedflow.connectors.memory import MemoryConnector
 from fedflow.errors import DataError, FedflowError
+from fedflow.node import agent as agent_module
 from fedflow.node import data
 from fedflow.node.agent import NodeAgent
 from fedflow.node.databases import CANONICAL_ROWS
@@ -40,6 +43,7 @@ from fedflow.wire import (
     Failure,
     Finish,
     Hello,
+    MessageCodec,
     Prepare,
     Prepared,
     Ready,
@@ -86,12 +90,20 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data, "_HASH_CHUNK", 1 << 10)
 
 
-def _run(folder: Path, sites: dict[str, list[str]], params: dict[str, Any] = PARAMS) -> Any:
-    body = f'name = "fp"\napp = "linear-regression"\nmin_count = 5\n[params]\n{_toml(params)}\n'
+def _run(
+    folder: Path,
+    sites: dict[str, list[str]],
+    params: dict[str, Any] = PARAMS,
+    *,
+    app: str = "linear-regression",
+    min_count: int = 5,
+    connectors: dict[str, Any] | None = None,
+) -> Any:
+    body = f'name = "fp"\napp = "{app}"\nmin_count = {min_count}\n[params]\n{_toml(params)}\n'
     for site, files in sites.items():
         body += f"\n[[clients]]\nname = {json.dumps(site)}\ndata = {json.dumps(files)}\n"
     study = load_study(write_study(folder, body))
-    connectors = {name: MemoryConnector(name) for name in sites}
+    connectors = connectors or {name: MemoryConnector(name) for name in sites}
     out = folder / f"run-{time.monotonic_ns()}"
     with contextlib.suppress(FedflowError):  # a failed run still writes its manifest
         asyncio.run(arun_study(study, connectors=connectors, command=["test"], out=out))
@@ -225,13 +237,14 @@ def _rewrite(path: Path, make: Any) -> None:
     os.replace(other, path)
 
 
-def _gate(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """Hold the site's fingerprint thread until the returned event is set (or it is stopped)."""
+def _gate(monkeypatch: pytest.MonkeyPatch, only: str = "") -> threading.Event:
+    """Hold the site's fingerprint thread until the returned event is set (or it is stopped);
+    ``only``: just for files whose name starts so."""
     gate = threading.Event()
     real = data._hash_file
 
     def held(file: Any, stop: threading.Event) -> str | None:
-        while not gate.is_set() and not stop.is_set():
+        while file.path.name.startswith(only) and not gate.is_set() and not stop.is_set():
             time.sleep(0.005)
         return None if stop.is_set() else real(file, stop)
 
@@ -331,6 +344,7 @@ def test_a_site_that_ends_before_hashing_reports_its_hash_as_unknown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _gate(monkeypatch)  # never opened: the run ends first
+    monkeypatch.setattr(agent_module, "FAILED_HASH_WAIT", 0.2)  # what a failed run waits
     path = _parquet(tmp_path / "berlin.parquet", 3)
     agent = _greeted(path)
     ready = _prepare(agent, path)
@@ -342,7 +356,98 @@ def test_a_site_that_ends_before_hashing_reports_its_hash_as_unknown(
     assert "run ended before the site reported" in entry["sha256_unknown"]
 
 
-def test_a_failed_runs_manifest_says_the_fingerprint_is_unknown(tmp_path: Path) -> None:
+def _exact(manifest: dict[str, Any], site: str, path: Path) -> None:
+    (entry,) = manifest["sites"][site]["files"]
+    assert entry["name"] == path.name and entry["sha256"] == _sha256(path), entry
+    assert "sha256_unknown" not in entry
+
+
+class _SlowReply(MemoryConnector):
+    """Its reply to a task reaches the coordinator 0.2 s late (after another site failed)."""
+
+    async def receive(self, timeout: float | None = None) -> bytes:
+        if isinstance(self.received[-1], Task):
+            await asyncio.sleep(0.2)
+        return await super().receive(timeout)
+
+
+def test_a_run_failing_at_round_1_records_every_sites_exact_sha256(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vienna raises in round 1 before its hash is complete; berlin's reply is still unread
+    when the run fails: both sites' Bye (Finish "failed") carry the hashes."""
+    gate = _gate(monkeypatch, only="vienna")
+    vienna = NodeAgent("vienna")
+
+    def handle(message: Any) -> Any:
+        if isinstance(message, Finish):  # its hash completes only after Finish came
+            assert not gate.is_set()
+            threading.Timer(0.2, gate.set).start()
+        return vienna.handle(message)
+
+    paths = {s: _parquet(tmp_path / f"{s}.parquet", i) for i, s in enumerate(("berlin", "vienna"))}
+    sites = {s: [p.name] for s, p in paths.items()}
+    fault = {"site": "vienna", "round": 1, "mode": "raise"}
+    connectors = {"berlin": _SlowReply("berlin"), "vienna": MemoryConnector("vienna", handle)}
+    manifest, _ = _run(tmp_path, sites, fault, app="tests.plugins:Faulty", connectors=connectors)
+    assert manifest["status"] == "failed"
+    for site, path in paths.items():
+        _exact(manifest, site, path)
+
+
+def test_a_run_refused_at_prepare_records_every_sites_exact_sha256(tmp_path: Path) -> None:
+    """vienna's 3 rows are fewer than min_count = 5: it refuses at Prepare, before any pass
+    over its file; both sites still hash theirs and report them at Finish("failed")."""
+    paths = {"berlin": _csv(tmp_path / "berlin.csv", 1), "vienna": _csv(tmp_path / "v.csv", 2, 3)}
+    sites = {s: [p.name] for s, p in paths.items()}
+    manifest, _ = _run(tmp_path, sites)
+    assert manifest["status"] == "failed"
+    assert "fewer than min_count = 5" in manifest["error"]["message"], manifest["error"]
+    for site, path in paths.items():
+        _exact(manifest, site, path)
+
+
+def test_a_failed_run_at_prepare_with_a_data_error_records_the_sha256(tmp_path: Path) -> None:
+    paths = {s: _csv(tmp_path / f"{s}.csv", 1) for s in ("berlin", "vienna")}
+    sites = {s: [p.name] for s, p in paths.items()}
+    bad = {"target": "y", "features": ["x1", "note"]}  # text where numbers are needed
+    manifest, _ = _run(tmp_path, sites, bad)
+    assert manifest["status"] == "failed"
+    for site, path in paths.items():
+        _exact(manifest, site, path)
+
+
+class _KillAtRound2(LocalConnector):
+    """A site process killed (SIGKILL) once it was sent round 2's task."""
+
+    async def send(self, payload: bytes) -> None:
+        await super().send(payload)
+        message = MessageCodec().decode(payload)
+        if isinstance(message, Task) and message.round == 2 and self.pid is not None:
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def test_a_site_killed_mid_run_is_unknown_and_the_others_exact(tmp_path: Path) -> None:
+    paths = {s: _parquet(tmp_path / f"{s}.parquet", i) for i, s in enumerate(("berlin", "vienna"))}
+    sites = {s: [p.name] for s, p in paths.items()}
+    hang = {"site": "vienna", "round": 2, "mode": "hang"}  # killed first
+    connectors = {
+        "berlin": LocalConnector("berlin", agent_args=["--owned"]),
+        "vienna": _KillAtRound2("vienna", agent_args=["--owned"]),
+    }
+    manifest, _ = _run(tmp_path, sites, hang, app="tests.plugins:Faulty", connectors=connectors)
+    assert manifest["status"] == "failed"
+    assert "SIGKILL" in json.dumps(manifest["error"]), manifest["error"]
+    _exact(manifest, "berlin", paths["berlin"])
+    (entry,) = manifest["sites"]["vienna"]["files"]  # it never said goodbye: never a guess
+    assert entry["sha256"] is None and entry["sha256_unknown"], entry
+
+
+def test_a_failed_runs_manifest_says_an_unfinished_fingerprint_is_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _gate(monkeypatch)  # the hashes never complete
+    monkeypatch.setattr(agent_module, "FAILED_HASH_WAIT", 0.1)
     for site in ("berlin", "vienna"):
         _csv(tmp_path / f"{site}.csv", 1)
     sites = {"berlin": ["berlin.csv"], "vienna": ["vienna.csv"]}

@@ -84,6 +84,10 @@ __all__ = ["NodeAgent", "serve"]
 
 log = logging.getLogger("fedflow.node")
 
+FAILED_HASH_WAIT = 60.0
+"""Seconds a site waits at ``Finish("failed")`` for hashes not complete yet (less than the
+coordinator waits for ``Bye``, runtime.coordinator.SETUP_TIMEOUT)."""
+
 
 class NodeAgent:
     """Answers coordinator messages for one site. Never sends rows, only what apps return.
@@ -513,13 +517,26 @@ class NodeAgent:
             log.info("per-site outputs stay at the site (outputs_leave_site = false)")
         files = self._fingerprints
         if files is None and self._source is not None:  # ended before a result: what is known
-            files = self._source.fingerprints(wait=False)
+            files = self._finish_fingerprints(msg.status)
         return Bye(
             peak_rss=int(usage.ru_maxrss) * 1024,
             cpu_seconds=usage.ru_utime + usage.ru_stime,
             outputs=written if leave else [],
             files=_file_infos(files or []),
         )
+
+    def _finish_fingerprints(self, status: str) -> list[FileFingerprint]:
+        """The data's fingerprints as a run ends before this site sent a result. A failed run
+        is the one a user most needs to describe: wait for the hashes (the thread has been
+        reading the files since Setup) up to FAILED_HASH_WAIT seconds; a hash not complete by
+        then, or a file that changed, is sent as unknown (None), never guessed."""
+        assert self._source is not None
+        if status == "failed":
+            try:
+                return self._source.fingerprints(timeout=FAILED_HASH_WAIT)
+            except DataError as exc:
+                log.warning("fingerprints unknown: %s", exc.message)
+        return self._source.fingerprints(wait=False)
 
     # -- audit ---------------------------------------------------------------------------------
     def _audit(self, message: Message, reply: Message) -> None:

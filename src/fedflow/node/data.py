@@ -323,10 +323,12 @@ class Source(ABC):
         data in memory are hashed when opened)."""
         return None
 
-    def fingerprints(self, *, wait: bool = True) -> list[FileFingerprint]:
+    def fingerprints(
+        self, *, wait: bool = True, timeout: float | None = None
+    ) -> list[FileFingerprint]:
         """Return ``files`` with their sha256. ``wait``: until every hash is complete (raises
-        DataError for a file that changed since Setup); else what is known now (None for the
-        rest) and stop hashing."""
+        DataError for a file that changed since Setup), or ``timeout`` seconds, then as without
+        it; else what is known now (None for the rest) and stop hashing."""
         return self.files
 
 
@@ -446,14 +448,16 @@ class FileSource(Source):
         if self._hasher is None:
             self._hasher = _Hasher(self._files)
 
-    def fingerprints(self, *, wait: bool = True) -> list[FileFingerprint]:
+    def fingerprints(
+        self, *, wait: bool = True, timeout: float | None = None
+    ) -> list[FileFingerprint]:
         if self._hasher is None:
             if not wait:
                 return self.files
             self.start_fingerprints()
         assert self._hasher is not None
         try:
-            digests = self._hasher.wait() if wait else self._hasher.stop()
+            digests = self._hasher.wait(timeout) if wait else self._hasher.stop()
         except DataError as exc:
             exc.site = self.site
             raise
@@ -638,10 +642,12 @@ class _Hasher:
                 return
             self._digests[index] = digest
 
-    def wait(self) -> list[str | None]:
-        """Return every file's sha256 once all are hashed. Raises DataError for a file that
-        changed since Setup or could not be read."""
-        self._thread.join()
+    def wait(self, timeout: float | None = None) -> list[str | None]:
+        """Return every file's sha256 once all are hashed (after ``timeout`` s: ``stop()``).
+        Raises DataError for a file that changed since Setup or could not be read."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            return self.stop()
         if self._error is not None:
             raise self._error
         return list(self._digests)

@@ -72,6 +72,10 @@ class SiteRecord:
     ready: Ready | None = None
     rows_used: int | None = None
     bye: Bye | None = None
+    awaiting: float | None = None
+    """The timeout of a request whose reply is unread (its wait was cancelled), else None."""
+    answering: bool = True
+    """False once the site failed to answer (timeout, connection lost)."""
 
     def manifest(self) -> dict[str, Any]:
         """Return this site's manifest entry."""
@@ -103,7 +107,8 @@ def _file_entry(f: FileInfo) -> dict[str, Any]:
     if f.sha256 is None:  # never a hash the site did not compute
         entry["sha256_unknown"] = (
             "the run ended before the site reported this file's sha256 (it is sent with the "
-            "site's last reply, once the site has hashed the file)"
+            "site's last reply, once the site has hashed the file; a site lost or not answering "
+            "at the end of a failed run sends none)"
         )
     return entry
 
@@ -200,6 +205,9 @@ class Coordinator:
         """Run to the end; always close every connector. Raises the first site's failure."""
         try:
             return await self._run()
+        except Exception:
+            await self._finish_failed()
+            raise
         finally:
             await self.close()
 
@@ -361,6 +369,25 @@ class Coordinator:
                     peak_rss_bytes=bye.peak_rss, cpu_seconds=bye.cpu_seconds
                 )
 
+    async def _finish_failed(self) -> None:
+        """A failed run: send Finish("failed") to every site that loaded its data and still
+        answers, and keep its Bye, whose fingerprints the manifest records (a file's sha256 is
+        sent with Bye). A site that does not answer keeps them unknown; never raises."""
+
+        async def finish(site: SiteRecord) -> None:
+            if site.awaiting is not None:  # its reply to a request cancelled by the failure
+                await site.connector.receive(site.awaiting)
+                site.awaiting = None
+            site.bye = await self._ask(site.name, Finish(status="failed"), Bye)
+
+        sites = [
+            s
+            for n, s in self.sites.items()
+            if s.ready is not None and s.answering and n not in self.lost
+        ]
+        with self._phase("finish sites"):  # the run's own failure is what it reports
+            await asyncio.gather(*map(finish, sites), return_exceptions=True)
+
     async def close(self) -> None:
         """Close every connector (agents stop); never raises."""
         await asyncio.gather(
@@ -409,8 +436,15 @@ class Coordinator:
             raise LocalProtocolError(
                 f"cannot send {type(message).__name__}: {exc.message}", site=name
             ) from None
+        site = self.sites[name]
         await connector.send(payload)
-        raw = await connector.receive(timeout)
+        site.awaiting = timeout  # stays set if this wait is cancelled (another site failed)
+        try:
+            raw = await connector.receive(timeout)
+        except FedflowError:
+            site.answering = False
+            raise
+        site.awaiting, site.answering = None, True
         try:
             reply = self.codec.decode(raw)
         except RemoteProtocolError as exc:
