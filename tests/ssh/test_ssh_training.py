@@ -228,3 +228,50 @@ def test_a_site_whose_index_lacks_torch_fails_in_one_line_naming_the_host(
     assert message.startswith(f"site '{site.name}': cannot install torch==2.13.0+cpu into the venv")
     assert f"at {site.host}" in message and "from the site's package index" in message
     assert message.partition("package index: ")[2].startswith("ERROR: ")  # pip's own reason
+
+
+@pytest.mark.slow
+def test_a_scaffold_run_over_ssh_interrupted_resumes_to_the_same_bytes(
+    own_lab: SSHLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C after round 2's checkpoint of a 3-round SCAFFOLD run over two SSH sites: each site
+    keeps its control c_i in its run folder (``runs/<run>/out/state``, named from the run, not
+    from the connection), and ``fedflow resume`` reads it there and ends with the bytes of the
+    same run on local sites left uninterrupted."""
+    import os
+    import signal
+
+    from fedflow.runtime.run import RunInterrupted
+    from fedflow.training import checkpoint
+
+    def scaffold(path: Path) -> Path:
+        text = path.read_text().replace("rounds = 2", 'rounds = 3\nstrategy = "scaffold"')
+        path.write_text(text)
+        return path
+
+    whole = run(scaffold(write_study(tmp_path / "local", [{}, {}])), tmp_path / "whole")
+    study = scaffold(write_study(tmp_path / "ssh", [system_site(own_lab, i) for i in range(2)]))
+    out = tmp_path / "cut"
+    real = checkpoint.Checkpointer.__call__
+
+    def ctrl_c_after_2(self: Any, driver: Any, round_: int) -> None:
+        real(self, driver, round_)
+        if round_ == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint.Checkpointer, "__call__", ctrl_c_after_2)
+        with pytest.raises(RunInterrupted):
+            asyncio.run(arun_study(load_study(study), out=out, command=["test"]))
+    assert checkpoint.load_checkpoint(out)[0] == 2
+    for i in range(2):  # the sites' state outlived their connections; nothing else is left
+        runs = list((own_lab.root / f"work-system-{i}" / "runs").glob("run-*"))
+        states = [r for r in runs if any((r / "out" / "state").glob("*.safetensors"))]
+        assert len(states) == 1, runs
+        assert not list(states[0].glob("conn-*"))
+        assert len(list((states[0] / "out" / "plan").glob("*.py"))) == 1  # the plan sent
+    done = asyncio.run(
+        arun_study(load_study(out / "study.toml"), out=out, resume=out, command=["test"])
+    )
+    assert done.status == "completed"
+    assert {name: (out / name).read_bytes() for name in MODELS} == whole

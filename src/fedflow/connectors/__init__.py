@@ -43,4 +43,6 @@ def connector_for(
         )
     from fedflow.connectors.ssh import SSHConnector
 
-    return SSHConnector(client, study, log_path=log_path, progress=progress)
+    # the site's run folder follows the run (its directory), so retries and resume find its state
+    identity = str(Path(output_dir).resolve())
+    return SSHConnector(client, study, log_path=log_path, run_identity=identity, progress=progress)

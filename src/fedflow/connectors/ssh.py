@@ -10,8 +10,14 @@
 The agent runs as ``<workdir>/venv/bin/python -m fedflow.node --site NAME`` in an exec channel
 (no pty, binary streams); its stderr is appended to ``log_path``. On the site, fedflow writes
 only under the study's working folder: ``venv/`` and ``wheels/`` (the prepared environment),
-``data/`` (staged data, kept for the next run) and ``runs/<id>/`` (removed at close unless
-``[debug] keep_remote = true``).
+``data/`` (staged data, kept for the next run) and ``runs/<run>/``. ``<run>`` is derived from the
+run's identity (the coordinator's host, the site and the run directory, ``run_identity``), so a
+restarted agent (retries) and ``fedflow resume`` reuse its ``out/`` folder, where the agent keeps
+its state between rounds (``out/state``, e.g. SCAFFOLD's control) and the plan sent
+(``out/plan``); the agent runs in ``runs/<run>/conn-<id>/``, one per connection. At close the
+connection's folder is removed, and ``runs/<run>/`` too unless its ``out/state`` holds files (a
+run interrupted now can be resumed); ``[debug] keep_remote = true`` keeps everything. Without
+``run_identity`` (a connector used on its own) ``runs/<id>/`` is per connection.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import hashlib
+import platform
 import shlex
 import time
 import uuid
@@ -92,6 +100,7 @@ class SSHConnector(StreamConnector):
         *,
         log_path: Path | None = None,
         output_dir: str | None = None,
+        run_identity: str | None = None,
         progress: Progress | None = None,
         keepalive_interval: float = KEEPALIVE_INTERVAL,
         keepalive_count_max: int = KEEPALIVE_COUNT,
@@ -109,7 +118,13 @@ class SSHConnector(StreamConnector):
         self.connect_timeout = connect_timeout
         self.host, self.port = client.hostname, client.port
         self.info: SiteMachine | None = None
+        self.run_identity = run_identity
+        """What identifies the run at the coordinator (its run directory): the site's run folder
+        is derived from it, so a restarted agent and a resumed run find their state."""
         self.run_dir: str | None = None
+        """``<workdir>/runs/<run>``: stable per run with ``run_identity``, else per connection."""
+        self.conn_dir: str | None = None
+        """The agent's working folder for this connection (``run_dir`` without ``run_identity``)."""
         self.timings: dict[str, float] = {}
         self._conn: asyncssh.SSHClientConnection | None = None
         self._remote: Remote | None = None
@@ -230,11 +245,23 @@ class SSHConnector(StreamConnector):
             progress=self.progress,
         )
         self.timings["prepare"] = time.perf_counter() - begin
-        run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
-        self.run_dir = f"{self.info.workdir}/runs/{run_id}"
+        conn_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+        if self.run_identity is not None:
+            self.run_dir = f"{self.info.workdir}/runs/{self.run_key()}"
+            self.conn_dir = f"{self.run_dir}/conn-{conn_id}"
+        else:
+            self.run_dir = self.conn_dir = f"{self.info.workdir}/runs/{conn_id}"
         if self.output_dir is None:
             self.output_dir = f"{self.run_dir}/out"
         await self._start_agent()
+
+    def run_key(self) -> str:
+        """The name of this run's folder at the site (``runs/<key>``), the same for every
+        connection of the run and for ``fedflow resume``: a hash of the coordinator's host, the
+        site's name and ``run_identity``."""
+        assert self.run_identity is not None
+        text = f"{platform.node()}\0{self.site}\0{self.run_identity}"
+        return "run-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     async def _start_managed(self) -> None:
         """A managed site: the operator's forced command runs the agent whatever we ask for;
@@ -249,11 +276,12 @@ class SSHConnector(StreamConnector):
         self._stderr_task = asyncio.create_task(self._pump_stderr(self._proc.stderr))
 
     async def _start_agent(self) -> None:
-        assert self._conn is not None and self.info is not None and self.run_dir is not None
+        assert self._conn is not None and self.info is not None and self.conn_dir is not None
         args = ["--owned", *(["--verbose"] if self.study.debug.verbose else [])]
+        here = shlex.quote(self.conn_dir)
         command = (
-            f"umask 077; mkdir -p {shlex.quote(self.output_dir or self.run_dir)} "
-            f"{shlex.quote(self.run_dir)} && cd {shlex.quote(self.run_dir)} && exec {shlex.quote(self.info.venv_python)} "
+            f"umask 077; mkdir -p {shlex.quote(self.output_dir or self.conn_dir)} {here} "
+            f"&& cd {here} && exec {shlex.quote(self.info.venv_python)} "
             f"-m fedflow.node --site {shlex.quote(self.site)} {' '.join(args)}"
         )
         try:
@@ -393,9 +421,7 @@ class SSHConnector(StreamConnector):
             if self._remote is not None and self.run_dir and not self.study.debug.keep_remote:
                 with contextlib.suppress(SiteError, TimeoutError):
                     await asyncio.wait_for(
-                        self._remote.run(
-                            f"rm -rf -- {shlex.quote(self.run_dir)}", check=False, what="cleanup"
-                        ),
+                        self._remote.run(self._cleanup_command(), check=False, what="cleanup"),
                         5.0,
                     )
             if self._remote is not None:
@@ -409,6 +435,19 @@ class SSHConnector(StreamConnector):
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def _cleanup_command(self) -> str:
+        """Remove this connection's folder; and the run's folder unless its state folder holds
+        files (kept for a restarted agent or ``fedflow resume``)."""
+        assert self.run_dir is not None
+        run = shlex.quote(self.run_dir)
+        if self.run_identity is None or self.conn_dir is None:
+            return f"rm -rf -- {run}"
+        state = shlex.quote(f"{self.output_dir or self.run_dir}/state")
+        return (
+            f"rm -rf -- {shlex.quote(self.conn_dir)}; "
+            f'if [ -z "$(ls -A -- {state} 2>/dev/null)" ]; then rm -rf -- {run}; fi'
+        )
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"kind": self.kind, "host": host_label(self.host or "", self.port)}
