@@ -230,9 +230,26 @@ def test_a_site_whose_index_lacks_torch_fails_in_one_line_naming_the_host(
     assert message.partition("package index: ")[2].startswith("ERROR: ")  # pip's own reason
 
 
+def scaffold(path: Path, extra: str = "") -> Path:
+    """The study at ``path`` with SCAFFOLD, 3 rounds (and ``extra`` parameter lines)."""
+    text = path.read_text().replace("rounds = 2", f'rounds = 3\nstrategy = "scaffold"\n{extra}')
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_scaffold(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The models of the SCAFFOLD study on local sites, uninterrupted."""
+    folder = tmp_path_factory.mktemp("scaffold-local")
+    return run(scaffold(write_study(folder, [{}, {}])), folder / "run")
+
+
 @pytest.mark.slow
 def test_a_scaffold_run_over_ssh_interrupted_resumes_to_the_same_bytes(
-    own_lab: SSHLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    own_lab: SSHLab,
+    local_scaffold: dict[str, bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Ctrl-C after round 2's checkpoint of a 3-round SCAFFOLD run over two SSH sites: each site
     keeps its control c_i in its run folder (``runs/<run>/out/state``, named from the run, not
@@ -244,12 +261,7 @@ def test_a_scaffold_run_over_ssh_interrupted_resumes_to_the_same_bytes(
     from fedflow.runtime.run import RunInterrupted
     from fedflow.training import checkpoint
 
-    def scaffold(path: Path) -> Path:
-        text = path.read_text().replace("rounds = 2", 'rounds = 3\nstrategy = "scaffold"')
-        path.write_text(text)
-        return path
-
-    whole = run(scaffold(write_study(tmp_path / "local", [{}, {}])), tmp_path / "whole")
+    whole = local_scaffold
     study = scaffold(write_study(tmp_path / "ssh", [system_site(own_lab, i) for i in range(2)]))
     out = tmp_path / "cut"
     real = checkpoint.Checkpointer.__call__
@@ -275,3 +287,60 @@ def test_a_scaffold_run_over_ssh_interrupted_resumes_to_the_same_bytes(
     )
     assert done.status == "completed"
     assert {name: (out / name).read_bytes() for name in MODELS} == whole
+
+
+@pytest.mark.slow
+def test_a_killed_ssh_agent_is_restarted_and_reads_its_scaffold_state(
+    own_lab: SSHLab,
+    local_scaffold: dict[str, bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``retries = 1``: hospital_a's agent is SIGKILLed after round 1; round 2's task fails, the
+    agent is started again over a new connection, in the same run folder, and starts round 2
+    from its c_i of round 1 read from ``out/state`` — the models are those of the run on local
+    sites left alone."""
+    import os
+    import signal
+    import time
+
+    from fedflow.training import checkpoint
+
+    workdir = own_lab.root / "work-system-0"
+    study = scaffold(
+        write_study(tmp_path / "ssh", [system_site(own_lab, i) for i in range(2)]), "retries = 1"
+    )
+    real = checkpoint.Checkpointer.__call__
+    killed: list[int] = []
+
+    def agent_pids() -> list[int]:  # this test's hospital_a agent: it works under workdir/runs
+        found = []
+        for pid in own_lab.sites[0].pids("fedflow.node --site hospital_a"):
+            try:
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+            except OSError:
+                continue
+            if cwd.startswith(str(workdir / "runs") + "/"):
+                found.append(pid)
+        return found
+
+    def kill_after_1(self: Any, driver: Any, round_: int) -> None:
+        real(self, driver, round_)
+        if round_ == 1:
+            pids = agent_pids()
+            assert len(pids) == 1, pids
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+            deadline = time.monotonic() + 10
+            while pids[0] in agent_pids() and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint.Checkpointer, "__call__", kill_after_1)
+        models = run(study, tmp_path / "run")
+    assert killed
+    events = json.loads((tmp_path / "run" / "metrics.json").read_text())["round_events"]
+    assert any(e.get("site") == "hospital_a" and e.get("event") == "restarted" for e in events), (
+        events
+    )
+    assert models == local_scaffold
