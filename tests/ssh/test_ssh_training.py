@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from fedflow.connectors.siteprep import MARKER
@@ -126,11 +127,25 @@ def local_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_training_over_ssh_gives_the_same_bytes_run_after_run_and_as_local_sites(
-    own_lab: SSHLab, local_models: dict[str, bytes], tmp_path: Path
+    own_lab: SSHLab, local_models: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The second run tells the sites a plan path that exists nowhere (as for a site on another
+    machine): they run the plan source sent, written to their run folder, to the same bytes."""
+    from fedflow.runtime.driver import Driver
+
     study = write_study(tmp_path / "ssh", [system_site(own_lab, i) for i in range(2)])
     first = run(study, tmp_path / "run-1")
-    second = run(study, tmp_path / "run-2")
+    real = Driver.prepare
+    elsewhere = str(tmp_path / "not-at-the-sites" / "plan.py")
+
+    def plan_elsewhere(self: Driver, infos: Any) -> Any:
+        prepare = real(self, infos)
+        return msgspec.structs.replace(prepare, params={**prepare.params, "plan": elsewhere})
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Driver, "prepare", plan_elsewhere)
+        second = run(study, tmp_path / "run-2")
+    assert not Path(elsewhere).exists()
     assert first == second == local_models
     log = (tmp_path / "run-1" / "logs" / "hospital_a.log").read_text()
     assert "torch 2.13.0+cpu in the site's venv" in log
