@@ -245,6 +245,19 @@ def test_a_site_whose_index_lacks_torch_fails_in_one_line_naming_the_host(
     assert message.partition("package index: ")[2].startswith("ERROR: ")  # pip's own reason
 
 
+@pytest.fixture()
+def own_trusted(own_lab: SSHLab, coordinator_home: Path) -> SSHLab:
+    """own_lab with its host keys known again (the package's ``trusted`` fixture of an earlier
+    test removes the known_hosts file when it ends)."""
+    known = coordinator_home / ".config" / "fedflow" / "known_hosts"
+    known.parent.mkdir(parents=True, exist_ok=True)
+    text = known.read_text() if known.exists() else ""
+    keys = own_lab.known_hosts.read_text()
+    if keys not in text:
+        known.write_text(text + keys)
+    return own_lab
+
+
 def scaffold(path: Path, extra: str = "") -> Path:
     """The study at ``path`` with SCAFFOLD, 3 rounds (and ``extra`` parameter lines)."""
     text = path.read_text().replace("rounds = 2", f'rounds = 3\nstrategy = "scaffold"\n{extra}')
@@ -261,7 +274,7 @@ def local_scaffold(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]
 
 @pytest.mark.slow
 def test_a_scaffold_run_over_ssh_interrupted_resumes_to_the_same_bytes(
-    own_lab: SSHLab,
+    own_trusted: SSHLab,
     local_scaffold: dict[str, bytes],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -270,6 +283,7 @@ def test_a_scaffold_run_over_ssh_interrupted_resumes_to_the_same_bytes(
     keeps its control c_i in its run folder (``runs/<run>/out/state``, named from the run, not
     from the connection), and ``fedflow resume`` reads it there and ends with the bytes of the
     same run on local sites left uninterrupted."""
+    own_lab = own_trusted
     import os
     import signal
 
@@ -306,7 +320,7 @@ def test_a_scaffold_run_over_ssh_interrupted_resumes_to_the_same_bytes(
 
 @pytest.mark.slow
 def test_a_killed_ssh_agent_is_restarted_and_reads_its_scaffold_state(
-    own_lab: SSHLab,
+    own_trusted: SSHLab,
     local_scaffold: dict[str, bytes],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -315,6 +329,7 @@ def test_a_killed_ssh_agent_is_restarted_and_reads_its_scaffold_state(
     agent is started again over a new connection, in the same run folder, and starts round 2
     from its c_i of round 1 read from ``out/state`` — the models are those of the run on local
     sites left alone."""
+    own_lab = own_trusted
     import os
     import signal
     import time
