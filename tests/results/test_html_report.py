@@ -202,7 +202,7 @@ def test_convergence_is_read_from_the_trace(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_training_convergence_per_round(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    run = memory_run("train", tmp_path / "train", params={"rounds": 2})
+    run = memory_run("training", tmp_path / "train", params={"rounds": 2})
     text, images = _page(run.dir)
     assert "convergence" in images and "each of 2 rounds" in text
     assert "sites" in images
