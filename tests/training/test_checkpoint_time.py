@@ -25,7 +25,7 @@ def test_each_checkpoint_records_its_time_and_the_file_is_whole(tmp_path: Path) 
     ctx = SimpleNamespace(
         round=1, state={CHECKPOINT: {"arrays": {"weights": np.ones(4)}, "meta": meta}}
     )
-    hook = Checkpointer(rd)
+    hook = Checkpointer(rd, metrics_every=0.0)
     hook(SimpleNamespace(ctx=ctx), 1)
     ctx.round = 2
     hook(SimpleNamespace(ctx=ctx), 2)
@@ -38,3 +38,29 @@ def test_each_checkpoint_records_its_time_and_the_file_is_whole(tmp_path: Path) 
     assert 0 < cpu < 60
     rounds, state = load_checkpoint(rd.path)
     assert rounds == 2 and state[CHECKPOINT]["arrays"]["weights"].tolist() == [1.0] * 4
+
+
+def test_metrics_json_is_rewritten_at_most_every_metrics_every_seconds(tmp_path: Path) -> None:
+    """The checkpoint is written after every round; metrics.json after the first round, then not
+    again within ``metrics_every`` seconds (the run writes it whole when it ends)."""
+    pytest.importorskip("safetensors")
+    from fedflow.training.app import CHECKPOINT
+    from fedflow.training.checkpoint import Checkpointer, load_checkpoint
+
+    rd = RunDirectory(tmp_path / "run")
+    meta = {"params": {"rounds": 3, "metric": "loss"}, "history": [{"round": 0, "global": {}}]}
+    ctx = SimpleNamespace(
+        round=1, state={CHECKPOINT: {"arrays": {"weights": np.ones(4)}, "meta": meta}}
+    )
+    hook = Checkpointer(rd, metrics_every=3600.0)
+    hook(SimpleNamespace(ctx=ctx), 1)
+    for k in (2, 3):
+        ctx.round = k
+        meta["history"].append({"round": k - 1, "global": {"loss": 1.0 / k}})
+        hook(SimpleNamespace(ctx=ctx), k)
+        assert load_checkpoint(rd.path)[0] == k  # every round's checkpoint
+    on_disk = json.loads((rd.path / "metrics.json").read_text())
+    assert len(on_disk["checkpoint_seconds"]) == 1 and len(on_disk["training"]) == 1
+    assert len(rd.metrics["checkpoint_seconds"]) == 3  # kept for the run's last write
+    rd.write_metrics()
+    assert json.loads((rd.path / "metrics.json").read_text())["training"] == meta["history"]

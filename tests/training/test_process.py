@@ -4,6 +4,7 @@ torch is missing."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ def _study(folder: Path) -> Path:
         clients.append(f'[[clients]]\nname = "{name}"\ndata = ["{name}.csv"]\n')
     (folder / "study.toml").write_text(
         'name = "proc"\napp = "train"\nseed = 8\n'
-        '[params]\nplan = "plan.py"\ntarget = "label"\nrounds = 2\nlr = 0.1\nbatch_size = 16\n'
+        '[params]\nplan = "plan.py"\ntarget = "label"\nrounds = 4\nlr = 0.1\nbatch_size = 16\n'
         'metric = "accuracy"\n' + "".join(clients)
     )
     return folder / "study.toml"
@@ -42,6 +43,17 @@ def test_site_processes_give_the_bytes_of_the_in_memory_run(tmp_path: Path) -> N
     sim = simulate("train", params, blobs([50, 35, 60]), seed=8)
     for name in ("model-last.safetensors", "model-best.safetensors"):
         assert (run.dir / name).read_bytes() == sim.done.artifacts[name], name
+    # metrics.json and the checkpoint encode each settled history entry once (GrowingList):
+    # both hold the history the run ended with, entries filled in after they were first written
+    # included
+    from fedflow.training.app import CHECKPOINT
+    from fedflow.training.checkpoint import load_checkpoint
+
+    history = sim.result["history"]
+    assert len(history) == 5 and all("global" in h for h in history)
+    metrics = json.loads((run.dir / "metrics.json").read_text())
+    assert metrics["training"] == history
+    assert load_checkpoint(run.dir)[1][CHECKPOINT]["meta"]["history"] == history
 
 
 def test_without_torch_a_training_study_says_what_to_install(

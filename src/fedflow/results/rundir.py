@@ -22,7 +22,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,16 @@ import msgspec
 
 from fedflow.errors import StudyError
 
-__all__ = ["RUN_FILES", "RunDirectory", "clear_run_files", "json_ready", "utc_now", "write_toml"]
+__all__ = [
+    "RUN_FILES",
+    "GrowingList",
+    "RunDirectory",
+    "clear_run_files",
+    "encode_object",
+    "json_ready",
+    "utc_now",
+    "write_toml",
+]
 
 
 def utc_now() -> str:
@@ -111,6 +120,7 @@ class RunDirectory:
         except OSError as exc:
             raise StudyError(f"cannot write the run directory {path}: {_why(exc)}") from None
         self.metrics: dict[str, Any] = {"phases": [], "rounds": [], "sites": {}}
+        self._growing = {key: GrowingList(_compact_metrics) for key in GROWING_METRICS}
 
     @classmethod
     def create(
@@ -193,11 +203,16 @@ class RunDirectory:
 
         A training run rewrites it after every round, so it is written the fast way: compact
         JSON from json's C encoder, indented by msgspec, the very bytes ``write_json`` writes
-        (at 10 sites × 21 rounds 2-3 ms instead of 15-20 ms). Values only ``json_ready`` can
-        write (NaN, infinities) take ``write_json``'s path."""
+        (at 10 sites × 21 rounds 2-3 ms instead of 15-20 ms); and the entries of its growing
+        lists (``GROWING_METRICS``: a round's entry, a training round's history) are encoded
+        once each (``GrowingList``), so a round's write costs the same at round 1,000 as at
+        round 10 but for copying bytes. Values only ``json_ready`` can write (NaN, infinities)
+        take ``write_json``'s path."""
         try:
-            compact = json.dumps(
-                self.metrics, separators=(",", ":"), allow_nan=False, default=_plain
+            compact = encode_object(
+                self.metrics,
+                _compact_metrics,
+                {k: e for k, e in self._growing.items() if isinstance(self.metrics.get(k), list)},
             )
         except (TypeError, ValueError):
             return self.write_json("metrics.json", self.metrics)
@@ -206,6 +221,67 @@ class RunDirectory:
         tmp.write_bytes(msgspec.json.format(compact.encode("ascii"), indent=2) + b"\n")
         os.replace(tmp, target)
         return target
+
+
+GROWING_METRICS = ("rounds", "training")
+"""The lists of ``metrics.json`` that grow by a round at a time (a round's entry; a training
+run's history, whose last two entries are still filled in by the next round)."""
+
+
+class GrowingList:
+    """Compact JSON of a list that grows at its end and whose items, all but the last ``open``,
+    no longer change: each item older than that is encoded once and its text kept.
+
+    A list given that is not the one seen before (another object, or shorter than it was: its
+    kept items could be open again) starts afresh;
+    so does one whose kept prefix was replaced item by item (each kept item is compared by
+    identity, not content: an item mutated in place after it was kept would be missed, which is
+    why only items ``open`` or more from the end are kept)."""
+
+    def __init__(self, encode: Callable[[Any], str], open: int = 2) -> None:
+        self._encode = encode
+        self._open = open
+        self._items: list[Any] | None = None
+        self._length = 0
+        self._kept: list[tuple[Any, str]] = []
+
+    def __call__(self, items: list[Any]) -> str:
+        kept = self._kept
+        if (
+            items is not self._items
+            or len(items) < self._length
+            or any(items[i] is not item for i, (item, _) in enumerate(kept))
+        ):
+            self._items, kept = items, []
+            self._kept = kept
+        self._length = len(items)
+        settled = max(len(kept), len(items) - self._open)
+        for item in items[len(kept) : settled]:
+            kept.append((item, self._encode(item)))
+        parts = [text for _, text in kept]
+        parts += (self._encode(item) for item in items[len(kept) :])
+        return "[" + ",".join(parts) + "]"
+
+
+def encode_object(
+    data: dict[str, Any], encode: Callable[[Any], str], lists: dict[str, GrowingList]
+) -> str:
+    """Compact JSON of the dict ``data``, in its key order, each value by ``encode`` but the
+    values under ``lists``'s keys, which their ``GrowingList`` encodes: the same text as
+    ``encode(data)``."""
+    if not lists:
+        return encode(data)
+    parts = []
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise TypeError("keys of a JSON object are text")
+        grown = lists.get(key)
+        parts.append(json.dumps(key) + ":" + (grown(value) if grown is not None else encode(value)))
+    return "{" + ",".join(parts) + "}"
+
+
+def _compact_metrics(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False, default=_plain)
 
 
 def _plain(value: Any) -> Any:
