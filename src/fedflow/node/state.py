@@ -5,10 +5,10 @@ previous file whole. They never leave the site."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from fedflow._atomic import atomic_write
 from fedflow.apps.base import StateStore
 from fedflow.errors import DataError
 
@@ -45,17 +45,7 @@ class FolderStore(StateStore):
     def write(self, name: str, content: bytes) -> None:
         path = self._path(name)
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fd = os.open(self.folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomic_write(path, content, sync_folder=True)
 
     def prune(self, prefix: str, keep: Iterable[str]) -> None:
         if not self.folder.is_dir():

@@ -22,10 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedflow._atomic import atomic_write
 from fedflow.errors import DataError, StudyError
 from fedflow.results.rundir import GrowingList, RunDirectory, encode_object
 from fedflow.training.app import CHECKPOINT
-from fedflow.training.weights import atomic_write, from_safetensors, to_safetensors
+from fedflow.training.weights import from_safetensors, to_safetensors
 
 __all__ = [
     "CHECKPOINT_FILE",

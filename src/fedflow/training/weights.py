@@ -1,23 +1,21 @@
 """Weights as safetensors (never pickle): named float arrays plus string metadata, as bytes.
 
-Files are written atomically (a temporary file in the same folder, fsynced, then renamed), so a
-run killed while writing leaves the previous file whole.
+Files are written with ``fedflow._atomic.atomic_write`` (a temporary file in the same folder,
+fsynced, then renamed), so a run killed while writing leaves the previous file whole.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import struct
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
 from fedflow.errors import DataError
 from fedflow.training import require_torch
 
-__all__ = ["atomic_write", "from_safetensors", "to_safetensors"]
+__all__ = ["from_safetensors", "to_safetensors"]
 
 
 _DTYPES = {
@@ -78,13 +76,3 @@ def from_safetensors(data: bytes, where: str) -> tuple[dict[str, np.ndarray], di
         raise DataError(f"{where}: not a readable safetensors file ({exc})", file=where) from None
     metadata = header.get("__metadata__") or {}
     return dict(arrays), {str(k): str(v) for k, v in metadata.items()}
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: whole or not at all, even if killed midway."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
