@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,18 +16,33 @@ import pytest
 from fedflow.results.rundir import RunDirectory
 
 
-def test_each_checkpoint_records_its_time_and_the_file_is_whole(tmp_path: Path) -> None:
+def _checkpointing(
+    folder: Path, metrics_every: float
+) -> tuple[RunDirectory, dict[str, Any], SimpleNamespace, Any]:
+    """A run directory, a training state (meta and the driver's context at round 1) and its
+    Checkpointer, called once for round 1."""
     pytest.importorskip("safetensors")
     from fedflow.training.app import CHECKPOINT
-    from fedflow.training.checkpoint import Checkpointer, load_checkpoint
+    from fedflow.training.checkpoint import Checkpointer
 
-    rd = RunDirectory(tmp_path / "run")
-    meta = {"params": {"rounds": 3, "metric": "loss"}, "history": [{"round": 0, "global": {}}]}
+    rd = RunDirectory(folder / "run")
+    meta: dict[str, Any] = {
+        "params": {"rounds": 3, "metric": "loss"},
+        "history": [{"round": 0, "global": {}}],
+    }
     ctx = SimpleNamespace(
         round=1, state={CHECKPOINT: {"arrays": {"weights": np.ones(4)}, "meta": meta}}
     )
-    hook = Checkpointer(rd, metrics_every=0.0)
+    hook = Checkpointer(rd, metrics_every=metrics_every)
     hook(SimpleNamespace(ctx=ctx), 1)
+    return rd, meta, ctx, hook
+
+
+def test_each_checkpoint_records_its_time_and_the_file_is_whole(tmp_path: Path) -> None:
+    from fedflow.training.app import CHECKPOINT
+    from fedflow.training.checkpoint import load_checkpoint
+
+    rd, _, ctx, hook = _checkpointing(tmp_path, metrics_every=0.0)
     ctx.round = 2
     hook(SimpleNamespace(ctx=ctx), 2)
     spent = rd.metrics["checkpoint_seconds"]
@@ -43,17 +59,9 @@ def test_each_checkpoint_records_its_time_and_the_file_is_whole(tmp_path: Path) 
 def test_metrics_json_is_rewritten_at_most_every_metrics_every_seconds(tmp_path: Path) -> None:
     """The checkpoint is written after every round; metrics.json after the first round, then not
     again within ``metrics_every`` seconds (the run writes it whole when it ends)."""
-    pytest.importorskip("safetensors")
-    from fedflow.training.app import CHECKPOINT
-    from fedflow.training.checkpoint import Checkpointer, load_checkpoint
+    from fedflow.training.checkpoint import load_checkpoint
 
-    rd = RunDirectory(tmp_path / "run")
-    meta = {"params": {"rounds": 3, "metric": "loss"}, "history": [{"round": 0, "global": {}}]}
-    ctx = SimpleNamespace(
-        round=1, state={CHECKPOINT: {"arrays": {"weights": np.ones(4)}, "meta": meta}}
-    )
-    hook = Checkpointer(rd, metrics_every=3600.0)
-    hook(SimpleNamespace(ctx=ctx), 1)
+    rd, meta, ctx, hook = _checkpointing(tmp_path, metrics_every=3600.0)
     for k in (2, 3):
         ctx.round = k
         meta["history"].append({"round": k - 1, "global": {"loss": 1.0 / k}})
