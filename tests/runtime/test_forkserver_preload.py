@@ -1,11 +1,12 @@
 """The fork server loads a training study's torch once, before it forks the sites, so the sites
 share it instead of each importing it in round 1; every other study's fork server never loads it.
 (That forked sites still train to the bytes of the in-memory run is tests/training/test_process.py,
-whose run goes through this fork server.)"""
+whose run goes through this fork server.) Forked sites run under SCHED_BATCH."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,10 @@ def test_forked_sites_have_torch_loaded_exactly_when_the_server_preloads_it(
             assert _has_torch(server._proc.pid) == bool(preload)
             for site in sites:  # before any task: loaded by the server, not by the site
                 assert site.pid is not None and _has_torch(site.pid) == bool(preload)
+                # sites compute; the coordinator, woken by their replies, is not preempted by
+                # the next site its tasks wake
+                assert os.sched_getscheduler(site.pid) == os.SCHED_BATCH
+            assert os.sched_getscheduler(server._proc.pid) == os.SCHED_OTHER
         finally:
             await asyncio.gather(*(s.close() for s in sites))
             await server.close()
