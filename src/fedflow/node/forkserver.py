@@ -154,4 +154,10 @@ if __name__ == "__main__":
     control = socket.socket(fileno=int(sys.argv[1]))
     if sys.argv[2:3] == ["--preload"]:
         preload(sys.argv[3:])
-    sys.exit(serve(control))
+    code = serve(control)
+    # os._exit, not sys.exit: the server has nothing left to write, and a normal interpreter exit
+    # tears down pyarrow's thread pool (started by warm_up) under its still-running workers now
+    # and then: libstdc++ then prints "terminate called without an active exception" on the
+    # run's terminal (apache/arrow#34314; a run that failed at once showed it in 1 of 5)
+    sys.stderr.flush()
+    os._exit(code)
