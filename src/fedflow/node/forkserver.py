@@ -18,8 +18,9 @@ Each site runs under the ``SCHED_BATCH`` policy (Linux): a site's work is comput
 coordinator's is to hand out tasks and gather replies as they come. Under the default policy the
 site woken by its task preempts the coordinator mid-way through sending the others, so on a
 machine with fewer cores than sites the tasks went out staggered: with 10 sites training on 2
-cores the coordinator's overhead per round was 9.6-10.1 ms, and 6.0-6.8 ms under SCHED_BATCH
-(benchmarks/README.md). Nothing else changes: a batch process gets its full share of the CPU.
+cores the coordinator's overhead per round was 10.8 ms, and 6.9 ms under SCHED_BATCH (medians of
+3 runs each, alternated; benchmarks/README.md, "session 11"). Nothing else changes: a batch
+process gets its full share of the CPU.
 
 ``--preload MODULE ...`` after the socket: libraries every site of this run imports in its first
 round (a training study's torch: some 2-5 s of CPU per site), imported here once before the first

@@ -186,11 +186,7 @@ class RunDirectory:
         """Write ``data`` as indented JSON to ``name`` in the run folder (atomically): the bytes
         of ``json.dumps(json_ready(data), indent=2, allow_nan=False)`` and a newline, written
         the fast way (``_indented``)."""
-        target = self.path / name
-        tmp = target.with_suffix(target.suffix + ".tmp")
-        tmp.write_bytes(_indented(json.dumps(json_ready(data), **_COMPACT)))
-        os.replace(tmp, target)
-        return target
+        return _replace(self.path / name, _indented(json.dumps(json_ready(data), **_COMPACT)))
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         """Write an artifact into the run folder (only a plain file name is accepted)."""
@@ -216,11 +212,16 @@ class RunDirectory:
             )
         except (TypeError, ValueError):
             return self.write_json("metrics.json", self.metrics)
-        target = self.path / "metrics.json"
-        tmp = target.with_suffix(".json.tmp")
-        tmp.write_bytes(_indented(compact))
-        os.replace(tmp, target)
-        return target
+        return _replace(self.path / "metrics.json", _indented(compact))
+
+
+def _replace(target: Path, data: bytes) -> Path:
+    """Write ``data`` to ``target`` through a temporary file renamed over it, so a reader never
+    sees half a file (not fsynced: these files are rewritten, not resumed from)."""
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+    return target
 
 
 _COMPACT: dict[str, Any] = {"separators": (",", ":"), "allow_nan": False}
@@ -229,8 +230,8 @@ _COMPACT: dict[str, Any] = {"separators": (",", ":"), "allow_nan": False}
 def _indented(compact: str) -> bytes:
     """Compact JSON text (json.dumps's, ASCII) indented by two spaces, with a final newline: the
     bytes ``json.dumps(..., indent=2)`` gives, from msgspec's C formatter instead of json's
-    Python encoder, which it falls back to whenever it indents (a training run of 200 rounds
-    spent 1.3 s writing result.json and manifest.json so)."""
+    Python encoder, which it falls back to whenever it indents (a 10-site training run of 200
+    rounds: its "write results" phase 93 ms so, 32 ms this way)."""
     return msgspec.json.format(compact.encode("ascii"), indent=2) + b"\n"
 
 

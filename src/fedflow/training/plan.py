@@ -88,6 +88,8 @@ def load_plan(path: Path, expected: str | None = None) -> Plan:
     module.__file__ = str(path)
     try:
         code = compile(source, str(path), "exec")
+        # the plan runs only where the site lets it: a defended site's own approved copy, or
+        # the study owner's plan on an owned site (their machine: node/agent.py)
         exec(code, module.__dict__)  # noqa: S102 - a local file whose hash was checked
     except Exception as exc:
         raise AppError(f"plan {path} failed to load: {type(exc).__name__}: {exc}") from None
