@@ -97,3 +97,29 @@ def test_site_factor_of_a_large_parquet_file_gives_statsmodels_ols(tmp_path: Pat
     np.testing.assert_allclose(list(result["std_errors"].values()), fit.bse, rtol=1e-9)
     assert result["r_squared"] == pytest.approx(fit.rsquared, rel=1e-12)
     assert result["rss"] == pytest.approx(fit.ssr, rel=1e-9)
+
+
+def test_blas_runs_on_one_thread_while_folding_and_gets_its_threads_back() -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from scipy.linalg import lapack  # noqa: F401  (its BLAS is among those limited)
+
+    controller = threadpoolctl.ThreadpoolController()
+
+    def threads() -> set[int]:
+        return {lib.num_threads for lib in controller.select(user_api="blas").lib_controllers}
+
+    rows = np.random.default_rng(3).normal(size=(LAPACK_ROWS, 4))
+    with controller.limit(limits=2, user_api="blas"):
+        factor = FactorAccumulator(4)
+        factor.add(rows)  # LAPACK from here on
+        assert threads() == {1}
+        factor.add(rows)
+        assert threads() == {1}
+        r = factor.r
+        assert threads() == {2}
+        left = FactorAccumulator(4)
+        left.add(rows)
+        assert threads() == {1}
+        del left  # abandoned before its R was read
+        assert threads() == {2}
+    np.testing.assert_allclose(r.T @ r, 2 * rows.T @ rows, rtol=1e-12)

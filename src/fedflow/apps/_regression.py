@@ -5,7 +5,7 @@ secure formulations."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -178,11 +178,26 @@ class FactorAccumulator:
         self._buffer = np.zeros((columns, columns), order="F")
         """Rows [0, held) hold R; a block is written below them and factored with them."""
         self._held = 0
+        self._below = np.tril_indices(columns, -1)
+        """Where R's zeros are: LAPACK leaves its reflectors there."""
+        self._restore_blas: Callable[[], None] | None = None
+        """Set while BLAS runs on one thread for the folds: from the first LAPACK fold until
+        ``r`` is read (limiting it at each fold cost 0.3 s over 100M rows)."""
 
     @property
     def r(self) -> np.ndarray:
         """R so far: min(rows added, columns) × columns, upper triangular."""
+        self._release_blas()
         return self._buffer[: self._held].copy()
+
+    def _release_blas(self) -> None:
+        restore, self._restore_blas = self._restore_blas, None
+        if restore is not None:
+            restore()
+
+    def __del__(self) -> None:  # an accumulator left before its R was read
+        with contextlib.suppress(Exception):
+            self._release_blas()
 
     def add(self, block: np.ndarray) -> None:
         """Fold the rows of ``block`` (rows × columns) in."""
@@ -219,15 +234,17 @@ class FactorAccumulator:
         if rows >= LAPACK_ROWS:
             from scipy.linalg import lapack
 
+            if self._restore_blas is None:
+                self._restore_blas = _one_blas_thread()
             # in place when ``stacked`` is the whole buffer (every full block but the first)
-            with _one_blas_thread():
-                factored, _, _, info = lapack.dgeqrf(stacked, overwrite_a=True)
+            factored, _, _, info = lapack.dgeqrf(stacked, overwrite_a=True)
             if info != 0:
                 raise ValueError(f"LAPACK dgeqrf failed (info = {info})")
         else:
             factored = np.linalg.qr(stacked, mode="r")
         held = min(total, self._columns)
-        self._buffer[:held] = np.triu(factored[:held])
+        self._buffer[:held] = factored[:held]  # the same memory when factored in place
+        self._buffer[self._below] = 0.0  # R is upper triangular: np.triu, without its copies
         self._held = held
 
 
@@ -236,24 +253,32 @@ LAPACK_ROWS = 1 << 14
 ``FactorAccumulator``); below, by ``numpy.linalg.qr``."""
 
 
-_CONTROLLER: list[Any] = []
+_BLAS: list[list[Any]] = []
 
 
-def _one_blas_thread() -> contextlib.AbstractContextManager[Any]:
-    """Run BLAS on one thread: a Householder step on 7 columns is memory-bound, and OpenBLAS's
-    threads spin while other processes hold the cores (a 10M-row fold took 4.8 s of CPU and
-    15 s of wall on 2 loaded cores with threads, 1.6 s and 4.3 s without; same digits)."""
-    if not _CONTROLLER:
+def _one_blas_thread() -> Callable[[], None]:
+    """Run BLAS on one thread until the returned function is called: a Householder step on
+    7 columns is memory-bound, and OpenBLAS's threads spin while other processes hold the cores
+    (a 10M-row fold took 4.8 s of CPU and 15 s of wall on 2 loaded cores with threads, 1.6 s and
+    4.3 s without; same digits).
+
+    The BLAS libraries loaded at the first call (threadpoolctl) are the ones limited."""
+    if not _BLAS:
         try:
             from threadpoolctl import ThreadpoolController
         except ImportError:  # pragma: no cover - a dependency; without it BLAS keeps its threads
-            _CONTROLLER.append(None)
+            _BLAS.append([])
         else:
-            _CONTROLLER.append(ThreadpoolController())
-    controller = _CONTROLLER[0]
-    if controller is None:  # pragma: no cover
-        return contextlib.nullcontext()
-    return controller.limit(limits=1, user_api="blas")  # type: ignore[no-any-return]
+            _BLAS.append(ThreadpoolController().select(user_api="blas").lib_controllers)
+    changed = [(lib, lib.num_threads) for lib in _BLAS[0] if lib.num_threads != 1]
+    for lib, _ in changed:
+        lib.set_num_threads(1)
+
+    def restore() -> None:
+        for lib, threads in changed:
+            lib.set_num_threads(threads)
+
+    return restore
 
 
 # -- exact cross-products and their solve (the secure formulations) ---------------------------

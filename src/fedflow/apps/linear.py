@@ -182,12 +182,16 @@ class LinearRegression(App[RegressionParams]):
         moments: list[tuple[float, float, float]] = []
         features = list(params.features or [])
         ones = [1.0] if params.intercept else []
+        scratch = np.empty(0)
         for batch in data.batches([*features, params.target]):
             # [1 | X | y] goes column by column into the factor's buffer (no design matrix)
             y = np.asarray(batch[params.target], dtype=np.float64)
             factor.add_columns([*ones, *(batch[f] for f in features), y], len(y))
             mean = float(y.mean())
-            moments.append((float(len(y)), mean, float(((y - mean) ** 2).sum())))
+            if len(scratch) < len(y):
+                scratch = np.empty(len(y))
+            centred = np.subtract(y, mean, out=scratch[: len(y)])  # ((y - mean) ** 2).sum(),
+            moments.append((float(len(y)), mean, float(np.square(centred, out=centred).sum())))
         n, mean, m2 = combine_moments(moments)
         return Factor(r=factor.r, n=int(n), y_mean=mean, y_m2=m2)
 
