@@ -1,22 +1,23 @@
 """Client of the local fork server (``fedflow.node.forkserver``): start local sites in milliseconds.
 
-``ForkServer.start()`` launches one server process per run; ``spawn(site, args, log)`` returns
-the new site's pid and the coordinator's end of its channel (a socket the site uses as stdin and
-stdout). Requests are short and serialised; the server answers each at once.
+``ForkServer.launch()`` starts one server process per run (``fedflow run`` launches it first
+thing, so that the server's imports overlap the coordinator's); ``spawn(site, args, log)``
+returns the new site's pid and the coordinator's end of its channel (a socket the site uses as
+stdin and stdout). Requests are short and serialised; the server answers each at once.
 
-``ForkServer(preload=site_imports(study))`` has the server import, before its first fork, the
-libraries a training study's plan imports (torch, scikit-learn): once for all local sites instead
-of once per site in round 1.
+``server.preload = site_imports(study)``, set before the first spawn, has the server import the
+libraries a training study's plan imports (torch, scikit-learn) before its first fork: once for
+all local sites instead of once per site in round 1.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
-import contextlib
 import json
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,12 @@ from typing import IO, Any
 
 from fedflow.errors import SiteError
 
-__all__ = ["ForkServer", "site_imports"]
+__all__ = ["ForkServer", "forkserver_wanted", "site_imports"]
+
+
+def forkserver_wanted() -> bool:
+    """Fork local sites from one pre-imported process unless FEDFLOW_FORKSERVER=0."""
+    return os.environ.get("FEDFLOW_FORKSERVER", "1") != "0"
 
 
 def site_imports(study: Any) -> tuple[str, ...]:
@@ -61,30 +67,30 @@ class ForkServer:
         self.python = python
         self.env = env
         self.preload = list(preload)
-        """Modules the server imports before its first fork (``site_imports``)."""
-        self._proc: asyncio.subprocess.Process | None = None
+        """Modules the server imports before its first fork (``site_imports``); settable until
+        the first spawn."""
+        self._proc: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._lock = asyncio.Lock()
-        self._starting: asyncio.Task[None] | None = None
+        self._preloaded = False
 
-    async def start(self) -> None:
-        """Start the server once (concurrent callers share the start)."""
-        if self._starting is None:
-            self._starting = asyncio.ensure_future(self._start())
-        await asyncio.shield(self._starting)
+    @classmethod
+    def launch(cls, python: str = sys.executable, env: dict[str, str] | None = None) -> ForkServer:
+        """Return a server whose process is already starting (its imports run meanwhile)."""
+        server = cls(python, env)
+        server._launch()
+        return server
 
-    async def _start(self) -> None:
+    def _launch(self) -> None:
+        if self._proc is not None:
+            return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                self.python,
-                "-m",
-                "fedflow.node.forkserver",
-                str(theirs.fileno()),
-                *(["--preload", *self.preload] if self.preload else []),
+            self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [self.python, "-m", "fedflow.node.forkserver", str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
                 env=self.env,
             )
         except OSError as exc:
@@ -94,6 +100,14 @@ class ForkServer:
             theirs.close()
         ours.setblocking(False)
         self._control = ours
+
+    async def start(self) -> None:
+        """Start the server if it is not running, and have it import ``preload`` before its
+        first fork (once)."""
+        self._launch()
+        if self.preload and not self._preloaded:
+            self._preloaded = True
+            await self._request({"op": "preload", "modules": self.preload})
 
     async def _request(
         self, request: dict[str, Any], fds: list[int] | None = None
@@ -149,11 +163,20 @@ class ForkServer:
         if self._control is not None:
             self._control.close()
             self._control = None
-        if self._proc is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._proc.wait(), 2.0)
-            if self._proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    self._proc.kill()
-                await self._proc.wait()
-            self._proc = None
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            try:  # it exits as soon as it reads the closed socket
+                await asyncio.to_thread(proc.wait, 2.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+
+    def kill(self) -> None:
+        """Stop the server at once, outside any event loop (a command that ends before its run)."""
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()

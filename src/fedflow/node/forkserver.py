@@ -7,6 +7,7 @@ on a socket that serves as its stdin and stdout.
 
 Control protocol (a SOCK_SEQPACKET socket inherited as ``argv[1]``, one JSON object a packet):
 
+    {"op": "preload", "modules": [MODULE, ...]}                         ->  {"loaded": [...]}
     {"op": "spawn", "site": NAME, "args": [...]} + fds [channel, log]  ->  {"pid": PID}
     {"op": "status", "pid": PID}                                        ->  {"status": CODE | null}
 
@@ -22,9 +23,9 @@ cores the coordinator's overhead per round was 10.8 ms, and 6.9 ms under SCHED_B
 3 runs each, alternated; benchmarks/README.md, "session 11"). Nothing else changes: a batch
 process gets its full share of the CPU.
 
-``--preload MODULE ...`` after the socket: libraries every site of this run imports in its first
-round (a training study's torch: some 2-5 s of CPU per site), imported here once before the first
-fork so that every site shares them. Only import: nothing here runs an operation that would start
+``preload``, before the first spawn (refused after it): libraries every site of this run imports
+in its first round (a training study's torch: some 2-5 s of CPU per site), imported here once
+before the first fork so that every site shares them. Only import: nothing here runs an operation that would start
 a library's thread pool before a fork (torch gets fedflow's deterministic settings, one thread,
 as each site would set them).
 """
@@ -119,6 +120,7 @@ def serve(control: socket.socket) -> int:
 
 
 def _serve(control: socket.socket) -> None:
+    forked = False
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(control, 65536, 2)
@@ -127,7 +129,11 @@ def _serve(control: socket.socket) -> None:
         if not data:
             return
         request = json.loads(data)
-        if request.get("op") == "spawn" and len(fds) == 2:
+        modules = request.get("modules")
+        if request.get("op") == "preload" and not fds and not forked and isinstance(modules, list):
+            control.send(json.dumps({"loaded": preload([str(m) for m in modules])}).encode())
+        elif request.get("op") == "spawn" and len(fds) == 2:
+            forked = True
             pid = os.fork()
             if pid == 0:
                 _child(
@@ -152,10 +158,7 @@ def _serve(control: socket.socket) -> None:
 
 
 if __name__ == "__main__":
-    control = socket.socket(fileno=int(sys.argv[1]))
-    if sys.argv[2:3] == ["--preload"]:
-        preload(sys.argv[3:])
-    code = serve(control)
+    code = serve(socket.socket(fileno=int(sys.argv[1])))
     # os._exit, not sys.exit: the server has nothing left to write, and a normal interpreter exit
     # tears down pyarrow's thread pool (started by warm_up) under its still-running workers now
     # and then: libstdc++ then prints "terminate called without an active exception" on the

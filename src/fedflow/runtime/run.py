@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import platform
 import signal
 import sys
@@ -24,7 +23,7 @@ from fedflow.apps import get_app
 from fedflow.apps.base import App
 from fedflow.connectors import ForkServer, connector_for
 from fedflow.connectors.base import Connector
-from fedflow.connectors.forkserver import site_imports
+from fedflow.connectors.forkserver import forkserver_wanted, site_imports
 from fedflow.errors import AppError, StudyError
 from fedflow.results.run import Run
 from fedflow.results.rundir import RunDirectory, json_ready, utc_now, write_toml
@@ -41,11 +40,6 @@ __all__ = [
     "run_study",
     "study_warnings",
 ]
-
-
-def _use_forkserver() -> bool:
-    """Fork local sites from one pre-imported process unless FEDFLOW_FORKSERVER=0."""
-    return os.environ.get("FEDFLOW_FORKSERVER", "1") != "0"
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -155,10 +149,44 @@ async def arun_study(
     command: list[str] | None = None,
     trace: bool = False,
     resume: Path | None = None,
+    forkserver: ForkServer | None = None,
 ) -> Run:
     """Run ``study`` and return the Run. Raises the run's error after writing its directory
     (the exception carries ``run_dir``). ``trace`` writes ``trace.jsonl``: every message the
-    coordinator receives, decoded, in order, with its site, round and phase."""
+    coordinator receives, decoded, in order, with its site, round and phase. ``forkserver``:
+    a fork server already launched (``ForkServer.launch()``) for the local sites; the run
+    owns it and stops it when it ends, used or not."""
+    try:
+        return await _arun_study(
+            study,
+            out=out,
+            force=force,
+            compare=compare,
+            connectors=connectors,
+            observer=observer,
+            command=command,
+            trace=trace,
+            resume=resume,
+            forkserver=forkserver,
+        )
+    finally:
+        if forkserver is not None:
+            await forkserver.close()
+
+
+async def _arun_study(
+    study: Study,
+    *,
+    out: Path | None,
+    force: bool,
+    compare: bool,
+    connectors: Mapping[str, Connector] | None,
+    observer: Observer | None,
+    command: list[str] | None,
+    trace: bool,
+    resume: Path | None,
+    forkserver: ForkServer | None,
+) -> Run:
     observer = observer or Observer()
     resumed = None
     if study.app == "train" and study.platform == "native":
@@ -198,7 +226,6 @@ async def arun_study(
     run = Run(rd.path, "running", study.app, dict(study.params), {}, rd.metrics, manifest)
     run.notes = study_warnings(study)
     coordinator: Coordinator | None = None
-    forkserver: ForkServer | None = None
     signals: list[int] = []
     restore_signals = _cancel_on_signals(signals)
     try:
@@ -213,8 +240,12 @@ async def arun_study(
             )
         else:
             assert app is not None
-            if connectors is None and any(c.is_local for c in study.clients) and _use_forkserver():
-                forkserver = ForkServer(preload=site_imports(study))  # torch once
+            local = connectors is None and any(c.is_local for c in study.clients)
+            if local and forkserver_wanted():
+                forkserver = forkserver or ForkServer.launch()
+                forkserver.preload = list(site_imports(study))  # torch once
+            else:
+                forkserver = None  # the caller's, unused: stopped by arun_study
             conns = (
                 dict(connectors)
                 if connectors is not None
@@ -315,7 +346,7 @@ async def arun_study(
     finally:
         restore_signals()
         if forkserver is not None:
-            await forkserver.close()
+            await forkserver.close()  # before the manifest: its sites are gone
         if coordinator is not None:
             manifest["sites"] = {n: s.manifest() for n, s in coordinator.sites.items()}
             manifest["rounds"] = coordinator.rounds
