@@ -72,3 +72,35 @@ def test_metrics_json_is_rewritten_at_most_every_metrics_every_seconds(tmp_path:
     assert len(rd.metrics["checkpoint_seconds"]) == 3  # kept for the run's last write
     rd.write_metrics()
     assert json.loads((rd.path / "metrics.json").read_text())["training"] == meta["history"]
+
+
+def test_the_state_travels_as_bytes_and_checkpoints_of_earlier_versions_still_load(
+    tmp_path: Path,
+) -> None:
+    """The checkpoint's JSON document is a byte tensor (its escaping into the file's header grew
+    with the history); a checkpoint that holds it in the metadata, as before, loads the same."""
+    import struct
+
+    from fedflow.training.app import CHECKPOINT
+    from fedflow.training.checkpoint import _KEY, load_checkpoint
+    from fedflow.training.weights import to_safetensors
+
+    rd, meta, _, _ = _checkpointing(tmp_path, metrics_every=0.0)
+    data = (rd.path / "checkpoint.safetensors").read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    assert header["__metadata__"] == {_KEY: "fedflow-checkpoint"}  # names the tensor
+    assert header["fedflow-checkpoint"]["dtype"] == "U8"
+    rounds, state = load_checkpoint(rd.path)
+    assert rounds == 1 and state[CHECKPOINT]["meta"] == meta
+    assert set(state[CHECKPOINT]["arrays"]) == {"weights"}  # the document is not a weight
+
+    doc = json.dumps({"rounds": 1, "state": meta})
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "checkpoint.safetensors").write_bytes(
+        to_safetensors({"weights": np.ones(4)}, {_KEY: doc})
+    )
+    old_rounds, old_state = load_checkpoint(old)
+    assert old_rounds == rounds and old_state[CHECKPOINT]["meta"] == meta
+    assert old_state[CHECKPOINT]["arrays"]["weights"].tolist() == [1.0] * 4

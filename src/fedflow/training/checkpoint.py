@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedflow._atomic import atomic_write
 from fedflow.errors import DataError, StudyError
 from fedflow.results.rundir import GrowingList, RunDirectory, encode_object
@@ -38,6 +40,11 @@ __all__ = [
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 _KEY = "fedflow-checkpoint"
+_DOC = "fedflow-checkpoint"
+"""The tensor (bytes, U8) holding the checkpoint's JSON document; the metadata entry ``_KEY``
+names it. As a metadata string the document was escaped into the file's JSON header at every
+round, a cost that grew with the history (0.5 ms a round at 10 sites × 40 rounds, 3.3 ms at
+160); as bytes it is copied. Checkpoints written before hold the document in the metadata."""
 
 
 def _compact(value: Any) -> str:
@@ -87,7 +94,8 @@ class Checkpointer:
         grown = {"history": self._history} if isinstance(meta.get("history"), list) else {}
         state = encode_object(meta, _compact, grown)
         doc = f'{{"rounds":{_compact(ctx.round)},"state":{state}}}'
-        atomic_write(self.path, to_safetensors(saved["arrays"], {_KEY: doc}))
+        arrays = {**saved["arrays"], _DOC: np.frombuffer(doc.encode(), dtype=np.uint8)}
+        atomic_write(self.path, to_safetensors(arrays, {_KEY: _DOC}))
         self.rundir.metrics["training"] = meta["history"]
         # between two rounds, so no round's "seconds" counts it (benchmarks add it to overhead)
         spent = self.rundir.metrics.setdefault("checkpoint_seconds", [])
@@ -130,7 +138,10 @@ def load_checkpoint(run_dir: Path) -> tuple[int, dict[str, Any]]:
         raise StudyError(f"{run_dir}: no {CHECKPOINT_FILE} (only training runs can be resumed)")
     arrays, metadata = from_safetensors(path.read_bytes(), str(path))
     try:
-        doc = json.loads(metadata[_KEY])
+        text = metadata[_KEY]
+        if text == _DOC:  # the document in its tensor (else: in the metadata, as before)
+            text = arrays.pop(_DOC).tobytes().decode("utf-8")
+        doc = json.loads(text)
         rounds, meta = int(doc["rounds"]), doc["state"]
     except (KeyError, ValueError, TypeError) as exc:
         raise DataError(f"{path}: not a fedflow checkpoint ({exc})", file=str(path)) from None
