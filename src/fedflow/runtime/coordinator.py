@@ -141,6 +141,7 @@ class Coordinator:
         round_exchange: Callable[..., Any] | None = None,
         secure: bool = False,
         secure_threshold: int | None = None,
+        warm: Callable[[], None] | None = None,
     ) -> None:
         ref = app if isinstance(app, str) else app.name
         instance = None if isinstance(app, str) else app
@@ -177,6 +178,10 @@ class Coordinator:
         self.trace = trace
         """Where every received message is recorded (``--trace``), or None."""
         self.after_round = after_round
+        self.warm = warm
+        """Run on the import thread with the app's ``coordinator_imports`` while the sites start:
+        a training run's torch (and its deterministic settings), which the coordinator needs
+        for the first round, imported meanwhile instead of after the sites' own import."""
         """Called with the driver and the round after every aggregated round (checkpoints)."""
         self.round_exchange = round_exchange
         """``await round_exchange(coordinator, tasks, expect)`` replaces a round's exchange."""
@@ -227,9 +232,14 @@ class Coordinator:
         # app names what it needs) load in a thread while the sites start and load their data,
         # so no round carries the import
         needs = type(self.app).coordinator_imports
-        warm = asyncio.ensure_future(
-            asyncio.to_thread(lambda: list(map(importlib.import_module, needs)))
-        )
+
+        def imports() -> None:
+            for name in needs:
+                importlib.import_module(name)
+            if self.warm is not None:
+                self.warm()
+
+        warm = asyncio.ensure_future(asyncio.to_thread(imports))
         with self._phase("start sites"):
             obs.phase("starting sites")
             await self._each(self._start)

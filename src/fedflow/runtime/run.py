@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
 import platform
 import signal
 import sys
@@ -285,6 +286,7 @@ async def _arun_study(
                 trace=TraceWriter(rd.path / TRACE_FILE) if trace else None,
                 after_round=_checkpointer(study, rd, observer),
                 round_exchange=_round_exchange(study),
+                warm=_training_imports(study),
                 secure=study.secure,
                 secure_threshold=study.secure_threshold,
             )
@@ -380,6 +382,27 @@ def _checkpointer(study: Study, rd: RunDirectory, observer: Observer) -> Any:
     from fedflow.training.checkpoint import Checkpointer
 
     return Checkpointer(rd, observer.message)
+
+
+def _training_imports(study: Study) -> Callable[[], None] | None:
+    """For a training study whose plan imports torch: import it at the coordinator, with fedflow's
+    deterministic settings (4 s of imports), while the sites start, instead of in the first
+    round after them. A failure is left to the round that needs torch to report."""
+    modules = site_imports(study)
+    if not any(m.split(".")[0] == "torch" for m in modules):
+        return None
+
+    def warm() -> None:
+        try:
+            from fedflow.training.engine import deterministic
+
+            for name in modules:
+                importlib.import_module(name)
+            deterministic()
+        except Exception:  # noqa: S110 - the first round imports it again and says why
+            pass
+
+    return warm
 
 
 def _round_exchange(study: Study) -> Any:

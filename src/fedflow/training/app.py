@@ -138,6 +138,7 @@ class Train(App[TrainParams]):
         "round": Phase(RoundTask, RoundReply),
         "secure_round": Phase(RoundTask, SecureRoundReply, summed=True),
     }
+    coordinator_imports = ()  # no statistics; the plan's torch: runtime.run's training imports
     secure = True
     """With ``secure = true`` each round is phase ``secure_round``: the coordinator learns only
     Σ n_i·w_i, Σ n_i, the row-weighted sums of the metrics and, for SCAFFOLD, Σ n_i·Δc_i."""

@@ -1,0 +1,70 @@
+"""What the coordinator imports while the sites start: the app's ``coordinator_imports`` and,
+for a training study whose plan imports torch, torch with fedflow's deterministic settings (so
+that the first round does not wait for 4 s of imports after the sites' own)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from fedflow.connectors.memory import MemoryConnector
+from fedflow.runtime.coordinator import Coordinator
+from fedflow.runtime.observer import Observer
+from fedflow.runtime.run import _training_imports
+from fedflow.study import load_study
+from tests.helpers import SITES, copy_quickstart
+
+
+class _Order(Observer):
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def round_started(self, round: int) -> None:
+        self.events.append(f"round {round}")
+
+
+def test_the_warm_up_runs_once_before_the_first_round(tmp_path: Path) -> None:
+    study = load_study(copy_quickstart(tmp_path))
+    events: list[str] = []
+    coordinator = Coordinator(
+        study.app,
+        study.params,
+        {name: MemoryConnector(name) for name in SITES},
+        {c.name: c.data for c in study.clients},
+        observer=_Order(events),
+        warm=lambda: events.append("warm"),
+    )
+    asyncio.run(coordinator.run())
+    assert events[0] == "warm" and events.count("warm") == 1
+    assert events[1] == "round 1"
+
+
+def _train_study(folder: Path, plan: str) -> Path:
+    (folder / "plan.py").write_text(plan)
+    (folder / "a.csv").write_text("x,y\n1,0\n")
+    (folder / "study.toml").write_text(
+        'app = "train"\n[params]\nplan = "plan.py"\ntarget = "y"\n'
+        '[[clients]]\nname = "a"\ndata = ["a.csv"]\n'
+    )
+    return folder / "study.toml"
+
+
+def test_only_a_torch_plan_gets_torch_warmed(tmp_path: Path) -> None:
+    assert _training_imports(load_study(copy_quickstart(tmp_path))) is None
+    sklearn = tmp_path / "sk"
+    sklearn.mkdir()
+    plan = (
+        "from sklearn.linear_model import SGDClassifier\ndef model():\n    return SGDClassifier()\n"
+    )
+    assert _training_imports(load_study(_train_study(sklearn, plan))) is None
+    torch_plan = tmp_path / "torch"
+    torch_plan.mkdir()
+    warm = _training_imports(load_study(_train_study(torch_plan, "import torch\n")))
+    assert warm is not None
+    torch = pytest.importorskip("torch")
+    torch.use_deterministic_algorithms(False)  # as a fresh coordinator has it
+    torch.set_num_threads(2)
+    warm()
+    assert torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == 1
