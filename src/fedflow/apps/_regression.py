@@ -173,8 +173,13 @@ class FactorAccumulator:
     with few rows never imports scipy.linalg.
     """
 
-    def __init__(self, columns: int) -> None:
+    def __init__(self, columns: int, *, rows: int | None = None) -> None:
+        """``rows``: the rows the caller will add, when it knows them. A fold of fewer than
+        ``SCIPY_ROWS`` rows stays with numpy's QR (the same digits) and never imports scipy.linalg,
+        whose import costs a site about 23 MiB of memory and 0.15 s; more, or unknown (an
+        iterative app folds its rows once per iteration), and large blocks go to scipy."""
         self._columns = columns
+        self._scipy = rows is None or rows >= SCIPY_ROWS
         self._buffer = np.zeros((columns, columns), order="F")
         """Rows [0, held) hold R; a block is written below them and factored with them."""
         self._held = 0
@@ -231,11 +236,11 @@ class FactorAccumulator:
     def _fold(self, rows: int) -> None:
         total = self._held + rows
         stacked = self._buffer[:total]
-        if rows >= LAPACK_ROWS:
-            from scipy.linalg import lapack
-
-            if self._restore_blas is None:
-                self._restore_blas = _one_blas_thread()
+        large = rows >= LAPACK_ROWS
+        lapack = _scipy_lapack() if large and self._scipy else None
+        if large and self._restore_blas is None:
+            self._restore_blas = _one_blas_thread()  # after scipy's import: its BLAS too
+        if lapack is not None:
             # in place when ``stacked`` is the whole buffer (every full block but the first)
             factored, _, _, info = lapack.dgeqrf(stacked, overwrite_a=True)
             if info != 0:
@@ -251,26 +256,29 @@ class FactorAccumulator:
 LAPACK_ROWS = 1 << 14
 """Blocks of at least this many rows are factored by scipy's LAPACK in place (see
 ``FactorAccumulator``); below, by ``numpy.linalg.qr``."""
+SCIPY_ROWS = 1 << 22
+"""A fold of fewer rows (given to ``FactorAccumulator``) stays with numpy: 3 ms more per
+65,536-row block than scipy's in-place ``dgeqrf`` here, so about 0.2 s at this size, against the
+23 MiB and 0.15 s that importing scipy.linalg costs a site."""
 
 
-_BLAS: list[list[Any]] = []
+def _scipy_lapack() -> Any:
+    from scipy.linalg import lapack
+
+    return lapack
 
 
 def _one_blas_thread() -> Callable[[], None]:
     """Run BLAS on one thread until the returned function is called: a Householder step on
     7 columns is memory-bound, and OpenBLAS's threads spin while other processes hold the cores
     (a 10M-row fold took 4.8 s of CPU and 15 s of wall on 2 loaded cores with threads, 1.6 s and
-    4.3 s without; same digits).
-
-    The BLAS libraries loaded at the first call (threadpoolctl) are the ones limited."""
-    if not _BLAS:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # pragma: no cover - a dependency; without it BLAS keeps its threads
-            _BLAS.append([])
-        else:
-            _BLAS.append(ThreadpoolController().select(user_api="blas").lib_controllers)
-    changed = [(lib, lib.num_threads) for lib in _BLAS[0] if lib.num_threads != 1]
+    4.3 s without; same digits). Limits the BLAS libraries loaded now (threadpoolctl)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - a dependency; without it BLAS keeps its threads
+        return lambda: None
+    libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+    changed = [(lib, lib.num_threads) for lib in libraries if lib.num_threads != 1]
     for lib, _ in changed:
         lib.set_num_threads(1)
 

@@ -178,7 +178,7 @@ class LinearRegression(App[RegressionParams]):
     def local_factor(
         self, data: Table, params: RegressionParams, request: Empty, ctx: SiteContext
     ) -> Factor:
-        factor = FactorAccumulator(len(coefficient_names(params)) + 1)
+        factor = FactorAccumulator(len(coefficient_names(params)) + 1, rows=data.n_rows)
         moments: list[tuple[float, float, float]] = []
         features = list(params.features or [])
         ones = [1.0] if params.intercept else []
