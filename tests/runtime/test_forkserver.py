@@ -83,9 +83,10 @@ def test_a_preload_before_the_first_fork_is_imported(tmp_path) -> None:
 
 def test_a_launched_server_is_stopped_by_a_run_that_has_no_use_for_it(tmp_path) -> None:
     """``fedflow run`` launches the server before it reads the study; a run whose sites are
-    not forked (here: in-memory connectors) still stops it, and it ends."""
+    not forked (here: in-memory connectors) stops it before its first round, and it ends."""
     from fedflow.connectors.memory import MemoryConnector
     from fedflow.runtime import arun_study
+    from fedflow.runtime.observer import Observer
     from fedflow.study import load_study
     from tests.helpers import SITES, copy_quickstart
 
@@ -93,9 +94,20 @@ def test_a_launched_server_is_stopped_by_a_run_that_has_no_use_for_it(tmp_path) 
     server = ForkServer.launch()
     assert server._proc is not None
     pid = server._proc.pid
+    running: list[bool] = []
+
+    class Rounds(Observer):
+        def round_started(self, round: int) -> None:
+            running.append(not _gone(pid))
+
     connectors = {name: MemoryConnector(name) for name in SITES}
-    run = asyncio.run(arun_study(study, connectors=connectors, command=["test"], forkserver=server))
+    run = asyncio.run(
+        arun_study(
+            study, connectors=connectors, command=["test"], forkserver=server, observer=Rounds()
+        )
+    )
     assert run.status == "completed"
+    assert running and not any(running)  # gone before the first round
     assert server._proc is None and _gone(pid)
 
 

@@ -189,6 +189,15 @@ async def _arun_study(
     forkserver: ForkServer | None,
 ) -> Run:
     observer = observer or Observer()
+    forks = (
+        connectors is None
+        and study.platform != "featurecloud"
+        and any(c.is_local for c in study.clients)
+        and forkserver_wanted()
+    )
+    if forkserver is not None and not forks:
+        await forkserver.close()  # launched before the study was read; no site is forked
+        forkserver = None
     resumed = None
     if study.app == "train" and study.platform == "native":
         study, resumed = _training(study, resume)
@@ -241,12 +250,9 @@ async def _arun_study(
             )
         else:
             assert app is not None
-            local = connectors is None and any(c.is_local for c in study.clients)
-            if local and forkserver_wanted():
+            if forks:
                 forkserver = forkserver or ForkServer.launch()
                 forkserver.preload = list(site_imports(study))  # torch once
-            else:
-                forkserver = None  # the caller's, unused: stopped by arun_study
             conns = (
                 dict(connectors)
                 if connectors is not None
