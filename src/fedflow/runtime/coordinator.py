@@ -178,11 +178,11 @@ class Coordinator:
         self.trace = trace
         """Where every received message is recorded (``--trace``), or None."""
         self.after_round = after_round
+        """Called with the driver and the round after every aggregated round (checkpoints)."""
         self.warm = warm
         """Run on the import thread with the app's ``coordinator_imports`` while the sites start:
         a training run's torch (and its deterministic settings), which the coordinator needs
         for the first round, imported meanwhile instead of after the sites' own import."""
-        """Called with the driver and the round after every aggregated round (checkpoints)."""
         self.round_exchange = round_exchange
         """``await round_exchange(coordinator, tasks, expect)`` replaces a round's exchange."""
         self.setups: dict[str, Setup] = {}
