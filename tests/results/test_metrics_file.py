@@ -55,7 +55,7 @@ def test_metrics_json_has_the_general_writers_bytes(tmp_path: Path) -> None:
     fast, general = _both(tmp_path, _metrics())
     assert fast == general
     assert json.loads(fast)["rounds"][0]["sites"]["Zürich"]["bytes_to_site"] == 19_392
-    assert not (tmp_path / "fast" / "metrics.json.tmp").exists()
+    assert not (tmp_path / "fast" / ".metrics.json.tmp").exists()
 
 
 def test_non_finite_values_are_written_as_null_as_before(tmp_path: Path) -> None:
@@ -88,3 +88,19 @@ def test_write_json_gives_json_dumps_indented_bytes(tmp_path_factory: Any, data:
     assert written == _reference(data)
     if not isinstance(data, float) or math.isfinite(data):
         assert json.loads(written) == json_ready(data)
+
+
+def test_a_forced_run_removes_the_temporary_files_a_killed_run_left(tmp_path: Path) -> None:
+    """What ``atomic_write`` was writing when a run was killed (``.metrics.json.tmp``), and what
+    runs of earlier versions left (``metrics.json.tmp``), goes with ``--force``; other files stay."""
+    from fedflow._atomic import temporary_name
+    from fedflow.results.rundir import clear_run_files
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    left = [temporary_name(folder / "metrics.json"), folder / "manifest.json.tmp"]
+    for path in [*left, folder / "notes.txt"]:
+        path.write_text("x")
+    clear_run_files(folder)
+    assert not any(path.exists() for path in left)
+    assert (folder / "notes.txt").exists()

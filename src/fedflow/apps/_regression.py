@@ -176,7 +176,7 @@ class FactorAccumulator:
     def __init__(self, columns: int, *, rows: int | None = None) -> None:
         """``rows``: the rows the caller will add, when it knows them. A fold of fewer than
         ``SCIPY_ROWS`` rows stays with numpy's QR (the same digits) and never imports scipy.linalg,
-        whose import costs a site about 23 MiB of memory and 0.15 s; more, or unknown (an
+        whose import costs a site about 23 MiB of memory and 0.25 s; more, or unknown (an
         iterative app folds its rows once per iteration), and large blocks go to scipy."""
         self._columns = columns
         self._scipy = rows is None or rows >= SCIPY_ROWS
@@ -187,7 +187,7 @@ class FactorAccumulator:
         """Where R's zeros are: LAPACK leaves its reflectors there."""
         self._restore_blas: Callable[[], None] | None = None
         """Set while BLAS runs on one thread for the folds: from the first LAPACK fold until
-        ``r`` is read (limiting it at each fold cost 0.3 s over 100M rows)."""
+        ``r`` is read (limiting it at each fold cost about 0.3 s over 100M rows, under cProfile)."""
 
     @property
     def r(self) -> np.ndarray:
@@ -257,9 +257,10 @@ LAPACK_ROWS = 1 << 14
 """Blocks of at least this many rows are factored by scipy's LAPACK in place (see
 ``FactorAccumulator``); below, by ``numpy.linalg.qr``."""
 SCIPY_ROWS = 1 << 22
-"""A fold of fewer rows (given to ``FactorAccumulator``) stays with numpy: 3 ms more per
-65,536-row block than scipy's in-place ``dgeqrf`` here, so about 0.2 s at this size, against the
-23 MiB and 0.15 s that importing scipy.linalg costs a site."""
+"""A fold of fewer rows (given to ``FactorAccumulator``) stays with numpy: a 1M-row site's fold
+took 0.043 s so against 0.029 s with scipy's in-place ``dgeqrf`` (about 1 ms more per 65,536-row
+block), so about 0.06 s at this many rows, against the 23 MiB and 0.25 s that importing
+scipy.linalg costs a site."""
 
 
 def _scipy_lapack() -> Any:

@@ -158,12 +158,17 @@ class ForkServer:
             return None
         return reply.get("status")
 
-    async def close(self) -> None:
-        """Stop the server (its remaining children exit when they notice)."""
+    def _detach(self) -> subprocess.Popen[bytes] | None:
+        """Close the control socket (the server exits when it reads that) and return its process."""
         if self._control is not None:
             self._control.close()
             self._control = None
         proc, self._proc = self._proc, None
+        return proc
+
+    async def close(self) -> None:
+        """Stop the server (its remaining children exit when they notice)."""
+        proc = self._detach()
         if proc is not None:
             try:  # it exits as soon as it reads the closed socket
                 await asyncio.to_thread(proc.wait, 2.0)
@@ -173,10 +178,7 @@ class ForkServer:
 
     def kill(self) -> None:
         """Stop the server at once, outside any event loop (a command that ends before its run)."""
-        if self._control is not None:
-            self._control.close()
-            self._control = None
-        proc, self._proc = self._proc, None
+        proc = self._detach()
         if proc is not None:
             proc.kill()
             proc.wait()

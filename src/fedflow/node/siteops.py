@@ -11,6 +11,7 @@ import re
 import shutil
 from pathlib import Path
 
+from fedflow._atomic import atomic_write
 from fedflow.apps import available_apps
 from fedflow.errors import PolicyError
 from fedflow.node.audit import verify
@@ -82,9 +83,7 @@ def approve(file: Path, path: Path | None = None) -> str:
         line = "approved_code = [" + ", ".join(json.dumps(c) for c in codes) + "]"
         text = _APPROVED.sub(line, text, count=1) if _APPROVED.search(text) else line + "\n" + text
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(path, text.encode("utf-8"), sync=False)
         load_config(path)  # the edit must leave a valid configuration
     return f"approved {file.name}: {code} (copy at {copy})"
 

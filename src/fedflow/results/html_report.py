@@ -22,13 +22,13 @@ import html
 import importlib.util
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Group
 
+from fedflow._atomic import atomic_write
 from fedflow._version import __version__
 from fedflow.errors import StudyError
 from fedflow.results.report import comparison_line, fmt, render_html, result_tables
@@ -389,9 +389,7 @@ def write_report(run_dir: Path) -> Path:
         for figure in drawn:
             if figure.png:
                 (folder / f"{figure.name}.png").write_bytes(figure.png)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(build_html(run, drawn, totals), encoding="utf-8")
-        os.replace(tmp, target)
+        atomic_write(target, build_html(run, drawn, totals).encode("utf-8"), sync=False)
     except OSError as exc:
         where = exc.filename or folder
         raise StudyError(f"{where}: cannot write the report: {exc.strerror or exc}") from None

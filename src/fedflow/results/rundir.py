@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from fedflow._atomic import atomic_write, temporary_name
 from fedflow.errors import StudyError
 
 __all__ = [
@@ -84,7 +84,8 @@ def clear_run_files(folder: Path) -> None:
     """Remove what an earlier run wrote into ``folder`` (its run files, ``logs/``, ``sites/`` and
     the artifacts its manifest lists) so that ``--force`` never mixes two runs; anything else in
     the folder is left alone. Raises StudyError when a file cannot be removed."""
-    names = [*RUN_FILES, *(f"{n}.tmp" for n in RUN_FILES)]
+    names = [*RUN_FILES, *(temporary_name(Path(n)).name for n in RUN_FILES)]
+    names += [f"{n}.tmp" for n in RUN_FILES]  # what runs of earlier versions left
     try:
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
         names += [Path(str(a)).name for a in manifest.get("artifacts") or []]
@@ -216,11 +217,9 @@ class RunDirectory:
 
 
 def _replace(target: Path, data: bytes) -> Path:
-    """Write ``data`` to ``target`` through a temporary file renamed over it, so a reader never
-    sees half a file (not fsynced: these files are rewritten, not resumed from)."""
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    """Replace ``target`` by ``data`` atomically (not fsynced: these files are rewritten, not
+    resumed from)."""
+    atomic_write(target, data, sync=False)
     return target
 
 

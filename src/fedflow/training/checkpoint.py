@@ -43,8 +43,8 @@ _KEY = "fedflow-checkpoint"
 _DOC = "fedflow-checkpoint"
 """The tensor (bytes, U8) holding the checkpoint's JSON document; the metadata entry ``_KEY``
 names it. As a metadata string the document was escaped into the file's JSON header at every
-round, a cost that grew with the history (0.5 ms a round at 10 sites × 40 rounds, 3.3 ms at
-160); as bytes it is copied. Checkpoints written before hold the document in the metadata."""
+round, a cost that grew with the history (``to_safetensors`` 0.5-0.8 ms for the 100 kB document
+of 10 sites × 40 rounds, 3.3-4.1 ms for one four times as long; 0.4 and 1.5 ms as bytes). Checkpoints written before hold the document in the metadata."""
 
 
 def _compact(value: Any) -> str:
