@@ -5,6 +5,8 @@ that the first round does not wait for 4 s of imports after the sites' own)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,7 +66,44 @@ def test_only_a_torch_plan_gets_torch_warmed(tmp_path: Path) -> None:
     warm = _training_imports(load_study(_train_study(torch_plan, "import torch\n")))
     assert warm is not None
     torch = pytest.importorskip("torch")
-    torch.use_deterministic_algorithms(False)  # as a fresh coordinator has it
+    torch.set_deterministic_debug_mode(0)  # as a fresh coordinator has it
     torch.set_num_threads(2)
     warm()
     assert torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == 1
+
+
+def test_deterministic_sets_the_kernel_flag_without_importing_dynamo() -> None:
+    """deterministic() must make kernels deterministic and tell Inductor so, without paying
+    for TorchDynamo's import (torch.use_deterministic_algorithms imports it to set one flag)."""
+    pytest.importorskip("torch")
+    script = (
+        "import os, sys\n"
+        "os.environ.pop('TORCHINDUCTOR_DETERMINISTIC', None)\n"
+        "from fedflow.training.engine import deterministic\n"
+        "torch = deterministic()\n"
+        "dynamo = 'torch._dynamo' in sys.modules\n"
+        "import torch._inductor.config as inductor\n"
+        "print(torch.are_deterministic_algorithms_enabled(),\n"
+        "      torch.is_deterministic_algorithms_warn_only_enabled(),\n"
+        "      torch.get_num_threads(), dynamo, inductor.deterministic)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.split() == ["True", "False", "1", "False", "True"]
+
+
+def test_deterministic_sets_inductors_flag_when_inductor_is_imported() -> None:
+    pytest.importorskip("torch")
+    script = (
+        "import os\n"
+        "os.environ.pop('TORCHINDUCTOR_DETERMINISTIC', None)\n"
+        "import torch._inductor.config as inductor\n"
+        "from fedflow.training.engine import ready_to_train\n"
+        "torch = ready_to_train()\n"
+        "print(inductor.deterministic, torch.are_deterministic_algorithms_enabled())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.split() == ["True", "True"]

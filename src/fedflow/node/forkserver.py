@@ -74,9 +74,9 @@ def preload(modules: list[str]) -> list[str]:
     if "torch" in sys.modules:
         try:
             import fedflow.training.app  # noqa: F401  (the app module the sites load)
-            from fedflow.training.engine import deterministic
+            from fedflow.training.engine import ready_to_train
 
-            deterministic()  # an import and two settings: no operation, no thread started
+            ready_to_train()  # imports and two settings: no operation, no thread started
         except Exception:  # noqa: S110 - the sites set it themselves, as without a preload
             pass
     return loaded

@@ -8,6 +8,9 @@ the model's dtype. Integer buffers stay as the model builds them.
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,19 +30,42 @@ __all__ = [
     "layout_of",
     "local_train",
     "model_with",
+    "ready_to_train",
     "split_rows",
     "to_tensors",
 ]
 
 
 def deterministic() -> Any:
-    """Import torch and fix what makes CPU results vary: deterministic kernels, one thread."""
+    """Import torch and fix what makes CPU results vary: deterministic kernels, one thread.
+
+    ``torch.use_deterministic_algorithms(True)`` would also set Inductor's ``deterministic``
+    flag, and to do so it imports ``torch._inductor.config`` and with it TorchDynamo: 1.8 s of
+    CPU on this project's machines, in the coordinator and in every site that imports torch.
+    ``set_deterministic_debug_mode("error")`` sets the same kernel flag without that import,
+    and Inductor's flag is set the way Inductor reads it, from its environment variable when it
+    has not been imported yet (a plan that calls ``torch.compile`` imports it later).
+    """
     require_torch()
     import torch
 
-    torch.use_deterministic_algorithms(True)
+    inductor: Any = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = True
+    else:
+        os.environ["TORCHINDUCTOR_DETERMINISTIC"] = "1"
+    torch.set_deterministic_debug_mode("error")
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
+    return torch
+
+
+def ready_to_train() -> Any:
+    """:func:`deterministic`, and the import a torch optimiser makes when it is built
+    (``torch._disable_dynamo`` imports TorchDynamo, 1.8 s of CPU): for a process that will
+    train, done before it forks or while it waits for its sites."""
+    torch = deterministic()
+    importlib.import_module("torch._dynamo")
     return torch
 
 
