@@ -90,7 +90,12 @@ def write_dirichlet(out: Path, sites: int, alpha: float, seed: int) -> None:
 
 
 def study_text(
-    sites: int, rounds: int, seed: int, secure: bool = False, strategy: str = "fedavg"
+    sites: int,
+    rounds: int,
+    seed: int,
+    secure: bool = False,
+    strategy: str = "fedavg",
+    local_epochs: int = 1,
 ) -> str:
     text = (
         f'name = "digits-bench"\napp = "train"\nseed = {seed}\n'
@@ -99,7 +104,8 @@ def study_text(
         f'plan = "digits_plan.py"\ntarget = "{digits_data.TARGET}"\nrounds = {rounds}\n'
         f'metric = "accuracy"\nstrategy = "{strategy}"\n'
     )
-    text += "".join(f"{k} = {v}\n" for k, v in SETTINGS.items())
+    settings = {**SETTINGS, "local_epochs": local_epochs}
+    text += "".join(f"{k} = {v}\n" for k, v in settings.items())
     for i in range(1, sites + 1):
         text += f'[[clients]]\nname = "site{i:02d}"\ndata = ["site{i:02d}.csv"]\n'
     return text
@@ -127,21 +133,26 @@ def measure(
     secure: bool = False,
     strategy: str = "fedavg",
     src: str | None = None,
+    local_epochs: int = 1,
+    compare: bool = True,
 ) -> dict[str, Any]:
     """Run the digits MLP on ``sites`` local sites for ``rounds`` rounds (``secure``: with
     ``secure = true``, the weights summed under masks; ``src``: the fedflow of that source
-    folder, by PYTHONPATH); return its figures."""
+    folder, by PYTHONPATH; ``compare``: with ``--compare``, whose centralized training the
+    wall time then includes); return its figures."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         digits_data.write_split(folder, sites, seed)
         if split == "dirichlet":
             write_dirichlet(folder, sites, alpha, seed)
         (folder / "digits_plan.py").write_bytes((PEERS / "digits_plan.py").read_bytes())
-        (folder / "study.toml").write_text(study_text(sites, rounds, seed, secure, strategy))
+        (folder / "study.toml").write_text(
+            study_text(sites, rounds, seed, secure, strategy, local_epochs)
+        )
         started = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "fedflow.cli", "run", "study.toml", "--out", "run", "-q"]
-            + ["--compare"],
+            + (["--compare"] if compare else []),
             cwd=folder,
             capture_output=True,
             text=True,
@@ -153,7 +164,7 @@ def measure(
             raise RuntimeError(f"fedflow run failed (exit {done.returncode}): {lines[-1]}")
         run = folder / "run"
         metrics = json.loads((run / "metrics.json").read_text())
-        comparison = json.loads((run / "comparison.json").read_text())
+        comparison = json.loads((run / "comparison.json").read_text()) if compare else None
         accuracy = test_accuracy(run, folder / "test.csv")
     entries = metrics["rounds"]
     compute = [max(s["compute_seconds"] for s in e["sites"].values()) for e in entries]
@@ -164,7 +175,7 @@ def measure(
         for e, after in zip(training, between[1:rounds], strict=True)
     ]
     contained = sum(compute[1:]) + statistics.median(compute[1:rounds])
-    (item,) = comparison["items"]
+    (item,) = comparison["items"] if comparison else [{"centralized": float("nan")}]
     history = {h["round"]: h for h in metrics["training"]}
     return {
         "sites": sites,
@@ -172,6 +183,8 @@ def measure(
         "split": split if split == "iid" else f"dirichlet {alpha}",
         "secure": secure,
         "strategy": strategy,
+        "local_epochs": local_epochs,
+        "compare": compare,
         "wall_seconds": wall,
         "rounds_seconds": sum(e["seconds"] for e in entries),
         "training_seconds": sum(compute),
@@ -212,6 +225,15 @@ def main() -> None:
     parser.add_argument("--strategy", default="fedavg", help="the study's strategy (scaffold…)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each case (medians)")
     parser.add_argument(
+        "--local-epochs", type=int, default=1, help="epochs each site trains a round (default 1)"
+    )
+    parser.add_argument(
+        "--no-compare",
+        dest="compare",
+        action="store_false",
+        help="run without --compare (the wall time then holds no centralized training)",
+    )
+    parser.add_argument(
         "--baseline",
         metavar="SRC",
         help="also run another tree's fedflow (its src folder), alternately with this one",
@@ -225,10 +247,21 @@ def main() -> None:
     results = []
     for n in args.sites:
         for split, secure in [(sp, m) for sp in splits for m in [False, True][: 1 + args.secure]]:
-            r = measure(n, args.rounds, split, args.alpha, args.seed, secure, args.strategy)
+            r = measure(
+                n,
+                args.rounds,
+                split,
+                args.alpha,
+                args.seed,
+                secure,
+                args.strategy,
+                local_epochs=args.local_epochs,
+                compare=args.compare,
+            )
             results.append(r)
             print(
-                f"{n:>2} sites {r['split']:<14}{' secure' if secure else ''} wall {r['wall_seconds']:6.1f} s | rounds "
+                f"{n:>2} sites {r['split']:<14}{' secure' if secure else ''} wall {r['wall_seconds']:6.1f} s "
+                f"({r['wall_over_training']:.2f}x the training it contains) | rounds "
                 f"{r['rounds_seconds']:5.2f} s (after round 1 {r['rounds_seconds_after_round_1']:5.2f}"
                 f" s, sites' training in them {r['training_seconds_after_round_1']:5.2f} s) | "
                 f"overhead {r['median_overhead_seconds'] * 1e3:5.1f} ms/round "
@@ -278,7 +311,16 @@ def compare_trees(args: argparse.Namespace) -> None:
             loads = [os.getloadavg()[0]]
             for _ in range(args.repeat):
                 for side, src in (("this", here), ("baseline", args.baseline)):
-                    r = measure(n, args.rounds, split, args.alpha, args.seed, src=src)
+                    r = measure(
+                        n,
+                        args.rounds,
+                        split,
+                        args.alpha,
+                        args.seed,
+                        src=src,
+                        local_epochs=args.local_epochs,
+                        compare=args.compare,
+                    )
                     r["round_1_seconds"] = r["rounds_seconds"] - r["rounds_seconds_after_round_1"]
                     r["rounds_after_1"] = (
                         r["rounds_seconds_after_round_1"] + (r["between_rounds_seconds"])
