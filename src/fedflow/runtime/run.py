@@ -8,6 +8,7 @@ directory ends with a manifest whose status is ``completed``, ``failed`` (with t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import importlib
 import platform
@@ -236,6 +237,7 @@ async def _arun_study(
     run = Run(rd.path, "running", study.app, dict(study.params), {}, rd.metrics, manifest)
     run.notes = study_warnings(study)
     coordinator: Coordinator | None = None
+    checkpointer: Any = None
     signals: list[int] = []
     restore_signals = _cancel_on_signals(signals)
     try:
@@ -269,6 +271,7 @@ async def _arun_study(
                 }
             )
             assert study.app is not None
+            checkpointer = _checkpointer(study, rd, observer)
             coordinator = Coordinator(
                 study.app,  # the sites load the app by the study's own reference
                 study.params,
@@ -290,7 +293,7 @@ async def _arun_study(
                 seed=study.seed,
                 dropna=study.dropna,
                 trace=TraceWriter(rd.path / TRACE_FILE) if trace else None,
-                after_round=_checkpointer(study, rd, observer),
+                after_round=checkpointer,
                 round_exchange=_round_exchange(study),
                 warm=_training_imports(study, compare=compare),
                 secure=study.secure,
@@ -299,6 +302,8 @@ async def _arun_study(
             if resumed is not None:
                 coordinator.driver.restore(*resumed)
             outcome = await coordinator.run()
+            if checkpointer is not None:
+                checkpointer.close()  # the last round's checkpoint on disk, or its error
             run.params = app.params_to_dict(outcome.params)
             run.result = json_ready(outcome.done.result)
             run.notes += list(outcome.notes)
@@ -353,6 +358,9 @@ async def _arun_study(
         raise
     finally:
         restore_signals()
+        if checkpointer is not None:  # a run that fails keeps its last checkpoint too
+            with contextlib.suppress(Exception):  # the run's own error is the one to report
+                checkpointer.close()
         if forkserver is not None:
             await forkserver.close()  # before the manifest: its sites are gone
         if coordinator is not None:
@@ -387,7 +395,7 @@ def _checkpointer(study: Study, rd: RunDirectory, observer: Observer) -> Any:
         return None
     from fedflow.training.checkpoint import Checkpointer
 
-    return Checkpointer(rd, observer.message)
+    return Checkpointer(rd, observer.message, background=True)
 
 
 def _training_imports(study: Study, *, compare: bool = False) -> Callable[[], None] | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +29,7 @@ from fedflow._atomic import atomic_write
 from fedflow.errors import DataError, StudyError
 from fedflow.results.rundir import GrowingList, RunDirectory, encode_object
 from fedflow.training.app import CHECKPOINT
-from fedflow.training.weights import from_safetensors, to_safetensors
+from fedflow.training.weights import from_safetensors, safetensors_parts
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -67,22 +68,37 @@ class Checkpointer:
     ``metrics_every`` seconds (a coordinator killed outright leaves the checkpoint of its last
     round and a metrics.json at most that old; its rewrite cost grows with the rounds, and it
     was a fifth of the coordinator's CPU per round at 10 sites × 20 rounds), and one progress
-    line."""
+    line.
+
+    ``background``: the checkpoint's bytes are made between rounds, but written and fsynced on
+    a thread while the next round's sites train; the next checkpoint, and ``close``, wait for
+    it first and raise its error. A coordinator killed during that write resumes from the round
+    before, with the same final bytes. Not when sites keep state (SCAFFOLD): a site prunes its
+    state of the round before as soon as it has trained the next one, so that checkpoint must
+    be on disk before the next round starts."""
 
     def __init__(
         self,
         rundir: RunDirectory,
         say: Callable[[str], None] | None = None,
         metrics_every: float = METRICS_EVERY,
+        *,
+        background: bool = False,
+        write: Callable[[Path, list[bytes]], None] = atomic_write,
     ) -> None:
         self.rundir = rundir
         self.path = rundir.path / CHECKPOINT_FILE
         self.say = say
         self.metrics_every = metrics_every
+        self.background = background
+        self.write = write
+        """Writes the file whole or not at all (``atomic_write``; tests inject a slow or failing one)."""
         self._metrics_written: float | None = None
         self._cpu: float | None = None
         self._history = GrowingList(_compact)
         """The history's settled entries, encoded once (its JSON grows by a round at a time)."""
+        self._writing: threading.Thread | None = None
+        self._failed: BaseException | None = None
 
     def __call__(self, driver: Any, round_: int) -> None:
         ctx = driver.ctx
@@ -90,12 +106,20 @@ class Checkpointer:
         if saved is None:
             return
         started = time.perf_counter()
+        self.wait()
         meta = saved["meta"]
         grown = {"history": self._history} if isinstance(meta.get("history"), list) else {}
         state = encode_object(meta, _compact, grown)
         doc = f'{{"rounds":{_compact(ctx.round)},"state":{state}}}'
         arrays = {**saved["arrays"], _DOC: np.frombuffer(doc.encode(), dtype=np.uint8)}
-        atomic_write(self.path, to_safetensors(arrays, {_KEY: _DOC}))
+        pieces = safetensors_parts(arrays, {_KEY: _DOC})  # copies: later rounds may change them
+        if self.background and "state_rounds" not in meta:
+            self._writing = threading.Thread(
+                target=self._write, args=(pieces,), name="fedflow-checkpoint", daemon=True
+            )
+            self._writing.start()
+        else:
+            self.write(self.path, pieces)
         self.rundir.metrics["training"] = meta["history"]
         # between two rounds, so no round's "seconds" counts it (benchmarks add it to overhead)
         spent = self.rundir.metrics.setdefault("checkpoint_seconds", [])
@@ -112,6 +136,24 @@ class Checkpointer:
             self.rundir.metrics.setdefault("coordinator_cpu_seconds", []).append(self._cpu - cpu)
         if self.say is not None:
             self.say(progress_line(meta, ctx.round))
+
+    def _write(self, pieces: list[bytes]) -> None:
+        try:
+            self.write(self.path, pieces)
+        except BaseException as exc:  # raised by the next checkpoint or close
+            self._failed = exc
+
+    def wait(self) -> None:
+        """Wait for a checkpoint being written in the background; raise its error, if any."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.join()
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            raise failed
+
+    close = wait
+    """At the run's end, however it ends: the last checkpoint on disk (or its error raised)."""
 
 
 def progress_line(meta: dict[str, Any], exchange: int) -> str:
