@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+import hypothesis.extra.numpy as hnp
 import msgspec
 import numpy as np
 import pytest
@@ -64,6 +65,28 @@ def test_non_contiguous_and_big_endian_arrays_keep_values() -> None:
     back = roundtrip(Reply(round=1, payload={"a": a, "b": b}))
     np.testing.assert_array_equal(back.payload["a"], a)
     np.testing.assert_array_equal(back.payload["b"], b)
+
+
+@given(
+    hnp.arrays(
+        dtype=st.sampled_from(["<f8", ">f8", "<f4", "<i8", ">i4", "|u1", "|b1", "<U3"]),
+        shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5),
+    ),
+    st.booleans(),
+)
+def test_an_array_body_is_its_header_then_its_c_ordered_bytes(array, transposed) -> None:
+    """The documented layout, byte for byte, whatever the array's memory layout (a transposed
+    view is not C-contiguous) or byte order."""
+    if transposed:
+        array = array.T
+    dtype = array.dtype.str.encode("ascii")
+    expected = (
+        struct.pack("<B", len(dtype))
+        + dtype
+        + struct.pack(f"<B{array.ndim}Q", array.ndim, *array.shape)
+        + np.ascontiguousarray(array).tobytes()
+    )
+    assert bytes(encode_array(array)) == expected
 
 
 def test_handshake_messages_round_trip() -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fedflow.errors import SiteError, SiteTimeout
-from fedflow.wire.framing import DEFAULT_MAX_FRAME, HEADER_SIZE, encode_frame, parse_header
+from fedflow.wire.framing import DEFAULT_MAX_FRAME, HEADER_SIZE, frame_header, parse_header
 
 __all__ = ["Connector", "StreamConnector", "read_tail"]
 
@@ -140,9 +140,10 @@ class StreamConnector(Connector):
     async def send(self, payload: bytes) -> None:
         if self._writer is None:
             raise SiteError("node agent is not running", site=self.site)
-        frame = encode_frame(payload, self.max_frame)
+        header = frame_header(payload, self.max_frame)
         try:
-            self._writer.write(frame)
+            self._writer.write(header)
+            self._writer.write(payload)  # not joined with its header: a copy of megabytes
             await self._writer.drain()
         except (ConnectionError, BrokenPipeError, OSError) as exc:
             why = await self._dead()
@@ -150,7 +151,7 @@ class StreamConnector(Connector):
                 f"lost the node agent while sending ({why or exc}){self.failure_context()}",
                 site=self.site,
             ) from exc
-        self.bytes_sent += len(frame)
+        self.bytes_sent += len(header) + len(payload)
 
     async def receive(self, timeout: float | None = None) -> bytes:
         if self._reader is None:

@@ -73,7 +73,7 @@ from fedflow.wire import (
     Setup,
     Task,
     Welcome,
-    encode_frame,
+    frame_header,
     parse_header,
 )
 
@@ -712,7 +712,9 @@ def serve(agent: NodeAgent, instream: BinaryIO, outstream: BinaryIO) -> int:
             reply: Message = Failure(kind="protocol", message=str(exc))
         else:
             reply = agent.handle(message)
-        outstream.write(encode_frame(codec.encode(reply)))
+        encoded = codec.encode(reply)
+        outstream.write(frame_header(encoded))  # buffered; the payload follows unjoined
+        outstream.write(encoded)
         outstream.flush()
         if isinstance(reply, Bye):
             return 0

@@ -11,6 +11,7 @@ from fedflow.wire.framing import (
     HEADER_SIZE,
     FrameDecoder,
     encode_frame,
+    frame_header,
     parse_header,
 )
 from fedflow.wire.messages import (
@@ -83,5 +84,6 @@ __all__ = [
     "decode_array",
     "encode_array",
     "encode_frame",
+    "frame_header",
     "parse_header",
 ]

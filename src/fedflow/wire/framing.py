@@ -10,7 +10,14 @@ import struct
 
 from fedflow.errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["DEFAULT_MAX_FRAME", "HEADER_SIZE", "FrameDecoder", "encode_frame", "parse_header"]
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "HEADER_SIZE",
+    "FrameDecoder",
+    "encode_frame",
+    "frame_header",
+    "parse_header",
+]
 
 HEADER_SIZE = 4
 DEFAULT_MAX_FRAME = 256 * 1024 * 1024  # 256 MiB: far above any aggregate, far below memory
@@ -19,11 +26,17 @@ _HEADER = struct.Struct(">I")
 
 def encode_frame(payload: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
     """Return ``payload`` with its length prefix; raise LocalProtocolError when oversized."""
+    return frame_header(payload, max_frame) + payload
+
+
+def frame_header(payload: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """Return the length prefix of ``payload``'s frame, to write before it (rather than joined
+    with it: a copy of megabytes); raise LocalProtocolError when oversized."""
     if len(payload) > max_frame:
         raise LocalProtocolError(
             f"message of {len(payload)} bytes exceeds the maximum frame size of {max_frame} bytes"
         )
-    return _HEADER.pack(len(payload)) + payload
+    return _HEADER.pack(len(payload))
 
 
 def parse_header(header: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> int:
