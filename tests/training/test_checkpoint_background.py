@@ -50,7 +50,7 @@ class _Gate:
 def test_the_state_is_written_as_it_was_when_the_round_ended(tmp_path: Path) -> None:
     gate = _Gate()
     rd = RunDirectory(tmp_path / "run")
-    hook = Checkpointer(rd, metrics_every=3600.0, background=True, write=gate)
+    hook = Checkpointer(rd, metrics_every=3600.0, background=0, write=gate)
     driver, arrays = _state(1)
     hook(driver, 1)  # returns at once: the write waits at the gate
     arrays["weights"][:] = -1.0  # the next round changes the weights in place
@@ -71,7 +71,7 @@ def test_the_state_is_written_as_it_was_when_the_round_ended(tmp_path: Path) -> 
 def test_each_checkpoint_waits_for_the_one_before(tmp_path: Path) -> None:
     gate = _Gate()
     rd = RunDirectory(tmp_path / "run")
-    hook = Checkpointer(rd, metrics_every=3600.0, background=True, write=gate)
+    hook = Checkpointer(rd, metrics_every=3600.0, background=0, write=gate)
     driver, _ = _state(1)
     hook(driver, 1)
     opener = threading.Timer(0.2, gate.open.set)
@@ -88,16 +88,32 @@ def test_a_failed_write_is_raised_by_the_next_checkpoint_or_at_the_end(tmp_path:
         raise OSError(28, "No space left on device")
 
     rd = RunDirectory(tmp_path / "run")
-    hook = Checkpointer(rd, metrics_every=3600.0, background=True, write=full)
+    hook = Checkpointer(rd, metrics_every=3600.0, background=0, write=full)
     driver, _ = _state(1)
     hook(driver, 1)
     with pytest.raises(OSError, match="No space left"):
         hook(driver, 2)
-    hook = Checkpointer(rd, metrics_every=3600.0, background=True, write=full)
+    hook = Checkpointer(rd, metrics_every=3600.0, background=0, write=full)
     hook(driver, 1)
     with pytest.raises(OSError, match="No space left"):
         hook.close()
     hook.close()  # raised once
+
+
+def test_a_checkpoint_below_the_size_is_written_before_the_hook_returns(tmp_path: Path) -> None:
+    written: list[str] = []
+
+    def record(path: Path, pieces: list[bytes]) -> None:
+        written.append(threading.current_thread().name)
+        atomic_write(path, pieces)
+
+    rd = RunDirectory(tmp_path / "run")
+    Checkpointer(rd, metrics_every=3600.0, background=1 << 20, write=record)(_state(1)[0], 1)
+    assert written == [threading.current_thread().name]
+    hook = Checkpointer(rd, metrics_every=3600.0, background=100, write=record)
+    hook(_state(2)[0], 2)
+    hook.close()
+    assert written[1] == "fedflow-checkpoint" and load_checkpoint(rd.path)[0] == 2
 
 
 def test_sites_that_keep_state_get_a_checkpoint_on_disk_before_the_next_round(
@@ -110,7 +126,7 @@ def test_sites_that_keep_state_get_a_checkpoint_on_disk_before_the_next_round(
         atomic_write(path, pieces)
 
     rd = RunDirectory(tmp_path / "run")
-    hook = Checkpointer(rd, metrics_every=3600.0, background=True, write=record)
+    hook = Checkpointer(rd, metrics_every=3600.0, background=0, write=record)
     driver, _ = _state(1, scaffold=True)
     hook(driver, 1)
     assert written == [threading.current_thread().name]  # on this thread, before returning

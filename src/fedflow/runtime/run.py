@@ -393,9 +393,9 @@ def _checkpointer(study: Study, rd: RunDirectory, observer: Observer) -> Any:
     """The after-round hook of a training run (checkpoint and progress line), else None."""
     if study.app != "train":
         return None
-    from fedflow.training.checkpoint import Checkpointer
+    from fedflow.training.checkpoint import BACKGROUND_BYTES, Checkpointer
 
-    return Checkpointer(rd, observer.message, background=True)
+    return Checkpointer(rd, observer.message, background=BACKGROUND_BYTES)
 
 
 def _training_imports(study: Study, *, compare: bool = False) -> Callable[[], None] | None:
