@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,32 @@ def test_resume_after_an_interruption_ends_with_the_same_bytes(
     # the interrupted attempt's manifest and logs were kept aside
     kept = json.loads((out / "attempts" / "1" / "manifest.json").read_text())
     assert kept["status"] == "interrupted"
+
+
+def test_checkpoints_written_on_a_thread_resume_to_the_same_bytes(
+    study: Path, tmp_path: Path, uninterrupted: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every checkpoint written while the next round trains (as a model of a megabyte or more
+    is): Ctrl-C right after round 2's leaves that checkpoint whole on disk, and the resumed run
+    ends with the bytes of the run left alone."""
+    monkeypatch.setattr(checkpoint, "BACKGROUND_BYTES", 0)
+    real = checkpoint.atomic_write
+
+    def slow(path: Path, data: Any) -> None:  # a disk slower than the rounds
+        time.sleep(0.2)
+        real(path, data)
+
+    monkeypatch.setattr(checkpoint, "atomic_write", slow)
+    out = tmp_path / "threaded"
+    with monkeypatch.context() as patch:
+        _stop_after(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            _run(study, out)
+    assert checkpoint.load_checkpoint(out)[0] == 2
+    assert _resume(out).status == "completed"
+    assert checkpoint.load_checkpoint(out)[0] == ROUNDS + 1  # the last one, waited for
+    for name in ("model-last.safetensors", "model-best.safetensors"):
+        assert (out / name).read_bytes() == (uninterrupted / name).read_bytes(), name
 
 
 def test_a_site_lost_mid_round_resumes_from_the_last_checkpoint(

@@ -91,14 +91,14 @@ class Checkpointer:
         metrics_every: float = METRICS_EVERY,
         *,
         background: int | None = None,
-        write: Callable[[Path, list[bytes]], None] = atomic_write,
+        write: Callable[[Path, list[bytes]], None] | None = None,
     ) -> None:
         self.rundir = rundir
         self.path = rundir.path / CHECKPOINT_FILE
         self.say = say
         self.metrics_every = metrics_every
         self.background = background
-        self.write = write
+        self.write = write or _write
         """Writes the file whole or not at all (``atomic_write``; tests inject a slow or failing one)."""
         self._metrics_written: float | None = None
         self._cpu: float | None = None
@@ -162,6 +162,10 @@ class Checkpointer:
 
     close = wait
     """At the run's end, however it ends: the last checkpoint on disk (or its error raised)."""
+
+
+def _write(path: Path, pieces: list[bytes]) -> None:
+    atomic_write(path, pieces)  # looked up when called (a test may slow it down)
 
 
 def progress_line(meta: dict[str, Any], exchange: int) -> str:
