@@ -5,6 +5,7 @@ that the first round does not wait for 4 s of imports after the sites' own)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,13 +73,26 @@ def test_only_a_torch_plan_gets_torch_warmed(tmp_path: Path) -> None:
     assert torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == 1
 
 
+def _fresh_python(script: str) -> list[str]:
+    """What ``script`` prints, run by a fresh interpreter without Inductor's environment flag."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_DETERMINISTIC"}
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env=env,
+    )
+    return out.stdout.split()
+
+
 def test_deterministic_sets_the_kernel_flag_without_importing_dynamo() -> None:
     """deterministic() must make kernels deterministic and tell Inductor so, without paying
     for TorchDynamo's import (torch.use_deterministic_algorithms imports it to set one flag)."""
     pytest.importorskip("torch")
-    script = (
-        "import os, sys\n"
-        "os.environ.pop('TORCHINDUCTOR_DETERMINISTIC', None)\n"
+    printed = _fresh_python(
+        "import sys\n"
         "from fedflow.training.engine import deterministic\n"
         "torch = deterministic()\n"
         "dynamo = 'torch._dynamo' in sys.modules\n"
@@ -87,23 +101,15 @@ def test_deterministic_sets_the_kernel_flag_without_importing_dynamo() -> None:
         "      torch.is_deterministic_algorithms_warn_only_enabled(),\n"
         "      torch.get_num_threads(), dynamo, inductor.deterministic)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert out.stdout.split() == ["True", "False", "1", "False", "True"]
+    assert printed == ["True", "False", "1", "False", "True"]
 
 
 def test_deterministic_sets_inductors_flag_when_inductor_is_imported() -> None:
     pytest.importorskip("torch")
-    script = (
-        "import os\n"
-        "os.environ.pop('TORCHINDUCTOR_DETERMINISTIC', None)\n"
+    printed = _fresh_python(
         "import torch._inductor.config as inductor\n"
         "from fedflow.training.engine import ready_to_train\n"
         "torch = ready_to_train()\n"
         "print(inductor.deterministic, torch.are_deterministic_algorithms_enabled())\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert out.stdout.split() == ["True", "True"]
+    assert printed == ["True", "True"]
