@@ -123,7 +123,7 @@ class Checkpointer:
         size = sum(len(p) for p in pieces)
         if self.background is not None and size >= self.background and "state_rounds" not in meta:
             self._writing = threading.Thread(
-                target=self._write, args=(pieces,), name="fedflow-checkpoint", daemon=True
+                target=self._write_aside, args=(pieces,), name="fedflow-checkpoint", daemon=True
             )
             self._writing.start()
         else:
@@ -145,7 +145,7 @@ class Checkpointer:
         if self.say is not None:
             self.say(progress_line(meta, ctx.round))
 
-    def _write(self, pieces: list[bytes]) -> None:
+    def _write_aside(self, pieces: list[bytes]) -> None:
         try:
             self.write(self.path, pieces)
         except BaseException as exc:  # raised by the next checkpoint or close
