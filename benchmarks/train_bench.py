@@ -8,6 +8,8 @@ training with the same epochs, for IID sites and a Dirichlet label skew.
         # each run alternately with another tree's fedflow (e.g. a `git worktree` of the commit
         # before a change), under the same load; medians and their ratio
     python benchmarks/train_bench.py --sites 3 --split iid --secure --strategy scaffold
+    python benchmarks/train_bench.py --sites 3 --split iid --hidden 1024 1024 --repeat 3 \
+        --baseline /tmp/trainbase/src      # a 1.1M-parameter MLP: a 9 MB checkpoint a round
 
 `measure(sites, rounds, split, alpha, seed)` returns one run's figures (a dict), so that other
 scripts (benchmarks/training_vs_flower.py runs Flower's side) can combine them. The model, data
@@ -111,11 +113,30 @@ def study_text(
     return text
 
 
+def plan_text(hidden: list[int] | None) -> str:
+    """digits_plan.py, or with ``hidden`` its model's hidden layers of those widths."""
+    text = (PEERS / "digits_plan.py").read_text()
+    if not hidden:
+        return text
+    widths = [64, *hidden, 10]
+    layers = ", nn.ReLU(), ".join(
+        f"nn.Linear({a}, {b})" for a, b in zip(widths, widths[1:], strict=False)
+    )
+    old = "nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))"
+    assert old in text, "digits_plan.py's model changed: update plan_text"
+    return text.replace(old, f"nn.Sequential({layers})")
+
+
 def test_accuracy(run: Path, test: Path) -> float:
-    import digits_plan
+    import importlib.util
+
     import torch
     from safetensors.torch import load_file
 
+    spec = importlib.util.spec_from_file_location("run_plan", run / "plan.py")  # the run's copy
+    assert spec is not None and spec.loader is not None
+    digits_plan = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(digits_plan)
     model = digits_plan.model()
     model.load_state_dict(load_file(str(run / "model-last.safetensors")))
     model.eval()
@@ -135,6 +156,7 @@ def measure(
     src: str | None = None,
     local_epochs: int = 1,
     compare: bool = True,
+    hidden: list[int] | None = None,
 ) -> dict[str, Any]:
     """Run the digits MLP on ``sites`` local sites for ``rounds`` rounds (``secure``: with
     ``secure = true``, the weights summed under masks; ``src``: the fedflow of that source
@@ -145,7 +167,7 @@ def measure(
         digits_data.write_split(folder, sites, seed)
         if split == "dirichlet":
             write_dirichlet(folder, sites, alpha, seed)
-        (folder / "digits_plan.py").write_bytes((PEERS / "digits_plan.py").read_bytes())
+        (folder / "digits_plan.py").write_text(plan_text(hidden))
         (folder / "study.toml").write_text(
             study_text(sites, rounds, seed, secure, strategy, local_epochs)
         )
@@ -166,6 +188,7 @@ def measure(
         metrics = json.loads((run / "metrics.json").read_text())
         comparison = json.loads((run / "comparison.json").read_text()) if compare else None
         accuracy = test_accuracy(run, folder / "test.csv")
+        checkpoint_bytes = (run / "checkpoint.safetensors").stat().st_size
     entries = metrics["rounds"]
     compute = [max(s["compute_seconds"] for s in e["sites"].values()) for e in entries]
     between = metrics.get("checkpoint_seconds") or [0.0] * len(entries)
@@ -185,12 +208,15 @@ def measure(
         "strategy": strategy,
         "local_epochs": local_epochs,
         "compare": compare,
+        "hidden": hidden or [64],
+        "checkpoint_bytes": checkpoint_bytes,
         "wall_seconds": wall,
         "rounds_seconds": sum(e["seconds"] for e in entries),
         "training_seconds": sum(compute),
         "training_seconds_after_round_1": sum(compute[1:]),
         "rounds_seconds_after_round_1": sum(e["seconds"] for e in entries[1:]),
         "between_rounds_seconds": sum(between),
+        "median_between_seconds": statistics.median(between[1:rounds]),
         "median_coordinator_cpu_seconds": statistics.median(
             metrics.get("coordinator_cpu_seconds") or [float("nan")]
         ),
@@ -228,6 +254,12 @@ def main() -> None:
         "--local-epochs", type=int, default=1, help="epochs each site trains a round (default 1)"
     )
     parser.add_argument(
+        "--hidden",
+        type=int,
+        nargs="+",
+        help="the MLP's hidden layer widths (default: digits_plan.py's one layer of 64)",
+    )
+    parser.add_argument(
         "--no-compare",
         dest="compare",
         action="store_false",
@@ -257,6 +289,7 @@ def main() -> None:
                 args.strategy,
                 local_epochs=args.local_epochs,
                 compare=args.compare,
+                hidden=args.hidden,
             )
             results.append(r)
             print(
@@ -292,6 +325,7 @@ COMPARED = [
     ("round 1", "round_1_seconds", "s"),
     ("rounds 2-21 + time between them", "rounds_after_1", "s"),
     ("overhead per round (median)", "median_overhead_seconds", "ms"),
+    ("time between rounds (median)", "median_between_seconds", "ms"),
     ("coordinator CPU per round (median)", "median_coordinator_cpu_seconds", "ms"),
     ("rounds and between / training in them (all)", "run_over_training", "x"),
     ("same, rounds 2-21", "run_over_training_after_round_1", "x"),
@@ -320,6 +354,7 @@ def compare_trees(args: argparse.Namespace) -> None:
                         src=src,
                         local_epochs=args.local_epochs,
                         compare=args.compare,
+                        hidden=args.hidden,
                     )
                     r["round_1_seconds"] = r["rounds_seconds"] - r["rounds_seconds_after_round_1"]
                     r["rounds_after_1"] = (

@@ -89,6 +89,23 @@ def test_an_array_body_is_its_header_then_its_c_ordered_bytes(array, transposed)
     assert bytes(encode_array(array)) == expected
 
 
+@pytest.mark.parametrize("dtype", ["<f4", ">f8", "<i8"])
+def test_a_large_array_body_is_its_header_then_its_c_ordered_bytes(dtype) -> None:
+    """Arrays of 64 KiB and more are copied once into their body: the same layout."""
+    base = np.arange(2 * 300 * 70, dtype=dtype).reshape(2, 300, 70)
+    for array in (base, base.transpose(2, 0, 1), base[:, ::2]):
+        assert array.nbytes >= 1 << 16
+        dtype_text = array.dtype.str.encode("ascii")
+        expected = (
+            struct.pack("<B", len(dtype_text))
+            + dtype_text
+            + struct.pack(f"<B{array.ndim}Q", array.ndim, *array.shape)
+            + np.ascontiguousarray(array).tobytes()
+        )
+        assert bytes(encode_array(array)) == expected
+        np.testing.assert_array_equal(decode_array(encode_array(array)), array)
+
+
 def test_handshake_messages_round_trip() -> None:
     ready = Ready(
         rows=4, columns=[Column("x", "float", 1)], files=[FileInfo("a.csv", "ab" * 32, 10, 4)]
