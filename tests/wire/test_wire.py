@@ -67,6 +67,17 @@ def test_non_contiguous_and_big_endian_arrays_keep_values() -> None:
     np.testing.assert_array_equal(back.payload["b"], b)
 
 
+def _documented_body(array: np.ndarray) -> bytes:
+    """The extension body as fedflow/wire/arrays.py documents it, built independently."""
+    dtype = array.dtype.str.encode("ascii")
+    return (
+        struct.pack("<B", len(dtype))
+        + dtype
+        + struct.pack(f"<B{array.ndim}Q", array.ndim, *array.shape)
+        + np.ascontiguousarray(array).tobytes()
+    )
+
+
 @given(
     hnp.arrays(
         dtype=st.sampled_from(["<f8", ">f8", "<f4", "<i8", ">i4", "|u1", "|b1", "<U3"]),
@@ -79,14 +90,7 @@ def test_an_array_body_is_its_header_then_its_c_ordered_bytes(array, transposed)
     view is not C-contiguous) or byte order."""
     if transposed:
         array = array.T
-    dtype = array.dtype.str.encode("ascii")
-    expected = (
-        struct.pack("<B", len(dtype))
-        + dtype
-        + struct.pack(f"<B{array.ndim}Q", array.ndim, *array.shape)
-        + np.ascontiguousarray(array).tobytes()
-    )
-    assert bytes(encode_array(array)) == expected
+    assert bytes(encode_array(array)) == _documented_body(array)
 
 
 @pytest.mark.parametrize("dtype", ["<f4", ">f8", "<i8"])
@@ -95,14 +99,7 @@ def test_a_large_array_body_is_its_header_then_its_c_ordered_bytes(dtype) -> Non
     base = np.arange(2 * 300 * 70, dtype=dtype).reshape(2, 300, 70)
     for array in (base, base.transpose(2, 0, 1), base[:, ::2]):
         assert array.nbytes >= 1 << 16
-        dtype_text = array.dtype.str.encode("ascii")
-        expected = (
-            struct.pack("<B", len(dtype_text))
-            + dtype_text
-            + struct.pack(f"<B{array.ndim}Q", array.ndim, *array.shape)
-            + np.ascontiguousarray(array).tobytes()
-        )
-        assert bytes(encode_array(array)) == expected
+        assert bytes(encode_array(array)) == _documented_body(array)
         np.testing.assert_array_equal(decode_array(encode_array(array)), array)
 
 
