@@ -113,3 +113,20 @@ def test_deterministic_sets_inductors_flag_when_inductor_is_imported() -> None:
         "print(inductor.deterministic, torch.are_deterministic_algorithms_enabled())\n"
     )
     assert printed == ["True", "True"]
+
+
+@pytest.mark.parametrize("compare", [False, True])
+def test_the_coordinator_imports_dynamo_only_for_compare(tmp_path: Path, compare: bool) -> None:
+    """``--compare`` trains centrally, and its optimiser imports TorchDynamo: then it is
+    imported while the sites start; without ``--compare`` the coordinator never needs it."""
+    pytest.importorskip("torch")
+    study = _train_study(tmp_path, "import torch\n")
+    printed = _fresh_python(
+        "import sys\n"
+        "from fedflow.runtime.run import _training_imports\n"
+        "from fedflow.study import load_study\n"
+        f"_training_imports(load_study({str(study)!r}), compare={compare})()\n"
+        "import torch\n"
+        "print('torch._dynamo' in sys.modules, torch.are_deterministic_algorithms_enabled())\n"
+    )
+    assert printed == [str(compare), "True"]

@@ -60,7 +60,7 @@ def _fmt(value: Any) -> str:
 BACKGROUND_BYTES = 1 << 20
 """A training run's checkpoint of at least this size is written on a thread while the next round
 trains. Measured on 2 cores: a 9 MB checkpoint (1.1M float32 weights, 3 sites) held each round
-up 17-25 ms when written in line, 2 ms on a thread; the digits MLP's 60-90 kB at 10 sites
+up 14-25 ms when written in line, 2 ms on a thread; the digits MLP's 60-90 kB at 10 sites
 cost more on a thread (rounds 2-21 0.84 s against 0.78 s, the coordinator's CPU 5.6 against 4.3
 ms a round: the thread's start, join and GIL hand-overs)."""
 

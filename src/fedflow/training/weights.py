@@ -46,8 +46,9 @@ def safetensors_parts(
     arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
 ) -> list[bytes]:
     """The bytes of :func:`to_safetensors` as pieces (length and header, then each array's
-    bytes, a copy), for a file write that gathers them instead of joining them first (joining
-    the 200 kB checkpoint of 10 sites × 60 rounds took 0.4 ms, mostly fresh pages)."""
+    bytes, a copy), for a file write that gathers them instead of joining them first (for a
+    200 kB checkpoint, the size of 10 sites × 60 rounds: 0.03-0.07 ms against 0.29-0.35 ms
+    joined, medians of 300 in one process)."""
     header: dict[str, object] = {}
     chunks = []
     at = 0
